@@ -23,7 +23,7 @@ CACHE_ROOT="${CAIRN_CACHE:-$HOME/.cache/cairn}"
 BIN_DIR="$CACHE_ROOT/k8s-$K8S_VERSION/bin"
 STAGING_VERSION="v0.${K8S_VERSION#v1.}"
 
-K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 ETCD_PKGS=(go.etcd.io/etcd/server/v3 go.etcd.io/etcd/etcdctl/v3)
 
 log() { printf '[build-k8s %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
