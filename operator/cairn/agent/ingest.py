@@ -1,0 +1,244 @@
+"""Tail a run directory and commit what it holds to the store, exactly once.
+
+Each source file has a committed byte offset in the store (``ingest_progress``). A round reads
+complete lines from that offset, parses them, and commits the rows together with the new offset
+in one transaction. Whatever happens around that commit — a SIGKILL, a lost connection, a
+database restart — the offset in the store says exactly which lines are in, so nothing is lost
+or written twice. The run directory itself is the backlog while the database is away.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cairn.agent.records import MAX_LINE_BYTES, OversizeLine, Rejection, parse_lines
+from cairn.sdk import records as R
+from cairn.store.entities import ArtifactInfo
+
+log = logging.getLogger("cairn.agent")
+
+MAX_BATCH_BYTES = 8 << 20
+MISSING_ARTIFACT = "missing_artifact"
+REJECTIONS_LOGGED_PER_REASON = 20
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+
+def read_complete_lines(path: Path, offset: int, max_bytes: int = MAX_BATCH_BYTES) -> tuple[list[bytes], int]:
+    """Complete lines from ``offset`` (at most about ``max_bytes``) and the offset after them.
+
+    A trailing line without its newline is still being written and is left for the next round.
+    """
+    with open(path, "rb") as f:
+        f.seek(offset)
+        chunk = f.read(max_bytes)
+        end = chunk.rfind(b"\n")
+        if end >= 0:
+            lines = chunk[: end + 1].splitlines(keepends=True)
+            return lines, offset + end + 1
+        if len(chunk) <= MAX_LINE_BYTES:
+            return [], offset
+        # One line longer than the limit: skip to its newline without holding it in memory.
+        size = len(chunk)
+        while True:
+            more = f.read(1 << 20)
+            if not more:
+                return [], offset  # not finished yet; look again later
+            nl = more.find(b"\n")
+            if nl >= 0:
+                size += nl + 1
+                return [OversizeLine(size)], offset + size
+            size += len(more)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def find_run_id(run_dir: Path) -> str | None:
+    """The run id the SDK wrote in the first record of the run directory, if any yet."""
+    path = run_dir / R.RECORDS_FILE
+    if not path.exists():
+        return None
+    with open(path, "rb") as f:
+        first = f.readline()
+    if not first.endswith(b"\n"):
+        return None
+    try:
+        rec = json.loads(first)
+    except ValueError:
+        return None
+    return rec.get("run_id") if isinstance(rec, dict) and rec.get("type") == R.RUN else None
+
+
+@dataclass
+class AgentStats:
+    points: int = 0
+    lines: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    commits: int = 0
+    errors: int = 0
+    last_commit: float | None = None
+    finished: bool = False
+
+
+class IngestAgent:
+    """Ingests one run directory. ``ingest_available`` does one pass; ``run`` loops until stopped."""
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        database_url: str | None = None,
+        run_id: str | None = None,
+        extra_sources: tuple[str, ...] = (),
+        poll_interval: float = 0.5,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+        store=None,  # noqa: ANN001 - a TrackingStore, for callers that already have one
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.database_url = database_url
+        self.run_id = run_id
+        self.extra_sources = extra_sources
+        self.poll_interval = poll_interval
+        self.max_batch_bytes = max_batch_bytes
+        self.stats = AgentStats()
+        self._store = store
+        self._offsets: dict[str, tuple[int, int]] = {}
+        self._logged: dict[tuple[str, str], int] = {}
+
+    @property
+    def store(self):  # noqa: ANN201
+        if self._store is None:
+            from cairn.store.store import TrackingStore
+
+            self._store = TrackingStore(self.database_url)
+        return self._store
+
+    def sources(self) -> list[str]:
+        """Files to ingest, as paths relative to the run directory (the names kept in the store)."""
+        found = []
+        if (self.run_dir / R.RECORDS_FILE).exists():
+            found.append(R.RECORDS_FILE)
+        metrics_dir = self.run_dir / R.METRICS_DIR
+        if metrics_dir.is_dir():
+            found += sorted(f"{R.METRICS_DIR}/{p.name}" for p in metrics_dir.glob("*.jsonl"))
+        found += [s for s in self.extra_sources if (self.run_dir / s).exists() and s not in found]
+        return found
+
+    def _progress(self, source: str) -> tuple[int, int]:
+        if source not in self._offsets:
+            self._offsets[source] = self.store.ingest_progress(self.run_id, source)
+        return self._offsets[source]
+
+    def ingest_available(self) -> int:
+        """Commit every complete line present now; returns the number of points committed."""
+        if self.run_id is None:
+            self.run_id = find_run_id(self.run_dir)
+            if self.run_id is None:
+                return 0
+        total = 0
+        for source in self.sources():
+            while True:
+                n = self._ingest_one_batch(source)
+                if n is None:
+                    break
+                total += n
+        return total
+
+    def _ingest_one_batch(self, source: str) -> int | None:
+        offset, line_no = self._progress(source)
+        path = self.run_dir / source
+        if path.stat().st_size < offset:
+            log.error("%s is shorter than the %d bytes already ingested; it was truncated or replaced", source, offset)
+            return None
+        lines, new_offset = read_complete_lines(path, offset, self.max_batch_bytes)
+        if not lines:
+            return None
+        parsed = parse_lines(lines, line_no + 1, now_ms=int(time.time() * 1000))
+        for rel in parsed.artifact_paths:
+            art = self._artifact(rel)
+            if art is None:
+                parsed.rejections.append(Rejection(line_no, MISSING_ARTIFACT, rel))
+            else:
+                parsed.batch.artifacts.append(art)
+        rejected = parsed.counts()
+        new_line_no = line_no + len(lines)
+        try:
+            self.store.ingest_batch(self.run_id, source, parsed.batch, new_offset, new_line_no, rejected)
+        except BaseException:
+            # The commit may or may not have happened: read the offset back from the store.
+            self._offsets.pop(source, None)
+            raise
+        self._offsets[source] = (new_offset, new_line_no)
+        self._report(source, parsed.rejections, rejected)
+        self.stats.points += len(parsed.batch.metrics)
+        self.stats.lines += len(lines)
+        self.stats.commits += 1
+        self.stats.last_commit = time.time()
+        if parsed.batch.finish is not None:
+            self.stats.finished = True
+        return len(parsed.batch.metrics)
+
+    def _artifact(self, rel: str) -> ArtifactInfo | None:
+        path = (self.run_dir / rel).resolve()
+        if not path.is_file() or self.run_dir.resolve() not in path.parents:
+            return None
+        kind = "checkpoint" if rel.startswith("checkpoints/") else "artifact"
+        return ArtifactInfo(rel, path.as_uri(), path.stat().st_size, sha256_file(path), kind)
+
+    def _report(self, source: str, rejections: list[Rejection], counts: dict[str, int]) -> None:
+        for reason, n in counts.items():
+            self.stats.rejected[reason] = self.stats.rejected.get(reason, 0) + n
+        for r in rejections:
+            seen = self._logged.get((source, r.reason), 0)
+            self._logged[(source, r.reason)] = seen + 1
+            if seen < REJECTIONS_LOGGED_PER_REASON:
+                log.warning("%s line %d skipped: %s: %s", source, r.line, r.reason, r.detail)
+            elif seen == REJECTIONS_LOGGED_PER_REASON:
+                log.warning("%s: further %r rejections are counted on the run but not logged", source, r.reason)
+
+    def run(self, stop: threading.Event, drain_timeout: float = 60.0, exit_on_finish: bool = False) -> bool:
+        """Ingest until ``stop`` is set, then drain what is left. True when everything got in.
+
+        Database errors never end the loop: the agent backs off (0.5 s doubling to 30 s) and the
+        lines wait in their files.
+        """
+        backoff = BACKOFF_START_S
+        drain_deadline = None
+        while True:
+            if stop.is_set() and drain_deadline is None:
+                drain_deadline = time.monotonic() + drain_timeout
+            try:
+                n = self.ingest_available()
+            except Exception as exc:  # noqa: BLE001 - any failure is retried; nothing is lost
+                self.stats.errors += 1
+                log.warning("store unavailable, retrying in %.1fs: %s", backoff, _one_line(exc))
+                if drain_deadline is not None and time.monotonic() + backoff > drain_deadline:
+                    log.error("stopping with lines not yet ingested; they stay in %s for the next start", self.run_dir)
+                    return False
+                (stop if drain_deadline is None else threading.Event()).wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                continue
+            backoff = BACKOFF_START_S
+            if n == 0:
+                if drain_deadline is not None:
+                    return True
+                if exit_on_finish and self.stats.finished:
+                    return True
+                stop.wait(self.poll_interval)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"

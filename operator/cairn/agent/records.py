@@ -1,0 +1,194 @@
+"""Parse and validate record lines into ingest batches. Pure: no files, no clock, no database.
+
+Two line formats are accepted:
+
+* SDK records: ``{"seq": 3, "type": "metric", "step": 10, "ts": 1700000000.5, "values": {...}}``
+  and the other types in ``cairn.sdk.records``;
+* plain metric lines from any program: ``{"step": 10, "loss": 0.3, "acc": 0.91}`` with an
+  optional ``ts``/``timestamp``/``time`` in seconds since the epoch.
+
+A line that cannot be used is skipped; a value that cannot be used is dropped from its line.
+Both are counted under a reason and reported with their line number, and never stop ingestion.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from cairn.sdk import records as R
+from cairn.store.entities import IngestBatch, MetricPoint
+
+MAX_LINE_BYTES = 1 << 20
+MAX_STEP = (1 << 63) - 1
+TIME_FIELDS = ("ts", "timestamp", "time")
+
+# Rejection reasons, as counted on the run.
+BAD_JSON = "bad_json"
+NOT_AN_OBJECT = "not_an_object"
+LINE_TOO_LONG = "line_too_long"
+BAD_ENCODING = "bad_encoding"
+UNKNOWN_TYPE = "unknown_type"
+MISSING_STEP = "missing_step"
+BAD_STEP = "bad_step"
+BAD_TIMESTAMP = "bad_timestamp"
+BAD_VALUES = "bad_values"
+EMPTY_KEY = "empty_key"
+KEY_TOO_LONG = "key_too_long"
+NON_NUMERIC = "non_numeric"
+BAD_RECORD = "bad_record"
+
+
+class OversizeLine(bytes):
+    """Stands in for a line longer than ``MAX_LINE_BYTES``, which is skipped unread."""
+
+    def __new__(cls, size: int) -> "OversizeLine":
+        obj = super().__new__(cls, b"")
+        obj.size = size
+        return obj
+
+
+@dataclass(frozen=True)
+class Rejection:
+    line: int
+    reason: str
+    detail: str
+
+
+@dataclass
+class ParsedLines:
+    batch: IngestBatch = field(default_factory=IngestBatch)
+    artifact_paths: list[str] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.rejections:
+            out[r.reason] = out.get(r.reason, 0) + 1
+        return out
+
+
+def _is_number(v: object) -> bool:
+    return (type(v) is float) or (type(v) is int)
+
+
+def _step(value: object) -> int | None:
+    if type(value) is int and 0 <= value <= MAX_STEP:
+        return value
+    if type(value) is float and value.is_integer() and 0 <= value <= MAX_STEP:
+        return int(value)
+    return None
+
+
+def _timestamp_ms(value: object, default_ms: int) -> int | None:
+    if value is None:
+        return default_ms
+    if _is_number(value) and math.isfinite(value) and 0 <= value < 1e11:
+        return int(value * 1000)
+    return None
+
+
+def _excerpt(raw: bytes | str, limit: int = 120) -> str:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    text = text.rstrip("\n")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def parse_lines(lines: list[bytes], first_line_no: int, now_ms: int) -> ParsedLines:
+    """Parse complete lines (each ending in a newline) numbered from ``first_line_no``.
+
+    ``now_ms`` stamps plain metric lines that carry no time of their own.
+    """
+    out = ParsedLines()
+    batch = out.batch
+    points = batch.metrics
+    reject = out.rejections.append
+    loads = json.loads
+    for offset, raw in enumerate(lines):
+        line_no = first_line_no + offset
+        if type(raw) is OversizeLine or len(raw) > MAX_LINE_BYTES:
+            reject(Rejection(line_no, LINE_TOO_LONG, f"{getattr(raw, 'size', len(raw))} bytes"))
+            continue
+        if not raw.strip():
+            continue
+        try:
+            rec = loads(raw)
+        except UnicodeDecodeError:
+            reject(Rejection(line_no, BAD_ENCODING, _excerpt(raw)))
+            continue
+        except ValueError:
+            reject(Rejection(line_no, BAD_JSON, _excerpt(raw)))
+            continue
+        if type(rec) is not dict:
+            reject(Rejection(line_no, NOT_AN_OBJECT, _excerpt(raw)))
+            continue
+        kind = rec.get("type")
+        if kind == R.METRIC:
+            values = rec.get("values")
+            if type(values) is not dict:
+                reject(Rejection(line_no, BAD_VALUES, _excerpt(raw)))
+                continue
+            _add_points(rec, values, line_no, now_ms, raw, points, reject)
+        elif kind is None:
+            values = {k: v for k, v in rec.items() if k != "step" and k not in TIME_FIELDS}
+            _add_points(rec, values, line_no, now_ms, raw, points, reject)
+        elif kind == R.RUN:
+            if not isinstance(rec.get("params", {}), dict) or not isinstance(rec.get("environment", {}), dict):
+                reject(Rejection(line_no, BAD_RECORD, _excerpt(raw)))
+                continue
+            batch.run_info = rec
+        elif kind == R.PARAMS and isinstance(rec.get("params"), dict):
+            batch.params.update(_valid_keys(rec["params"], line_no, reject))
+        elif kind == R.TAGS and isinstance(rec.get("tags"), dict):
+            batch.tags.update({k: str(v) for k, v in _valid_keys(rec["tags"], line_no, reject).items()})
+        elif kind == R.ARTIFACT and isinstance(rec.get("path"), str) and rec["path"]:
+            out.artifact_paths.append(rec["path"])
+        elif kind == R.FINISH:
+            batch.finish = rec
+        elif kind in (R.PARAMS, R.TAGS, R.ARTIFACT):
+            reject(Rejection(line_no, BAD_RECORD, _excerpt(raw)))
+        else:
+            reject(Rejection(line_no, UNKNOWN_TYPE, _excerpt(raw)))
+    return out
+
+
+def _valid_keys(values: dict, line_no: int, reject) -> dict:  # noqa: ANN001
+    good = {}
+    for key, value in values.items():
+        if not key:
+            reject(Rejection(line_no, EMPTY_KEY, "(params or tags)"))
+        elif len(key) > R.MAX_KEY_LENGTH:
+            reject(Rejection(line_no, KEY_TOO_LONG, key[:60] + "..."))
+        else:
+            good[key] = value
+    return good
+
+
+def _add_points(rec: dict, values: dict, line_no: int, now_ms: int, raw: bytes, points: list, reject) -> None:  # noqa: ANN001
+    if "step" not in rec:
+        reject(Rejection(line_no, MISSING_STEP, _excerpt(raw)))
+        return
+    step = _step(rec["step"])
+    if step is None:
+        reject(Rejection(line_no, BAD_STEP, repr(rec["step"])[:60]))
+        return
+    ts_value = next((rec[f] for f in TIME_FIELDS if f in rec), None)
+    ts_ms = _timestamp_ms(ts_value, now_ms)
+    if ts_ms is None:
+        reject(Rejection(line_no, BAD_TIMESTAMP, repr(ts_value)[:60]))
+        return
+    for key, value in values.items():
+        if not key:
+            reject(Rejection(line_no, EMPTY_KEY, _excerpt(raw)))
+        elif len(key) > R.MAX_KEY_LENGTH:
+            reject(Rejection(line_no, KEY_TOO_LONG, key[:60] + "..."))
+        elif type(value) is float:
+            points.append(MetricPoint(key, step, ts_ms, value))
+        elif type(value) is int:
+            try:
+                points.append(MetricPoint(key, step, ts_ms, float(value)))
+            except OverflowError:
+                reject(Rejection(line_no, NON_NUMERIC, f"{key}: integer out of range"))
+        else:
+            reject(Rejection(line_no, NON_NUMERIC, f"{key}: {repr(value)[:60]}"))

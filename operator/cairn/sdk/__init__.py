@@ -1,0 +1,334 @@
+"""The training-side SDK. Standard library only: training images must not need anything else.
+
+Every call appends to ``<run dir>/records.jsonl`` through an in-memory buffer that a background
+thread writes out; nothing here touches the network. The ingest agent (``cairn agent``, the
+sidecar in a cluster) commits that file to the store exactly once.
+
+Settings come from the environment, so code written for a laptop runs unchanged under
+``cairn run`` or the operator:
+
+``CAIRN_RUN_ID``        attach to a run created elsewhere (the operator, ``cairn run``)
+``CAIRN_RUN_DIR``       where records go (default ``./cairn-runs/<run id>``)
+``CAIRN_EXPERIMENT``    experiment name (default ``default``)
+``CAIRN_RUN_NAME``      display name
+``CAIRN_PARAMS``        JSON object of parameters; these override ``init(config=...)`` defaults
+``CAIRN_PARAMS_FILE``   the same, as a file (default ``<run dir>/params.json`` when present)
+``CAIRN_CODE_REPOSITORY``, ``CAIRN_CODE_COMMIT``  code version, when git is not in the image
+``CAIRN_MODE=disabled`` every call becomes a no-op
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+import uuid
+from typing import Any, Mapping
+
+from cairn.sdk import records
+from cairn.sdk.environment import capture_environment, code_version
+
+FLUSH_INTERVAL_S = 1.0
+FLUSH_AT_RECORDS = 5000
+
+
+class Config(dict):
+    """The run's parameters: a dict that also allows ``config.lr``.
+
+    Changes made after ``init`` are recorded as parameters of the run.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        _record_params({key: value})
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        changes = dict(*args, **kwargs)
+        super().update(changes)
+        _record_params(changes)
+
+    def _replace(self, values: Mapping[str, Any]) -> None:
+        super().clear()
+        super().update(values)
+
+
+config = Config()
+run: "Run | None" = None
+
+
+def _coerce(value: Any) -> Any:
+    """JSON fallback for numpy scalars and friends: anything with ``__float__``/``__int__``."""
+    if hasattr(value, "item"):
+        try:
+            return value.item()
+        except (TypeError, ValueError):
+            pass
+    if hasattr(value, "__int__") and not hasattr(value, "__float__"):
+        return int(value)
+    if hasattr(value, "__float__"):
+        return float(value)
+    return repr(value)
+
+
+def _dumps(record: dict) -> str:
+    return json.dumps(record, default=_coerce, separators=(",", ":"))
+
+
+def _read_injected_params(run_dir: str) -> dict:
+    if os.environ.get("CAIRN_PARAMS"):
+        return json.loads(os.environ["CAIRN_PARAMS"])
+    path = os.environ.get("CAIRN_PARAMS_FILE") or os.path.join(run_dir, records.PARAMS_FILE)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    return {}
+
+
+class Run:
+    """One tracked run, writing to its run directory."""
+
+    def __init__(
+        self,
+        run_id: str,
+        run_dir: str,
+        experiment: str,
+        name: str | None,
+        disabled: bool = False,
+    ) -> None:
+        self.id = run_id
+        self.dir = run_dir
+        self.experiment = experiment
+        self.name = name
+        self.disabled = disabled
+        self._seq = 0
+        self._next_step = 0
+        self._buffer: list[tuple] = []
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._file = None
+        self._flusher: threading.Thread | None = None
+        if not disabled:
+            os.makedirs(os.path.join(run_dir, records.ARTIFACTS_DIR), exist_ok=True)
+            self._file = open(os.path.join(run_dir, records.RECORDS_FILE), "ab")
+            self._flusher = threading.Thread(target=self._flush_loop, name="cairn-flush", daemon=True)
+            self._flusher.start()
+
+    # -- hot path -------------------------------------------------------------------------------
+    def log(self, data: Mapping[str, Any], step: int | None = None) -> None:
+        """Record metric values at a step (the next step after the last one when omitted).
+
+        Costs a dict copy and a list append; serialisation happens on the flush thread.
+        """
+        if self.disabled:
+            return
+        with self._lock:
+            if step is None:
+                step = self._next_step
+            self._next_step = step + 1
+            self._buffer.append((records.METRIC, self._seq, step, time.time(), dict(data)))
+            self._seq += 1
+            if len(self._buffer) >= FLUSH_AT_RECORDS:
+                self._wake.set()
+
+    # -- everything else ------------------------------------------------------------------------
+    def _append(self, kind: str, payload: dict) -> None:
+        if self.disabled:
+            return
+        with self._lock:
+            self._buffer.append((kind, self._seq, payload))
+            self._seq += 1
+
+    def _serialise(self, item: tuple) -> str:
+        if item[0] == records.METRIC:
+            _, seq, step, ts, values = item
+            return _dumps({"seq": seq, "type": records.METRIC, "step": step, "ts": ts, "values": values})
+        kind, seq, payload = item
+        return _dumps({"seq": seq, "type": kind, **payload})
+
+    def flush(self) -> None:
+        """Write buffered records to the run directory."""
+        if self._file is None:
+            return
+        with self._lock:
+            pending, self._buffer = self._buffer, []
+        if pending:
+            data = "".join(self._serialise(item) + "\n" for item in pending).encode("utf-8")
+            with self._write_lock:
+                self._file.write(data)
+                self._file.flush()
+
+    def _flush_loop(self) -> None:
+        while not self._closed:
+            self._wake.wait(FLUSH_INTERVAL_S)
+            self._wake.clear()
+            try:
+                self.flush()
+            except OSError as exc:  # a full disk must not kill training; records stay buffered
+                print(f"cairn: could not write records: {exc}", file=sys.stderr)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self._append(records.PARAMS, {"params": dict(params)})
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._append(records.TAGS, {"tags": {k: str(v) for k, v in tags.items()}})
+
+    def log_artifact(self, path: str, name: str | None = None) -> str:
+        """Keep a file (or a directory, recursively) as an artifact of the run.
+
+        The file is hard-linked (or copied) into ``<run dir>/artifacts/`` so later changes to the
+        original do not change what was recorded. Returns the artifact's path in the run.
+        """
+        if self.disabled:
+            return path
+        name = name or os.path.basename(os.path.normpath(path))
+        target = os.path.join(self.dir, records.ARTIFACTS_DIR, name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if os.path.abspath(path) != os.path.abspath(target):
+            if os.path.isdir(path):
+                shutil.copytree(path, target, dirs_exist_ok=True)
+            else:
+                if os.path.exists(target):
+                    os.unlink(target)
+                try:
+                    os.link(path, target)
+                except OSError:
+                    shutil.copy2(path, target)
+        files = (
+            [os.path.join(dp, f) for dp, _, fs in os.walk(target) for f in fs]
+            if os.path.isdir(target)
+            else [target]
+        )
+        for f in sorted(files):
+            self._append(records.ARTIFACT, {"path": os.path.relpath(f, self.dir)})
+        return os.path.relpath(target, self.dir)
+
+    def finish(self, exit_code: int | None = 0, status: str | None = None) -> None:
+        if self._closed:
+            return
+        status = status or ("FINISHED" if not exit_code else "FAILED")
+        self._append(records.FINISH, {"status": status, "exit_code": exit_code, "ts": time.time()})
+        self._closed = True
+        self._wake.set()
+        if self._flusher is not None:
+            self._flusher.join(timeout=5)
+        self.flush()
+        if self._file is not None:
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+
+
+def init(
+    experiment: str | None = None,
+    name: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+    run_dir: str | None = None,
+    run_id: str | None = None,
+    capture_env: bool = True,
+) -> Run:
+    """Start (or attach to) a run and return it; also sets ``cairn.run`` and ``cairn.config``.
+
+    ``config`` holds the code's defaults; parameters injected by ``cairn run -p`` or a
+    TrainingRun override them, so the same script serves sweeps unchanged.
+    """
+    global run
+    if run is not None and not run._closed:
+        return run
+    disabled = os.environ.get("CAIRN_MODE", "").lower() == "disabled"
+    run_id = run_id or os.environ.get("CAIRN_RUN_ID") or str(uuid.uuid4())
+    run_dir = run_dir or os.environ.get("CAIRN_RUN_DIR") or os.path.join("cairn-runs", run_id)
+    experiment = experiment or os.environ.get("CAIRN_EXPERIMENT") or "default"
+    name = name or os.environ.get("CAIRN_RUN_NAME")
+
+    params = dict(config or {})
+    params.update(_read_injected_params(run_dir))
+    globals()["config"]._replace(params)
+
+    run = Run(run_id, os.path.abspath(run_dir), experiment, name, disabled=disabled)
+    if disabled:
+        return run
+    code = code_version() if capture_env else {}
+    if os.environ.get("CAIRN_CODE_COMMIT"):
+        code = {
+            "repository": os.environ.get("CAIRN_CODE_REPOSITORY"),
+            "commit": os.environ["CAIRN_CODE_COMMIT"],
+            "dirty": False,
+        }
+    run._append(
+        records.RUN,
+        {
+            "run_id": run_id,
+            "experiment": experiment,
+            "name": name,
+            "params": params,
+            "tags": {k: str(v) for k, v in (tags or {}).items()},
+            "environment": capture_environment() if capture_env else {},
+            "code": code,
+            "ts": time.time(),
+        },
+    )
+    run.flush()
+    atexit.register(_finish_at_exit)
+    _install_excepthook()
+    return run
+
+
+def _record_params(changes: Mapping[str, Any]) -> None:
+    if run is not None and not run._closed:
+        run.log_params(changes)
+
+
+def _require_run() -> Run:
+    if run is None:
+        raise RuntimeError("no active run: call cairn.init() first")
+    return run
+
+
+def log(data: Mapping[str, Any], step: int | None = None) -> None:
+    """Record metrics, e.g. ``cairn.log({"loss": 0.3, "acc": 0.9}, step=10)``."""
+    _require_run().log(data, step)
+
+
+def log_artifact(path: str, name: str | None = None) -> str:
+    return _require_run().log_artifact(path, name)
+
+
+def finish(exit_code: int | None = 0) -> None:
+    global run
+    if run is not None:
+        run.finish(exit_code)
+
+
+_failed = False
+
+
+def _finish_at_exit() -> None:
+    if run is not None and not run._closed:
+        run.finish(1 if _failed else 0)
+
+
+def _install_excepthook() -> None:
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):  # noqa: ANN001
+        global _failed
+        _failed = True
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = hook

@@ -1,0 +1,525 @@
+"""The tracking store: every read and write of runs, parameters, metrics and artifacts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import math
+import uuid
+from typing import Any, Iterable, Sequence
+
+from sqlalchemy import and_, case, func, insert, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from cairn.store import db
+from cairn.store.entities import (
+    ArtifactInfo,
+    ExperimentSummary,
+    HistoryBucket,
+    IngestBatch,
+    LatestValue,
+    MetricPoint,
+    RunDetail,
+    RunSummary,
+)
+from cairn.store.models import (
+    Artifact,
+    CodeVersion,
+    Dataset,
+    Environment,
+    Experiment,
+    IngestProgress,
+    LatestMetric,
+    Metric,
+    Param,
+    Run,
+    Tag,
+    utcnow,
+)
+
+TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+SQLITE_INSERT_CHUNK = 5000
+
+
+class RunNotFound(db.StoreError):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no run matches id {run_id!r}", code="RUN_NOT_FOUND")
+
+
+def _as_uuid(run_id: str | uuid.UUID) -> uuid.UUID:
+    if isinstance(run_id, uuid.UUID):
+        return run_id
+    try:
+        return uuid.UUID(str(run_id))
+    except ValueError:
+        raise RunNotFound(str(run_id)) from None
+
+
+def _param_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, allow_nan=True)
+
+
+def _param_value(text_value: str) -> Any:
+    try:
+        return json.loads(text_value)
+    except ValueError:
+        return text_value
+
+
+def _from_db_float(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _copy_text(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+class TrackingStore:
+    """One store contract for PostgreSQL (production) and SQLite (the embedded default)."""
+
+    def __init__(self, url: str | None = None, engine: Engine | None = None, check_schema: bool = True) -> None:
+        self.engine = engine or db.get_engine(url)
+        self.url = str(self.engine.url)
+        if check_schema:
+            db.ensure_schema(self.engine)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def _session(self):  # noqa: ANN202
+        return db.session_scope(self.engine)
+
+    def _insert(self, table):  # noqa: ANN001, ANN202
+        return (postgresql.insert if self.is_postgres else sqlite.insert)(table)
+
+    # -- experiments and runs -------------------------------------------------------------------
+    def _experiment_id(self, session: Session, name: str) -> int:
+        session.execute(self._insert(Experiment).values(name=name, created_at=utcnow()).on_conflict_do_nothing())
+        return session.execute(select(Experiment.id).where(Experiment.name == name)).scalar_one()
+
+    def create_run(
+        self,
+        experiment: str = "default",
+        name: str | None = None,
+        run_id: str | uuid.UUID | None = None,
+        params: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
+        status: str = "RUNNING",
+        start_time: dt.datetime | None = None,
+        **cluster_fields: Any,
+    ) -> str:
+        """Create a run (idempotent for a given ``run_id``) and return its id."""
+        rid = _as_uuid(run_id) if run_id else uuid.uuid4()
+        with self._session() as s:
+            exp_id = self._experiment_id(s, experiment)
+            s.execute(
+                self._insert(Run)
+                .values(
+                    id=rid,
+                    name=name,
+                    experiment_id=exp_id,
+                    status=status,
+                    start_time=start_time if start_time is not None else (utcnow() if status == "RUNNING" else None),
+                    created_at=utcnow(),
+                    attempts=0,
+                    **cluster_fields,
+                )
+                .on_conflict_do_nothing()
+            )
+            if params:
+                self._upsert_params(s, rid, params)
+            if tags:
+                self._upsert_tags(s, rid, tags)
+        return str(rid)
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        """Set run columns (status, end_time, exit_code, node_name, image_digest, ...)."""
+        rid = _as_uuid(run_id)
+        with self._session() as s:
+            done = s.execute(update(Run).where(Run.id == rid).values(**fields))
+            if done.rowcount == 0:
+                raise RunNotFound(run_id)
+
+    def finish_run(self, run_id: str, status: str, exit_code: int | None, end_time: dt.datetime | None = None) -> None:
+        self.update_run(run_id, status=status, exit_code=exit_code, end_time=end_time or utcnow())
+
+    def record_dataset(self, run_id: str, uri: str, digest: str | None, pinned_digest: str | None = None) -> None:
+        rid = _as_uuid(run_id)
+        with self._session() as s:
+            stmt = self._insert(Dataset).values(run_id=rid, uri=uri, digest=digest, pinned_digest=pinned_digest)
+            s.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["run_id", "uri"],
+                    set_={"digest": stmt.excluded.digest, "pinned_digest": stmt.excluded.pinned_digest},
+                )
+            )
+
+    def resolve_run_id(self, prefix: str) -> str:
+        """A full run id from an unambiguous prefix (as with git commits)."""
+        prefix = prefix.strip().lower()
+        try:
+            rid = uuid.UUID(prefix)
+        except ValueError:
+            rid = None
+        with self._session() as s:
+            if rid is not None:
+                if s.get(Run, rid) is None:
+                    raise RunNotFound(prefix)
+                return str(rid)
+            if len(prefix) < 4 or any(c not in "0123456789abcdef-" for c in prefix):
+                raise RunNotFound(prefix)
+            # UUIDs are compared as text; the prefix is a short literal so a scan is fine here.
+            ids = [str(r) for r in s.execute(select(Run.id)).scalars() if str(r).startswith(prefix)]
+        if not ids:
+            raise RunNotFound(prefix)
+        if len(ids) > 1:
+            raise db.StoreError(f"run id prefix {prefix!r} is ambiguous: {', '.join(sorted(ids)[:5])}", code="AMBIGUOUS_RUN_ID")
+        return ids[0]
+
+    # -- parameters, tags -----------------------------------------------------------------------
+    def _upsert_params(self, s: Session, rid: uuid.UUID, params: dict[str, Any]) -> None:
+        stmt = self._insert(Param).values([{"run_id": rid, "key": k, "value": _param_text(v)} for k, v in params.items()])
+        s.execute(stmt.on_conflict_do_update(index_elements=["run_id", "key"], set_={"value": stmt.excluded.value}))
+
+    def _upsert_tags(self, s: Session, rid: uuid.UUID, tags: dict[str, str]) -> None:
+        stmt = self._insert(Tag).values([{"run_id": rid, "key": k, "value": str(v)} for k, v in tags.items()])
+        s.execute(stmt.on_conflict_do_update(index_elements=["run_id", "key"], set_={"value": stmt.excluded.value}))
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        with self._session() as s:
+            self._upsert_params(s, _as_uuid(run_id), params)
+
+    # -- ingest ---------------------------------------------------------------------------------
+    def ingest_progress(self, run_id: str, source: str) -> tuple[int, int]:
+        """(byte offset, line number) already committed for a source file of a run."""
+        with self._session() as s:
+            row = s.get(IngestProgress, (_as_uuid(run_id), source))
+            return (row.offset, row.lines) if row else (0, 0)
+
+    def ingest_batch(
+        self,
+        run_id: str,
+        source: str,
+        batch: IngestBatch,
+        offset: int,
+        lines: int,
+        rejected: dict[str, int] | None = None,
+    ) -> None:
+        """Commit a batch and the source offset it ends at, atomically.
+
+        A crash before the commit leaves the old offset, so the agent re-reads the same lines;
+        a crash after it leaves the new one. Either way each point is stored exactly once.
+        """
+        rid = _as_uuid(run_id)
+        with self._session() as s:
+            if batch.run_info is not None:
+                self._apply_run_info(s, rid, batch.run_info)
+            elif s.get(Run, rid) is None:
+                self._experiment_id(s, "default")
+                s.execute(
+                    self._insert(Run)
+                    .values(id=rid, experiment_id=self._experiment_id(s, "default"), status="RUNNING",
+                            start_time=utcnow(), created_at=utcnow(), attempts=0)
+                    .on_conflict_do_nothing()
+                )
+            if batch.params:
+                self._upsert_params(s, rid, batch.params)
+            if batch.tags:
+                self._upsert_tags(s, rid, batch.tags)
+            if batch.metrics:
+                self._write_metrics(s, rid, batch.metrics)
+                self._update_latest(s, rid, batch.metrics)
+            for art in batch.artifacts:
+                self._upsert_artifact(s, rid, art)
+            if batch.finish is not None:
+                fin = batch.finish
+                end = dt.datetime.fromtimestamp(fin["ts"], dt.timezone.utc) if fin.get("ts") else utcnow()
+                s.execute(
+                    update(Run)
+                    .where(Run.id == rid, Run.status.notin_(TERMINAL_STATUSES))
+                    .values(status=fin.get("status", "FINISHED"), exit_code=fin.get("exit_code"), end_time=end)
+                )
+            self._advance_progress(s, rid, source, offset, lines, len(batch.metrics), rejected or {})
+
+    def _apply_run_info(self, s: Session, rid: uuid.UUID, info: dict[str, Any]) -> None:
+        exp_id = self._experiment_id(s, info.get("experiment") or "default")
+        start = dt.datetime.fromtimestamp(info["ts"], dt.timezone.utc) if info.get("ts") else utcnow()
+        s.execute(
+            self._insert(Run)
+            .values(id=rid, name=info.get("name"), experiment_id=exp_id, status="RUNNING",
+                    start_time=start, created_at=utcnow(), attempts=0)
+            .on_conflict_do_nothing()
+        )
+        if info.get("name"):
+            s.execute(update(Run).where(Run.id == rid, Run.name.is_(None)).values(name=info["name"]))
+        if info.get("params"):
+            self._upsert_params(s, rid, info["params"])
+        if info.get("tags"):
+            self._upsert_tags(s, rid, info["tags"])
+        env = info.get("environment") or {}
+        if env:
+            values = {
+                "python_version": env.get("python_version"),
+                "platform": env.get("platform"),
+                "hostname": env.get("hostname"),
+                "packages": env.get("packages"),
+                "cuda_version": env.get("cuda_version"),
+                "driver_version": env.get("driver_version"),
+                "gpu_model": env.get("gpu_model"),
+                "gpu_count": env.get("gpu_count"),
+                "captured_at": utcnow(),
+            }
+            stmt = self._insert(Environment).values(run_id=rid, **values)
+            s.execute(stmt.on_conflict_do_update(index_elements=["run_id"], set_=values))
+        code = info.get("code") or {}
+        if code.get("commit"):
+            values = {k: code.get(k) for k in ("repository", "commit", "branch", "dirty")}
+            stmt = self._insert(CodeVersion).values(run_id=rid, **values)
+            s.execute(stmt.on_conflict_do_update(index_elements=["run_id"], set_=values))
+
+    def _write_metrics(self, s: Session, rid: uuid.UUID, points: Sequence[MetricPoint]) -> None:
+        if self.is_postgres:
+            run_text = str(rid)
+            buf = io.StringIO()
+            buf.writelines(
+                f"{run_text}\t{_copy_text(p.key)}\t{p.step}\t{p.timestamp_ms}\t{p.value!r}\n" for p in points
+            )
+            buf.seek(0)
+            raw = s.connection().connection.dbapi_connection
+            with raw.cursor() as cur:
+                cur.copy_expert("COPY metrics (run_id, key, step, timestamp_ms, value) FROM STDIN", buf)
+            return
+        rows = [
+            {"run_id": rid, "key": p.key, "step": p.step, "timestamp_ms": p.timestamp_ms,
+             "value": None if math.isnan(p.value) else p.value}
+            for p in points
+        ]
+        for i in range(0, len(rows), SQLITE_INSERT_CHUNK):
+            s.execute(insert(Metric), rows[i : i + SQLITE_INSERT_CHUNK])
+
+    def _update_latest(self, s: Session, rid: uuid.UUID, points: Iterable[MetricPoint]) -> None:
+        summary: dict[str, dict[str, Any]] = {}
+        for p in points:
+            cur = summary.get(p.key)
+            finite = not math.isnan(p.value)
+            if cur is None:
+                summary[p.key] = cur = {"step": p.step, "timestamp_ms": p.timestamp_ms, "value": p.value,
+                                        "min_value": None, "max_value": None, "count": 0}
+            elif p.step >= cur["step"]:
+                cur.update(step=p.step, timestamp_ms=p.timestamp_ms, value=p.value)
+            cur["count"] += 1
+            if finite:
+                if cur["min_value"] is None or p.value < cur["min_value"]:
+                    cur["min_value"] = p.value
+                if cur["max_value"] is None or p.value > cur["max_value"]:
+                    cur["max_value"] = p.value
+        rows = []
+        for key, v in summary.items():
+            if not self.is_postgres and math.isnan(v["value"]):
+                v["value"] = None
+            rows.append({"run_id": rid, "key": key, **v})
+        stmt = self._insert(LatestMetric).values(rows)
+        ex, cur_t = stmt.excluded, LatestMetric.__table__.c
+        newer = ex.step >= cur_t.step
+        s.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["run_id", "key"],
+                set_={
+                    "step": case((newer, ex.step), else_=cur_t.step),
+                    "timestamp_ms": case((newer, ex.timestamp_ms), else_=cur_t.timestamp_ms),
+                    "value": case((newer, ex.value), else_=cur_t.value),
+                    "min_value": case(
+                        (cur_t.min_value.is_(None) | (ex.min_value < cur_t.min_value), ex.min_value),
+                        else_=cur_t.min_value,
+                    ),
+                    "max_value": case(
+                        (cur_t.max_value.is_(None) | (ex.max_value > cur_t.max_value), ex.max_value),
+                        else_=cur_t.max_value,
+                    ),
+                    "count": cur_t.count + ex.count,
+                },
+            )
+        )
+
+    def _upsert_artifact(self, s: Session, rid: uuid.UUID, art: ArtifactInfo) -> None:
+        values = {"uri": art.uri, "size": art.size, "sha256": art.sha256, "kind": art.kind, "step": art.step}
+        stmt = self._insert(Artifact).values(run_id=rid, path=art.path, created_at=utcnow(), **values)
+        s.execute(stmt.on_conflict_do_update(index_elements=["run_id", "path"], set_=values))
+
+    def record_artifacts(self, run_id: str, artifacts: Iterable[ArtifactInfo]) -> None:
+        with self._session() as s:
+            for art in artifacts:
+                self._upsert_artifact(s, _as_uuid(run_id), art)
+
+    def _advance_progress(self, s: Session, rid: uuid.UUID, source: str, offset: int, lines: int,
+                          points: int, rejected: dict[str, int]) -> None:
+        row = s.get(IngestProgress, (rid, source), with_for_update=self.is_postgres)
+        if row is None:
+            s.add(IngestProgress(run_id=rid, source=source, offset=offset, lines=lines, points=points,
+                                 rejected=dict(rejected)))
+            return
+        if offset < row.offset:
+            raise db.StoreError(
+                f"ingest of {source} for run {rid} would move back from byte {row.offset} to {offset}",
+                code="INGEST_OFFSET_REGRESSION",
+            )
+        merged = dict(row.rejected or {})
+        for reason, n in rejected.items():
+            merged[reason] = merged.get(reason, 0) + n
+        row.offset, row.lines, row.points, row.rejected = offset, lines, row.points + points, merged
+
+    # -- reads ----------------------------------------------------------------------------------
+    def _latest(self, s: Session, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, dict[str, LatestValue]]:
+        out: dict[uuid.UUID, dict[str, LatestValue]] = {rid: {} for rid in run_ids}
+        if not run_ids:
+            return out
+        for m in s.execute(select(LatestMetric).where(LatestMetric.run_id.in_(run_ids))).scalars():
+            out[m.run_id][m.key] = LatestValue(m.key, m.step, _from_db_float(m.value), m.min_value, m.max_value, m.count)
+        return out
+
+    def _summaries(self, s: Session, rows: Sequence[tuple[Run, str]]) -> list[RunSummary]:
+        latest = self._latest(s, [r.id for r, _ in rows])
+        return [
+            RunSummary(str(r.id), r.name, exp, r.status, r.start_time, r.end_time, r.exit_code, latest[r.id])
+            for r, exp in rows
+        ]
+
+    def list_runs(
+        self,
+        experiment: str | None = None,
+        status: str | None = None,
+        sort_metric: str | None = None,
+        ascending: bool = False,
+        limit: int = 100,
+    ) -> list[RunSummary]:
+        with self._session() as s:
+            q = select(Run, Experiment.name).join(Experiment, Run.experiment_id == Experiment.id)
+            if experiment:
+                q = q.where(Experiment.name == experiment)
+            if status:
+                q = q.where(Run.status == status.upper())
+            if sort_metric:
+                q = q.outerjoin(LatestMetric, and_(LatestMetric.run_id == Run.id, LatestMetric.key == sort_metric))
+                col = LatestMetric.value.asc() if ascending else LatestMetric.value.desc()
+                q = q.order_by(LatestMetric.value.is_(None), col, Run.created_at.desc())
+            else:
+                q = q.order_by(Run.created_at.desc())
+            rows = s.execute(q.limit(limit)).all()
+            return self._summaries(s, rows)
+
+    def get_run(self, run_id: str) -> RunDetail:
+        rid = _as_uuid(run_id)
+        with self._session() as s:
+            row = s.execute(
+                select(Run, Experiment.name).join(Experiment, Run.experiment_id == Experiment.id).where(Run.id == rid)
+            ).first()
+            if row is None:
+                raise RunNotFound(run_id)
+            run = row[0]
+            summary = self._summaries(s, [row])[0]
+            params = {p.key: _param_value(p.value) for p in s.execute(select(Param).where(Param.run_id == rid)).scalars()}
+            tags = {t.key: t.value for t in s.execute(select(Tag).where(Tag.run_id == rid)).scalars()}
+            env_row = s.get(Environment, rid)
+            env = (
+                {c: getattr(env_row, c) for c in ("python_version", "platform", "hostname", "cuda_version",
+                                                   "driver_version", "gpu_model", "gpu_count", "packages")}
+                if env_row else {}
+            )
+            code_row = s.get(CodeVersion, rid)
+            code = {c: getattr(code_row, c) for c in ("repository", "commit", "branch", "dirty")} if code_row else {}
+            arts = [
+                ArtifactInfo(a.path, a.uri, a.size, a.sha256, a.kind, a.step)
+                for a in s.execute(select(Artifact).where(Artifact.run_id == rid).order_by(Artifact.path)).scalars()
+            ]
+            datasets = [
+                {"uri": d.uri, "digest": d.digest, "pinned_digest": d.pinned_digest}
+                for d in s.execute(select(Dataset).where(Dataset.run_id == rid)).scalars()
+            ]
+            progress = list(s.execute(select(IngestProgress).where(IngestProgress.run_id == rid)).scalars())
+            rejected: dict[str, int] = {}
+            for p in progress:
+                for reason, n in (p.rejected or {}).items():
+                    rejected[reason] = rejected.get(reason, 0) + n
+            ingest = {
+                "sources": {p.source: {"offset": p.offset, "lines": p.lines, "points": p.points} for p in progress},
+                "points": sum(p.points for p in progress),
+                "rejected": rejected,
+            }
+            cluster = {
+                c: getattr(run, c)
+                for c in ("namespace", "k8s_uid", "image", "image_digest", "node_name", "gpu_product",
+                          "resources", "attempts", "reason")
+                if getattr(run, c) not in (None, 0)
+            }
+            return RunDetail(summary, params, tags, env, code, arts, datasets, cluster, ingest)
+
+    def list_experiments(self) -> list[ExperimentSummary]:
+        with self._session() as s:
+            q = (
+                select(Experiment.name, func.count(Run.id), func.max(Run.start_time))
+                .outerjoin(Run, Run.experiment_id == Experiment.id)
+                .group_by(Experiment.name)
+                .order_by(Experiment.name)
+            )
+            return [ExperimentSummary(name, n, last) for name, n, last in s.execute(q).all()]
+
+    def metric_keys(self, run_id: str) -> list[str]:
+        with self._session() as s:
+            q = select(LatestMetric.key).where(LatestMetric.run_id == _as_uuid(run_id)).order_by(LatestMetric.key)
+            return list(s.execute(q).scalars())
+
+    def metric_history(self, run_id: str, key: str) -> list[MetricPoint]:
+        """Every point of one series, ordered by step (then by arrival)."""
+        rid = _as_uuid(run_id)
+        with self.engine.connect() as conn:
+            if self.is_postgres:
+                # A plain cursor avoids per-row result processing: about 3x faster on 1M points.
+                raw = conn.connection.dbapi_connection
+                with raw.cursor() as cur:
+                    cur.execute(
+                        "SELECT step, timestamp_ms, value FROM metrics WHERE run_id = %s AND key = %s ORDER BY step, id",
+                        (str(rid), key),
+                    )
+                    return [MetricPoint(key, step, ts, value) for step, ts, value in cur.fetchall()]
+            rows = conn.execute(
+                select(Metric.step, Metric.timestamp_ms, Metric.value)
+                .where(Metric.run_id == rid, Metric.key == key)
+                .order_by(Metric.step, Metric.id)
+            ).all()
+            return [MetricPoint(key, step, ts, _from_db_float(v)) for step, ts, v in rows]
+
+    def downsampled_history(self, run_id: str, key: str, max_points: int = 1000) -> list[HistoryBucket]:
+        """At most ``max_points`` buckets of equal step width: last value, min and max in each.
+
+        Keeping min and max means a spike survives downsampling, which plain decimation loses.
+        """
+        rid = _as_uuid(run_id)
+        with self.engine.connect() as conn:
+            bounds = conn.execute(
+                select(func.min(Metric.step), func.max(Metric.step))
+                .where(Metric.run_id == rid, Metric.key == key)
+            ).one()
+            if bounds[0] is None:
+                return []
+            lo, hi = bounds
+            span = hi - lo + 1
+            rows = conn.execute(
+                text(
+                    """
+                    SELECT step, value, mn, mx, n FROM (
+                        SELECT step, value,
+                               MIN(value) OVER w AS mn, MAX(value) OVER w AS mx, COUNT(*) OVER w AS n,
+                               ROW_NUMBER() OVER (PARTITION BY bucket ORDER BY step DESC, id DESC) AS rn
+                        FROM (SELECT id, step, value, ((step - :lo) * :n) / :span AS bucket
+                              FROM metrics WHERE run_id = :rid AND key = :key) b
+                        WINDOW w AS (PARTITION BY bucket)
+                    ) ranked WHERE rn = 1 ORDER BY step
+                    """
+                ),
+                {"lo": lo, "n": max_points, "span": span, "rid": rid if self.is_postgres else rid.hex, "key": key},
+            ).all()
+            return [HistoryBucket(step, _from_db_float(v), mn, mx, n) for step, v, mn, mx, n in rows]
