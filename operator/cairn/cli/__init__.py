@@ -1,0 +1,1 @@
+"""The ``cairn`` command: inspect and compare runs, run training locally, run the agent."""

@@ -1,0 +1,406 @@
+"""Entry point of the ``cairn`` command."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import logging
+import math
+import sys
+import threading
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from cairn.cli.params import BadParam, lower_is_better, parse_params
+from cairn.store import db
+from cairn.store.entities import RunDetail, RunSummary
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class CairnGroup(click.Group):
+    """Turns store errors into one clear line and exit code 1 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except db.StoreError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+            sys.exit(1)
+
+
+def _store(ctx: click.Context):  # noqa: ANN202
+    from cairn.store.store import TrackingStore
+
+    obj = ctx.find_object(dict)
+    if "store" not in obj:
+        obj["store"] = TrackingStore(obj.get("database_url"))
+    return obj["store"]
+
+
+def _fmt_value(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if math.isnan(v) or math.isinf(v):
+        return str(v)
+    return f"{v:.6g}"
+
+
+def _fmt_time(t: dt.datetime | None) -> str:
+    return t.strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+
+
+def _fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{seconds:.1f}s")
+
+
+STATUS_STYLE = {"FINISHED": "green", "FAILED": "red", "KILLED": "yellow", "RUNNING": "cyan", "PENDING": "blue"}
+
+
+def _status(s: str) -> str:
+    return f"[{STATUS_STYLE.get(s, 'white')}]{s}[/]"
+
+
+@click.group(cls=CairnGroup)
+@click.option("--database-url", envvar="CAIRN_DATABASE_URL", default=None,
+              help="SQLAlchemy URL of the store (default: SQLite under $CAIRN_HOME, ~/.cairn).")
+@click.option("-v", "--verbose", is_flag=True, help="Log what the agent and store do.")
+@click.version_option(package_name="cairn")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None, verbose: bool) -> None:
+    """Cairn: tracked training runs, locally or on Kubernetes."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not verbose:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+    ctx.ensure_object(dict)["database_url"] = database_url
+
+
+# -- runs ---------------------------------------------------------------------------------------
+@cli.group()
+def runs() -> None:
+    """List, inspect, compare and export runs."""
+
+
+@runs.command("list")
+@click.option("-e", "--experiment", help="Only runs of this experiment.")
+@click.option("-s", "--status", type=click.Choice(["RUNNING", "FINISHED", "FAILED", "KILLED", "PENDING"], case_sensitive=False))
+@click.option("--sort", "sort_metric", metavar="METRIC", help="Sort by the latest value of a metric (best first).")
+@click.option("--asc/--desc", "ascending", default=None, help="Sort direction (default: by the metric's name, loss ascending).")
+@click.option("-n", "--limit", default=50, show_default=True)
+@click.pass_context
+def runs_list(ctx: click.Context, experiment, status, sort_metric, ascending, limit) -> None:  # noqa: ANN001
+    """List runs, newest first or best first by a metric."""
+    if sort_metric and ascending is None:
+        ascending = lower_is_better(sort_metric)
+    rows = _store(ctx).list_runs(experiment, status, sort_metric, bool(ascending), limit)
+    keys = _headline_keys(rows, sort_metric)
+    table = Table(title=f"{len(rows)} run(s)")
+    for col in ("id", "experiment", "name", "status", "started", "duration"):
+        table.add_column(col)
+    for k in keys:
+        table.add_column(k, justify="right")
+    for r in rows:
+        table.add_row(r.id[:8], r.experiment, r.name or "", _status(r.status), _fmt_time(r.start_time),
+                      _fmt_duration(r.duration_s), *[_fmt_value(r.metrics[k].value) if k in r.metrics else "-" for k in keys])
+    console.print(table)
+
+
+def _headline_keys(rows: list[RunSummary], first: str | None, limit: int = 4) -> list[str]:
+    keys = [first] if first else []
+    for r in rows:
+        for k in sorted(r.metrics):
+            if k not in keys and len(keys) < limit:
+                keys.append(k)
+    return keys
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@click.option("--packages", is_flag=True, help="List every installed package of the run's environment.")
+@click.pass_context
+def runs_show(ctx: click.Context, run_id: str, as_json: bool, packages: bool) -> None:
+    """Everything recorded about one run (an unambiguous id prefix is enough)."""
+    store = _store(ctx)
+    d = store.get_run(store.resolve_run_id(run_id))
+    if as_json:
+        click.echo(json.dumps(detail_to_dict(d), indent=2, default=str))
+        return
+    print_run(d, packages)
+
+
+def detail_to_dict(d: RunDetail) -> dict[str, Any]:
+    s = d.summary
+    return {
+        "id": s.id, "name": s.name, "experiment": s.experiment, "status": s.status,
+        "start_time": s.start_time, "end_time": s.end_time, "duration_s": s.duration_s, "exit_code": s.exit_code,
+        "params": d.params, "tags": d.tags, "environment": d.environment, "code": d.code,
+        "metrics": {k: {"step": v.step, "value": _json_float(v.value), "min": _json_float(v.min_value),
+                        "max": _json_float(v.max_value), "count": v.count} for k, v in s.metrics.items()},
+        "artifacts": [a.__dict__ for a in d.artifacts], "datasets": d.datasets, "cluster": d.cluster,
+        "ingest": d.ingest,
+    }
+
+
+def _json_float(v: float | None) -> float | str | None:
+    if v is not None and (math.isnan(v) or math.isinf(v)):
+        return str(v)
+    return v
+
+
+def print_run(d: RunDetail, packages: bool = False) -> None:
+    s = d.summary
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    for label, value in (
+        ("run", s.id), ("name", s.name or "-"), ("experiment", s.experiment), ("status", _status(s.status)),
+        ("started", _fmt_time(s.start_time)), ("duration", _fmt_duration(s.duration_s)),
+        ("exit code", "-" if s.exit_code is None else str(s.exit_code)),
+    ):
+        head.add_row(label, value)
+    if d.code:
+        head.add_row("code", f"{d.code.get('repository') or '?'} @ {d.code.get('commit')}"
+                     + (" (dirty)" if d.code.get("dirty") else ""))
+    env = d.environment
+    if env:
+        gpu = f"{env.get('gpu_count') or 0} x {env.get('gpu_model')}" if env.get("gpu_model") else "none"
+        head.add_row("environment", f"python {env.get('python_version')} on {env.get('hostname')}, GPU: {gpu}"
+                     + (f", CUDA {env['cuda_version']}" if env.get("cuda_version") else "")
+                     + f", {len(env.get('packages') or {})} packages")
+    for k, v in d.cluster.items():
+        head.add_row(k.replace("_", " "), str(v))
+    for ds in d.datasets:
+        head.add_row("dataset", f"{ds['uri']} sha256:{ds['digest']}")
+    rejected = d.ingest.get("rejected") or {}
+    head.add_row("ingested", f"{d.ingest.get('points', 0)} points"
+                 + (f", rejected lines/values: {rejected}" if rejected else ""))
+    console.print(head)
+    if d.params:
+        t = Table(title="params")
+        t.add_column("key")
+        t.add_column("value")
+        for k, v in sorted(d.params.items()):
+            t.add_row(k, json.dumps(v))
+        console.print(t)
+    if s.metrics:
+        t = Table(title="metrics")
+        for col in ("key", "step", "last", "min", "max", "points"):
+            t.add_column(col, justify="left" if col == "key" else "right")
+        for k, v in sorted(s.metrics.items()):
+            t.add_row(k, str(v.step), _fmt_value(v.value), _fmt_value(v.min_value), _fmt_value(v.max_value), str(v.count))
+        console.print(t)
+    if d.artifacts:
+        t = Table(title="artifacts")
+        for col in ("path", "size", "sha256", "uri"):
+            t.add_column(col)
+        for a in d.artifacts:
+            t.add_row(a.path, str(a.size), a.sha256[:16], a.uri)
+        console.print(t)
+    if packages and env.get("packages"):
+        console.print("packages: " + ", ".join(f"{k}=={v}" for k, v in env["packages"].items()))
+
+
+@runs.command("compare")
+@click.argument("run_ids", nargs=-1, required=True)
+@click.option("--all-params", is_flag=True, help="Show parameters that are equal in every run too.")
+@click.pass_context
+def runs_compare(ctx: click.Context, run_ids: tuple[str, ...], all_params: bool) -> None:
+    """Parameters that differ and final/best metrics, side by side."""
+    if len(run_ids) < 2:
+        raise click.UsageError("compare needs at least two run ids")
+    store = _store(ctx)
+    details = [store.get_run(store.resolve_run_id(r)) for r in run_ids]
+    ids = [d.summary.id[:8] for d in details]
+    params = Table(title="params" if all_params else "params that differ")
+    params.add_column("param")
+    for i in ids:
+        params.add_column(i)
+    keys = sorted(set().union(*(d.params for d in details)))
+    missing = object()
+    for k in keys:
+        values = [d.params.get(k, missing) for d in details]
+        differs = any(v != values[0] for v in values)
+        if differs or all_params:
+            params.add_row(k, *["-" if v is missing else json.dumps(v) for v in values], style="bold" if differs else None)
+    console.print(params)
+    metrics = Table(title="metrics: final (best)")
+    metrics.add_column("metric")
+    for i in ids:
+        metrics.add_column(i, justify="right")
+    metrics.add_column("best run")
+    for k in sorted(set().union(*(d.summary.metrics for d in details))):
+        minimise = lower_is_better(k)
+        cells, bests = [], []
+        for d in details:
+            v = d.summary.metrics.get(k)
+            best = None if v is None else (v.min_value if minimise else v.max_value)
+            bests.append(best)
+            cells.append("-" if v is None else f"{_fmt_value(v.value)} ({_fmt_value(best)})")
+        ranked = [(b, i) for b, i in zip(bests, ids) if b is not None]
+        winner = (min(ranked) if minimise else max(ranked))[1] if ranked else "-"
+        metrics.add_row(k + (" ↓" if minimise else " ↑"), *cells, winner)
+    console.print(metrics)
+
+
+@runs.command("export")
+@click.argument("run_id")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+@click.option("-o", "--output", type=click.File("w"), default="-", help="File to write (default: stdout).")
+@click.option("-k", "--key", "keys", multiple=True, help="Only these metrics (repeatable).")
+@click.pass_context
+def runs_export(ctx: click.Context, run_id: str, fmt: str, output, keys: tuple[str, ...]) -> None:  # noqa: ANN001
+    """Every metric point of a run (CSV: key,step,timestamp_ms,value; JSON: the run record and series)."""
+    store = _store(ctx)
+    rid = store.resolve_run_id(run_id)
+    keys = keys or tuple(store.metric_keys(rid))
+    if fmt == "csv":
+        w = csv.writer(output)
+        w.writerow(["key", "step", "timestamp_ms", "value"])
+        for k in keys:
+            w.writerows((p.key, p.step, p.timestamp_ms, repr(p.value)) for p in store.metric_history(rid, k))
+        return
+    doc = detail_to_dict(store.get_run(rid))
+    doc["history"] = {k: [[p.step, p.timestamp_ms, _json_float(p.value)] for p in store.metric_history(rid, k)] for k in keys}
+    json.dump(doc, output, default=str)
+    output.write("\n")
+
+
+@runs.command("history")
+@click.argument("run_id")
+@click.argument("key")
+@click.option("--points", default=1000, show_default=True, help="At most this many buckets.")
+@click.pass_context
+def runs_history(ctx: click.Context, run_id: str, key: str, points: int) -> None:
+    """A downsampled series: per bucket of steps, the last value with the min and max."""
+    store = _store(ctx)
+    rid = store.resolve_run_id(run_id)
+    click.echo("step,last,min,max,points")
+    for b in store.downsampled_history(rid, key, points):
+        click.echo(f"{b.step},{b.value!r},{b.min_value!r},{b.max_value!r},{b.count}")
+
+
+# -- experiments, db ----------------------------------------------------------------------------
+@cli.group()
+def experiments() -> None:
+    """Experiments group runs."""
+
+
+@experiments.command("list")
+@click.pass_context
+def experiments_list(ctx: click.Context) -> None:
+    table = Table(title="experiments")
+    for col in ("experiment", "runs", "last run"):
+        table.add_column(col)
+    for e in _store(ctx).list_experiments():
+        table.add_row(e.name, str(e.runs), _fmt_time(e.last_start))
+    console.print(table)
+
+
+@cli.group("db")
+def db_group() -> None:
+    """Database schema."""
+
+
+@db_group.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Migrate the store's schema to this version of Cairn (safe to repeat)."""
+    engine = db.get_engine(ctx.obj.get("database_url"))
+    db.check_reachable(engine)
+    before, after = db.upgrade(engine)
+    click.echo(f"schema {before or 'empty'} -> {after} ({db.redact(str(engine.url))})")
+
+
+@db_group.command("current")
+@click.pass_context
+def db_current(ctx: click.Context) -> None:
+    """Print the schema revision of the store and the one this Cairn needs."""
+    engine = db.get_engine(ctx.obj.get("database_url"))
+    db.check_reachable(engine)
+    click.echo(f"current {db.current_revision(engine) or 'none'}, needed {db.head_revision()}")
+
+
+# -- agent and local runs -----------------------------------------------------------------------
+@cli.command()
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False), envvar="CAIRN_RUN_DIR")
+@click.option("--run-id", envvar="CAIRN_RUN_ID", help="Default: the id the SDK wrote in the run directory.")
+@click.option("--metrics-file", "metrics_files", multiple=True,
+              help="Extra JSON-lines file (relative to the run dir) from a program without the SDK.")
+@click.option("--once", is_flag=True, help="Ingest what is there now and exit (e.g. to sync an offline run).")
+@click.option("--exit-on-finish", is_flag=True, help="Exit once the run's finish record is ingested.")
+@click.option("--drain-timeout", default=60.0, show_default=True, help="Seconds to keep draining after SIGTERM.")
+@click.option("--poll-interval", default=0.5, show_default=True)
+@click.pass_context
+def agent(ctx: click.Context, run_dir, run_id, metrics_files, once, exit_on_finish, drain_timeout, poll_interval) -> None:  # noqa: ANN001
+    """Ingest a run directory into the store, exactly once (the tracking sidecar runs this)."""
+    import signal
+
+    from cairn.agent.ingest import IngestAgent
+
+    logging.getLogger("cairn").setLevel(logging.INFO)
+    a = IngestAgent(run_dir, ctx.obj.get("database_url"), run_id, tuple(metrics_files), poll_interval)
+    stop = threading.Event()
+    if once:
+        stop.set()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    ok = a.run(stop, drain_timeout=drain_timeout, exit_on_finish=exit_on_finish)
+    click.echo(f"ingested {a.stats.points} points from {a.stats.lines} lines"
+               + (f", rejected {a.stats.rejected}" if a.stats.rejected else ""), err=True)
+    sys.exit(0 if ok else 3)
+
+
+@cli.command("run", context_settings={"ignore_unknown_options": True})
+@click.option("-e", "--experiment", default="default", show_default=True)
+@click.option("-n", "--name", help="Display name of the run.")
+@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="A parameter for the run (repeatable); typed as JSON when it parses, else a string.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+def run_cmd(ctx: click.Context, experiment: str, name: str | None, params: tuple[str, ...], command: tuple[str, ...]) -> None:
+    """Run COMMAND as a tracked run: cairn run -p lr=0.1 -- python train.py"""
+    from cairn.cli.local import run_locally
+
+    try:
+        parsed = parse_params(params)
+    except BadParam as exc:
+        raise click.BadParameter(str(exc), param_hint="-p/--param") from None
+    store = _store(ctx)
+    try:
+        result = run_locally(store, list(command), experiment, name, parsed)
+    except OSError as exc:
+        err_console.print(f"[red]error:[/red] could not start {command[0]!r}: {exc.strerror}")
+        sys.exit(127)
+    print_run(store.get_run(result.run_id))
+    if not result.ingested_all:
+        err_console.print("[yellow]warning:[/yellow] some records were not ingested yet; "
+                          f"`cairn agent --once --run-dir` on the run directory finishes the job")
+    sys.exit(result.exit_code if result.exit_code >= 0 else 128 - result.exit_code)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.pass_context
+def sync(ctx: click.Context, run_dir: str) -> None:
+    """Ingest a run recorded offline (the SDK without an agent) into the store."""
+    ctx.invoke(agent, run_dir=run_dir, run_id=None, metrics_files=(), once=True, exit_on_finish=False,
+               drain_timeout=60.0, poll_interval=0.5)
+
+
+def main() -> None:
+    cli(prog_name="cairn")
+
+
+if __name__ == "__main__":
+    main()
