@@ -1,0 +1,536 @@
+#!/usr/bin/env bash
+# A real single-node Kubernetes cluster on this machine, with fake GPUs.
+#
+#   hack/cluster.sh up       build what is missing, start everything, wait until usable
+#   hack/cluster.sh down     stop every process this script started, unmount, remove netns
+#   hack/cluster.sh status   show the processes and the node
+#   hack/cluster.sh env      print `export KUBECONFIG=... PATH=...` (eval "$(hack/cluster.sh env)")
+#   hack/cluster.sh reset    down, then delete all cluster state (PKI, etcd, images)
+#   hack/cluster.sh kubectl ARGS...   kubectl against the cluster
+#
+# Components: etcd (loopback), kube-apiserver (TLS, Node+RBAC authorization, ServiceAccount
+# tokens, default admission plugins + NodeRestriction), kube-controller-manager,
+# kube-scheduler, kube-proxy (iptables), and one real node: kubelet + containerd + runc with a
+# CNI bridge. Binaries come from hack/build-k8s.sh, containerd/runc/CNI plugins from Debian
+# packages. The node advertises NVIDIA_GPU_COUNT `nvidia.com/gpu` as an extended resource so
+# the real scheduler does GPU accounting; no GPU is attached.
+#
+# All state lives under $CAIRN_CLUSTER_DIR (default ~/.cache/cairn/cluster). Needs root.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+STATE="${CAIRN_CLUSTER_DIR:-$HOME/.cache/cairn/cluster}"
+CACHE_ROOT="${CAIRN_CACHE:-$HOME/.cache/cairn}"
+BIN_DIR="$("$HERE/build-k8s.sh" --print-bin-dir)"
+
+NODE_NAME="${CAIRN_NODE_NAME:-cairn-node}"
+BRIDGE=cairn0
+# Private ranges reserved for this cluster: pods on a bridge owned by it, services virtual.
+NODE_IP=10.213.0.1
+POD_CIDR=10.213.0.0/24
+SERVICE_CIDR=10.214.0.0/24
+KUBERNETES_SVC_IP=10.214.0.1
+API_PORT=16443
+ETCD_CLIENT_URL=http://127.0.0.1:23790
+ETCD_PEER_URL=http://127.0.0.1:23800
+NVIDIA_GPU_COUNT="${CAIRN_GPU_COUNT:-4}"
+NVIDIA_GPU_PRODUCT="${CAIRN_GPU_PRODUCT:-NVIDIA-H100-80GB-HBM3}"
+PAUSE_IMAGE=localhost/cairn/pause:3.10
+
+PKI="$STATE/pki"
+LOGS="$STATE/logs"
+RUN="$STATE/run"
+KUBECONFIG_ADMIN="$STATE/admin.kubeconfig"
+CONTAINERD_SOCK="$STATE/containerd/containerd.sock"
+# Start order; `down` stops them in reverse.
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kube-proxy kubelet)
+
+log() { printf '[cluster %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+kubectl_admin() { "$BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
+ctr_k8s() { ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"; }
+
+# wait_for DESCRIPTION TIMEOUT_SECONDS COMMAND... : poll until COMMAND succeeds.
+wait_for() {
+  local what=$1 timeout=$2; shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      log "timed out after ${timeout}s waiting for $what"
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+
+# ---------------------------------------------------------------- processes
+
+pid_of() {
+  local f="$RUN/$1.pid"
+  [[ -f "$f" ]] || return 1
+  local pid; pid="$(<"$f")"
+  # The PID must still be the binary we started (guards against PID reuse after a reboot).
+  [[ -r "/proc/$pid/cmdline" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$(<"$RUN/$1.cmd")" || return 1
+  echo "$pid"
+}
+
+is_running() { pid_of "$1" >/dev/null; }
+
+# start NAME BINARY ARGS... : run detached in its own session, log to $LOGS/NAME.log.
+start() {
+  local name=$1; shift
+  if is_running "$name"; then
+    log "$name already running (pid $(pid_of "$name"))"
+    return
+  fi
+  mkdir -p "$LOGS" "$RUN"
+  printf '\n==== %s start: %s\n' "$(date -u +%FT%TZ)" "$*" >>"$LOGS/$name.log"
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
+  echo $! >"$RUN/$name.pid"
+  echo "$1" >"$RUN/$name.cmd"
+  log "started $name (pid $!, log $LOGS/$name.log)"
+}
+
+stop() {
+  local name=$1 pid
+  pid="$(pid_of "$name")" || { rm -f "$RUN/$name.pid"; return 0; }
+  kill -TERM "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + 15))
+  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "$name (pid $pid) ignored SIGTERM; sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  fi
+  rm -f "$RUN/$name.pid"
+  log "stopped $name (pid $pid)"
+}
+
+# ---------------------------------------------------------------- PKI and kubeconfigs
+
+# cert NAME CN ORG EXT_KEY_USAGE [SUBJECT_ALT_NAMES]
+cert() {
+  local name=$1 cn=$2 org=$3 eku=$4 sans=${5:-}
+  [[ -f "$PKI/$name.crt" ]] && return
+  local subj="/CN=$cn"; [[ -n "$org" ]] && subj="/O=$org/CN=$cn"
+  openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$PKI/$name.key" 2>/dev/null
+  openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr" 2>/dev/null
+  {
+    echo "basicConstraints=critical,CA:FALSE"
+    echo "keyUsage=critical,digitalSignature,keyEncipherment"
+    echo "extendedKeyUsage=$eku"
+    [[ -n "$sans" ]] && echo "subjectAltName=$sans"
+  } >"$PKI/$name.ext"
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+    -days 3650 -sha256 -extfile "$PKI/$name.ext" -out "$PKI/$name.crt" 2>/dev/null
+  rm -f "$PKI/$name.csr" "$PKI/$name.ext"
+}
+
+gen_pki() {
+  mkdir -p "$PKI"; chmod 700 "$PKI"
+  if [[ ! -f "$PKI/ca.crt" ]]; then
+    log "generating PKI in $PKI"
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$PKI/ca.key" 2>/dev/null
+    openssl req -x509 -new -key "$PKI/ca.key" -subj "/CN=cairn-local-cluster-ca" -days 3650 -sha256 \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+      -out "$PKI/ca.crt" 2>/dev/null
+  fi
+  cert kube-apiserver kube-apiserver "" serverAuth \
+    "IP:$NODE_IP,IP:127.0.0.1,IP:$KUBERNETES_SVC_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+  cert apiserver-kubelet-client kube-apiserver-kubelet-client system:masters clientAuth
+  cert admin cairn-admin system:masters clientAuth
+  cert kube-controller-manager system:kube-controller-manager "" clientAuth
+  cert kube-scheduler system:kube-scheduler "" clientAuth
+  cert kube-proxy system:kube-proxy "" clientAuth
+  cert kubelet-client "system:node:$NODE_NAME" system:nodes clientAuth
+  cert kubelet-serving "$NODE_NAME" "" serverAuth "IP:$NODE_IP,DNS:$NODE_NAME"
+  if [[ ! -f "$PKI/sa.key" ]]; then
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key" 2>/dev/null
+    openssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+  fi
+}
+
+# kubeconfig FILE CERT_NAME : credentials embedded so the file can be copied anywhere.
+kubeconfig() {
+  local file=$1 name=$2
+  cat >"$file" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: cairn
+  cluster:
+    server: https://$NODE_IP:$API_PORT
+    certificate-authority-data: $(base64 -w0 "$PKI/ca.crt")
+users:
+- name: $name
+  user:
+    client-certificate-data: $(base64 -w0 "$PKI/$name.crt")
+    client-key-data: $(base64 -w0 "$PKI/$name.key")
+contexts:
+- name: cairn
+  context: {cluster: cairn, user: $name}
+current-context: cairn
+EOF
+  chmod 600 "$file"
+}
+
+# ---------------------------------------------------------------- configuration files
+
+write_configs() {
+  mkdir -p "$STATE/kubelet" "$STATE/cni/net.d" "$STATE/containerd" "$STATE/kube-proxy"
+  kubeconfig "$KUBECONFIG_ADMIN" admin
+  kubeconfig "$STATE/kube-controller-manager.kubeconfig" kube-controller-manager
+  kubeconfig "$STATE/kube-scheduler.kubeconfig" kube-scheduler
+  kubeconfig "$STATE/kube-proxy/kubeconfig" kube-proxy
+  kubeconfig "$STATE/kubelet/kubeconfig" kubelet-client
+
+  cat >"$STATE/cni/net.d/10-cairn.conflist" <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "cairn",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$BRIDGE",
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": "$STATE/cni/ipam",
+        "ranges": [[{"subnet": "$POD_CIDR", "rangeStart": "${POD_CIDR%.*}.10", "gateway": "$NODE_IP"}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    }
+  ]
+}
+EOF
+
+  cat >"$STATE/containerd/config.toml" <<EOF
+version = 2
+root = "$STATE/containerd/root"
+state = "$STATE/containerd/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
+
+[grpc]
+  address = "$CONTAINERD_SOCK"
+
+[ttrpc]
+  address = "$CONTAINERD_SOCK.ttrpc"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$STATE/containerd/opt"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$PAUSE_IMAGE"
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        BinaryName = "$(command -v runc)"
+        Root = "$STATE/containerd/runc"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$STATE/cni/net.d"
+    max_conf_num = 1
+EOF
+
+  cat >"$STATE/kubelet/config.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+# This machine runs cgroup v1, which kubelet 1.35+ refuses unless told otherwise.
+failCgroupV1: false
+cgroupDriver: cgroupfs
+failSwapOn: false
+containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
+address: $NODE_IP
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+tlsCertFile: $PKI/kubelet-serving.crt
+tlsPrivateKeyFile: $PKI/kubelet-serving.key
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $PKI/ca.crt}
+authorization:
+  mode: Webhook
+clusterDomain: cluster.local
+resolvConf: /etc/resolv.conf
+serializeImagePulls: false
+nodeStatusUpdateFrequency: 10s
+# Locally built images cannot be pulled again: never garbage-collect them, never evict for disk.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard:
+  memory.available: 100Mi
+  nodefs.available: "1%"
+  imagefs.available: "1%"
+  nodefs.inodesFree: "1%"
+maxPods: 110
+shutdownGracePeriod: 0s
+EOF
+
+  cat >"$STATE/kube-proxy/config.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: $STATE/kube-proxy/kubeconfig
+hostnameOverride: $NODE_NAME
+mode: iptables
+clusterCIDR: $POD_CIDR
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+iptables:
+  localhostNodePorts: false
+# Leave the host's conntrack settings alone.
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+EOF
+}
+
+# ---------------------------------------------------------------- pieces of `up`
+
+check_host() {
+  [[ $EUID -eq 0 ]] || die "must run as root (containers, mounts, network namespaces)"
+  local missing=()
+  for t in containerd containerd-shim-runc-v2 runc ctr openssl iptables conntrack ip curl go python3; do
+    command -v "$t" >/dev/null || missing+=("$t")
+  done
+  for p in bridge host-local loopback; do [[ -x /usr/lib/cni/$p ]] || missing+=("cni:$p"); done
+  if ((${#missing[@]})); then
+    die "missing host tools: ${missing[*]} (apt-get install containerd runc containernetworking-plugins iptables conntrack iproute2 curl)"
+  fi
+}
+
+prepare_network() {
+  sysctl -qw net.ipv4.ip_forward=1
+  if [[ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]]; then
+    sysctl -qw net.bridge.bridge-nf-call-iptables=1
+  fi
+  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    ip link add "$BRIDGE" type bridge
+  fi
+  # The API server and kubelet listen on the bridge address, which pods reach directly.
+  ip addr show dev "$BRIDGE" | grep -q " $NODE_IP/" || ip addr add "$NODE_IP/${POD_CIDR#*/}" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+}
+
+api_ready() {
+  curl -fsS --max-time 2 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
+    "https://$NODE_IP:$API_PORT/readyz" >/dev/null
+}
+
+start_control_plane() {
+  start etcd "$BIN_DIR/etcd" --name cairn --data-dir "$STATE/etcd" \
+    --listen-client-urls "$ETCD_CLIENT_URL" --advertise-client-urls "$ETCD_CLIENT_URL" \
+    --listen-peer-urls "$ETCD_PEER_URL" --initial-advertise-peer-urls "$ETCD_PEER_URL" \
+    --initial-cluster "cairn=$ETCD_PEER_URL" --unsafe-no-fsync --log-level warn
+  wait_for etcd 60 curl -fsS --max-time 2 "$ETCD_CLIENT_URL/health"
+
+  start kube-apiserver "$BIN_DIR/kube-apiserver" \
+    --etcd-servers "$ETCD_CLIENT_URL" \
+    --bind-address "$NODE_IP" --advertise-address "$NODE_IP" --secure-port "$API_PORT" \
+    --tls-cert-file "$PKI/kube-apiserver.crt" --tls-private-key-file "$PKI/kube-apiserver.key" \
+    --client-ca-file "$PKI/ca.crt" \
+    --authorization-mode Node,RBAC \
+    --enable-admission-plugins NodeRestriction \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
+    --service-cluster-ip-range "$SERVICE_CIDR" \
+    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
+    --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority "$PKI/ca.crt" \
+    --kubelet-preferred-address-types InternalIP,Hostname \
+    --allow-privileged=true --profiling=false
+  wait_for kube-apiserver 120 api_ready
+
+  start kube-controller-manager "$BIN_DIR/kube-controller-manager" \
+    --kubeconfig "$STATE/kube-controller-manager.kubeconfig" \
+    --authentication-kubeconfig "$STATE/kube-controller-manager.kubeconfig" \
+    --authorization-kubeconfig "$STATE/kube-controller-manager.kubeconfig" \
+    --bind-address 127.0.0.1 --leader-elect=false \
+    --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
+    --use-service-account-credentials=true \
+    --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
+    --service-cluster-ip-range "$SERVICE_CIDR" --allocate-node-cidrs=false --profiling=false
+
+  start kube-scheduler "$BIN_DIR/kube-scheduler" \
+    --kubeconfig "$STATE/kube-scheduler.kubeconfig" \
+    --authentication-kubeconfig "$STATE/kube-scheduler.kubeconfig" \
+    --authorization-kubeconfig "$STATE/kube-scheduler.kubeconfig" \
+    --bind-address 127.0.0.1 --leader-elect=false --profiling=false
+}
+
+# The sandbox ("pause") image, built from hack/pause and imported into the node's containerd.
+ensure_pause_image() {
+  if ctr_k8s images ls -q "name==$PAUSE_IMAGE" 2>/dev/null | grep -q .; then return; fi
+  local dir="$CACHE_ROOT/pause"
+  mkdir -p "$dir/rootfs"
+  if [[ ! -f "$dir/pause.oci.tar" ]]; then
+    log "building the pause image"
+    (cd "$HERE/pause" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$dir/rootfs/pause" main.go)
+    tar --numeric-owner --owner=0 --group=0 --mtime=@0 -C "$dir/rootfs" -cf "$dir/layer.tar" pause
+    python3 "$HERE/oci_image.py" pack --out "$dir/pause.oci.tar" --name "$PAUSE_IMAGE" \
+      --layer "$dir/layer.tar" --entrypoint '["/pause"]' >/dev/null
+  fi
+  ctr_k8s images import "$dir/pause.oci.tar" >/dev/null
+  ctr_k8s images ls -q "name==$PAUSE_IMAGE" | grep -q . || die "pause image import failed"
+  log "imported $PAUSE_IMAGE"
+}
+
+start_node() {
+  start containerd containerd --config "$STATE/containerd/config.toml"
+  wait_for containerd 60 ctr --address "$CONTAINERD_SOCK" version
+  ensure_pause_image
+
+  start kube-proxy "$BIN_DIR/kube-proxy" --config "$STATE/kube-proxy/config.yaml"
+
+  start kubelet "$BIN_DIR/kubelet" \
+    --config "$STATE/kubelet/config.yaml" \
+    --kubeconfig "$STATE/kubelet/kubeconfig" \
+    --root-dir "$STATE/kubelet/root" \
+    --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" \
+    --node-labels "nvidia.com/gpu.present=true,nvidia.com/gpu.product=$NVIDIA_GPU_PRODUCT,nvidia.com/gpu.count=$NVIDIA_GPU_COUNT"
+}
+
+node_ready() {
+  [[ "$(kubectl_admin get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]
+}
+
+gpus_allocatable() {
+  [[ "$(kubectl_admin get node "$NODE_NAME" -o jsonpath='{.status.allocatable.nvidia\.com/gpu}' 2>/dev/null)" == "$NVIDIA_GPU_COUNT" ]]
+}
+
+default_sa_exists() { kubectl_admin -n default get serviceaccount default; }
+
+advertise_gpus() {
+  # Extended resources are advertised by patching node status; the kubelet then reports them
+  # as allocatable. A restarted kubelet may zero them, so this runs on every `up`.
+  kubectl_admin label node "$NODE_NAME" --overwrite \
+    "nvidia.com/gpu.present=true" "nvidia.com/gpu.product=$NVIDIA_GPU_PRODUCT" \
+    "nvidia.com/gpu.count=$NVIDIA_GPU_COUNT" >/dev/null
+  kubectl_admin patch node "$NODE_NAME" --subresource=status --type=json \
+    -p "[{\"op\":\"add\",\"path\":\"/status/capacity/nvidia.com~1gpu\",\"value\":\"$NVIDIA_GPU_COUNT\"}]" >/dev/null
+  wait_for "nvidia.com/gpu allocatable" 60 gpus_allocatable
+}
+
+# ---------------------------------------------------------------- commands
+
+cmd_up() {
+  check_host
+  local t0=$SECONDS
+  "$HERE/build-k8s.sh" >/dev/null
+  mkdir -p "$STATE" "$LOGS" "$RUN"
+  gen_pki
+  write_configs
+  prepare_network
+  start_control_plane
+  start_node
+  wait_for "node $NODE_NAME to register" 120 kubectl_admin get node "$NODE_NAME" ||
+    { tail -n 30 "$LOGS/kubelet.log" >&2; exit 1; }
+  wait_for "node $NODE_NAME Ready" 180 node_ready || { tail -n 30 "$LOGS/kubelet.log" >&2; exit 1; }
+  advertise_gpus
+  wait_for "default ServiceAccount" 60 default_sa_exists
+  log "cluster up in $((SECONDS - t0))s; node $NODE_NAME Ready with $NVIDIA_GPU_COUNT nvidia.com/gpu"
+  log "use it: eval \"\$($0 env)\""
+}
+
+# Network namespaces and mounts under the state dir belong to this cluster's pods.
+cleanup_mounts() {
+  local m
+  # Deepest first; lazy so a busy mount cannot stop the teardown.
+  awk -v root="$STATE/" 'index($2, root) == 1 {print $2}' /proc/self/mounts | sort -r | while read -r m; do
+    umount -l "$m" 2>/dev/null || true
+  done
+}
+
+stop_pods() {
+  # Kill the containers containerd runs for this cluster, then their shims.
+  if is_running containerd; then
+    local t
+    for t in $(ctr_k8s tasks ls -q 2>/dev/null); do
+      ctr_k8s tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
+    done
+    for t in $(ctr_k8s tasks ls -q 2>/dev/null); do
+      ctr_k8s tasks delete -f "$t" >/dev/null 2>&1 || true
+    done
+  fi
+}
+
+stop_shims() {
+  # Shims outlive containerd; ours are the ones started with our socket address.
+  local p
+  for p in /proc/[0-9]*; do
+    [[ -r "$p/cmdline" ]] || continue
+    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- "containerd-shim.* -address $CONTAINERD_SOCK"; then
+      kill -KILL "${p#/proc/}" 2>/dev/null || true
+    fi
+  done
+}
+
+cmd_down() {
+  [[ $EUID -eq 0 ]] || die "must run as root"
+  [[ -d "$STATE" ]] || { log "no cluster state at $STATE"; return 0; }
+  stop kubelet
+  stop_pods
+  stop kube-proxy
+  stop containerd
+  stop_shims
+  local c
+  for c in kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$c"; done
+  if [[ -x "$BIN_DIR/kube-proxy" ]]; then
+    "$BIN_DIR/kube-proxy" --cleanup >/dev/null 2>&1 || true
+  fi
+  cleanup_mounts
+  rm -rf "$STATE/containerd/state" "$STATE/cni/ipam"
+  ip link del "$BRIDGE" 2>/dev/null || true
+  log "cluster down (state kept in $STATE; 'reset' deletes it)"
+}
+
+cmd_reset() {
+  cmd_down
+  cleanup_mounts
+  rm -rf "$STATE"
+  log "removed $STATE"
+}
+
+cmd_status() {
+  local c rc=0
+  for c in "${COMPONENTS[@]}"; do
+    if pid="$(pid_of "$c")"; then printf '%-24s running  pid %s\n' "$c" "$pid"
+    else printf '%-24s stopped\n' "$c"; rc=1; fi
+  done
+  if [[ $rc -eq 0 ]]; then
+    kubectl_admin get nodes -o wide
+    kubectl_admin get node "$NODE_NAME" -o jsonpath='{"allocatable nvidia.com/gpu: "}{.status.allocatable.nvidia\.com/gpu}{"\n"}'
+  fi
+  return $rc
+}
+
+cmd_env() {
+  echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
+  echo "export PATH=$BIN_DIR:\$PATH"
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  reset) cmd_reset ;;
+  status) cmd_status ;;
+  env) cmd_env ;;
+  kubectl) shift; kubectl_admin "$@" ;;
+  *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+esac
