@@ -119,9 +119,10 @@ python3 -m pip wheel --quiet --no-deps --wheel-dir "$work/wheel" "$REPO"
 chroot_mounts
 # Remove the previous run's install so the app layer holds exactly this run's files.
 chroot "$ROOTFS" "$VENV/bin/pip" uninstall --quiet --yes cairn >/dev/null 2>&1 || true
-mkdir -p "$ROOTFS/tmp/app"; cp "$work"/wheel/*.whl "$ROOTFS/tmp/app/"
+wheel="$(cd "$work/wheel" && ls cairn-*.whl)"
+mkdir -p "$ROOTFS/tmp/app"; cp "$work/wheel/$wheel" "$ROOTFS/tmp/app/"
 touch "$work/marker"; sleep 1
-chroot "$ROOTFS" "$VENV/bin/pip" install --quiet --no-cache-dir --no-index --no-deps /tmp/app/*.whl
+chroot "$ROOTFS" "$VENV/bin/pip" install --quiet --no-cache-dir --no-index --no-deps "/tmp/app/$wheel"
 rm -rf "$ROOTFS/tmp/app"
 cleanup; mounted=()
 (cd "$ROOTFS" && find ./opt/cairn -newer "$work/marker" ! -type d -print0 | sort -z) >"$work/files"
