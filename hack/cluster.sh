@@ -401,6 +401,7 @@ start_node() {
 
   start kube-proxy "$BIN_DIR/kube-proxy" --config "$STATE/kube-proxy/config.yaml"
 
+  is_running kubelet || date +%s >"$RUN/kubelet.started"
   start kubelet "$BIN_DIR/kubelet" \
     --config "$STATE/kubelet/config.yaml" \
     --kubeconfig "$STATE/kubelet/kubeconfig" \
@@ -409,8 +410,14 @@ start_node() {
     --node-labels "nvidia.com/gpu.present=true,nvidia.com/gpu.product=$NVIDIA_GPU_PRODUCT,nvidia.com/gpu.count=$NVIDIA_GPU_COUNT"
 }
 
+# Ready, as reported by the kubelet running now: after a restart the stored condition is stale
+# until the new kubelet's first heartbeat (which follows its registration).
 node_ready() {
-  [[ "$(kubectl_admin get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]
+  local out status beat
+  out="$(kubectl_admin get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}' 2>/dev/null)" || return 1
+  read -r status beat <<<"$out"
+  [[ "$status" == True && -n "$beat" ]] || return 1
+  (( $(date -d "$beat" +%s) >= $(cat "$RUN/kubelet.started" 2>/dev/null || echo 0) ))
 }
 
 gpus_allocatable() {
@@ -484,6 +491,22 @@ stop_shims() {
   done
 }
 
+# The kubelet adds a few chains of its own; kube-proxy --cleanup removes only kube-proxy's.
+cleanup_kubelet_iptables() {
+  local ipt table chain
+  for ipt in iptables ip6tables; do
+    command -v "$ipt" >/dev/null || continue
+    for chain in INPUT OUTPUT; do
+      while "$ipt" -t filter -D "$chain" -j KUBE-FIREWALL 2>/dev/null; do :; done
+    done
+    for table in filter nat mangle; do
+      for chain in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
+        "$ipt" -t "$table" -F "$chain" 2>/dev/null && "$ipt" -t "$table" -X "$chain" 2>/dev/null || true
+      done
+    done
+  done
+}
+
 cmd_down() {
   [[ $EUID -eq 0 ]] || die "must run as root"
   [[ -d "$STATE" ]] || { log "no cluster state at $STATE"; return 0; }
@@ -497,6 +520,7 @@ cmd_down() {
   if [[ -x "$BIN_DIR/kube-proxy" ]]; then
     "$BIN_DIR/kube-proxy" --cleanup >/dev/null 2>&1 || true
   fi
+  cleanup_kubelet_iptables
   cleanup_mounts
   rm -rf "$STATE/containerd/state" "$STATE/cni/ipam"
   ip link del "$BRIDGE" 2>/dev/null || true

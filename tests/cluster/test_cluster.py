@@ -15,8 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-
-from conftest import Kubectl, wait_until
+from clusterlib import Kubectl, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -283,8 +282,38 @@ def test_rbac_denies_a_service_account_what_its_role_does_not_grant(kubectl: Kub
             return result
 
         denied = forbidden("get", "secrets")
-        assert f'User "system:serviceaccount:{namespace}:reader" cannot list resource "secrets"' in denied.stderr
+        user = f"system:serviceaccount:{namespace}:reader"
+        assert f'User "{user}" cannot list resource "secrets"' in denied.stderr
         forbidden("delete", "pod", "anything")
         forbidden("create", "configmap", "x", "--from-literal=a=b")
         assert as_reader.run("auth", "can-i", "list", "pods", "-n", "kube-system",
                              check=False).stdout.strip() == "no"
+
+
+IN_CLUSTER_WHOAMI = """
+import json, os, ssl, urllib.request
+sa = '/var/run/secrets/kubernetes.io/serviceaccount'
+host, port = os.environ['KUBERNETES_SERVICE_HOST'], os.environ['KUBERNETES_SERVICE_PORT']
+req = urllib.request.Request(
+    'https://%s:%s/apis/authentication.k8s.io/v1/selfsubjectreviews' % (host, port),
+    data=json.dumps({'apiVersion': 'authentication.k8s.io/v1', 'kind': 'SelfSubjectReview'}).encode(),
+    headers={'Authorization': 'Bearer ' + open(sa + '/token').read(),
+             'Content-Type': 'application/json'},
+    method='POST')
+ctx = ssl.create_default_context(cafile=sa + '/ca.crt')
+review = json.load(urllib.request.urlopen(req, context=ctx, timeout=10))
+print('in-cluster user:', review['status']['userInfo']['username'], 'via', host)
+"""
+
+
+def test_pod_reaches_the_api_server_through_the_kubernetes_service(kubectl: Kubectl, namespace: str,
+                                                                   cairn_image: str) -> None:
+    # What an in-cluster operator does: the service's ClusterIP (kube-proxy), the mounted
+    # ServiceAccount token and the cluster CA.
+    kubectl.apply(_pod("whoami", cairn_image, ["python3", "-c", IN_CLUSTER_WHOAMI]), namespace=namespace)
+
+    _wait_for_phase(kubectl, namespace, "whoami", "Succeeded")
+
+    service_ip = kubectl.get("service", "kubernetes", "default")["spec"]["clusterIP"]
+    logs = kubectl.run("-n", namespace, "logs", "whoami").stdout
+    assert f"in-cluster user: system:serviceaccount:{namespace}:default via {service_ip}" in logs
