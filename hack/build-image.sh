@@ -112,6 +112,31 @@ fi
 # ---------------------------------------------------------------- layer 3: the project
 t0=$SECONDS
 version="$(python3 -c 'import sys,tomllib; print(tomllib.load(open(sys.argv[1],"rb"))["project"]["version"])' "$REPO/pyproject.toml")"
+ARCHIVE="$IMG_CACHE/cairn.oci.tar"
+# The project's sources decide whether the app layer (and so the archive) must be rebuilt.
+app_key="$( (echo "$deps_key"; cd "$REPO" && find operator pyproject.toml -type f ! -path '*/__pycache__/*' \
+  ! -path '*.egg-info/*' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum) | sha)"
+
+import_archive() {
+  [[ $DO_IMPORT -eq 1 ]] || return 0
+  [[ -S "$CONTAINERD_SOCK" ]] || die "the cluster's containerd is not running ($CONTAINERD_SOCK); run hack/cluster.sh up or pass --no-import"
+  local want have t1=$SECONDS
+  want="$(cat "$ARCHIVE.digest")"
+  have="$(ctr --address "$CONTAINERD_SOCK" --namespace k8s.io images ls "name==docker.io/library/cairn:dev" 2>/dev/null |
+    awk 'NR > 1 {print $3}')"
+  if [[ "$have" == "$want" ]]; then
+    log "cairn:dev ($want) already in the node"
+    return 0
+  fi
+  ctr --address "$CONTAINERD_SOCK" --namespace k8s.io images import "$ARCHIVE" >/dev/null
+  log "imported cairn:dev and localhost/cairn:$version into the node in $((SECONDS - t1))s"
+}
+
+if [[ -f "$ARCHIVE" && -f "$ARCHIVE.digest" && "$(cat "$ARCHIVE.key" 2>/dev/null)" == "$app_key" ]]; then
+  log "image archive up to date with the sources ($ARCHIVE)"
+  import_archive
+  exit 0
+fi
 work="$(mktemp -d "$IMG_CACHE/app-XXXXXX")"
 trap 'cleanup; rm -rf "$work"' EXIT
 log "building the cairn $version wheel from $REPO"
@@ -129,7 +154,6 @@ cleanup; mounted=()
 tar --numeric-owner --xattrs -C "$ROOTFS" --null -T "$work/files" -cf "$work/app.tar"
 
 git_rev="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-ARCHIVE="$IMG_CACHE/cairn.oci.tar"
 python3 "$HERE/oci_image.py" pack --out "$ARCHIVE" \
   --name docker.io/library/cairn:dev --name "localhost/cairn:$version" \
   --layer "$BASE/base.tar" --layer "$DEPS_TAR" --layer "$work/app.tar" \
@@ -138,11 +162,7 @@ python3 "$HERE/oci_image.py" pack --out "$ARCHIVE" \
   --entrypoint '["/usr/bin/tini", "--"]' --cmd '["python3"]' \
   --label "org.opencontainers.image.version=$version" \
   --label "org.opencontainers.image.revision=$git_rev" >"$work/digest"
+cp "$work/digest" "$ARCHIVE.digest"
+echo "$app_key" >"$ARCHIVE.key"
 log "image archive $ARCHIVE (manifest $(cat "$work/digest")) built in $((SECONDS - t0))s"
-
-if [[ $DO_IMPORT -eq 1 ]]; then
-  [[ -S "$CONTAINERD_SOCK" ]] || die "the cluster's containerd is not running ($CONTAINERD_SOCK); run hack/cluster.sh up or pass --no-import"
-  t0=$SECONDS
-  ctr --address "$CONTAINERD_SOCK" --namespace k8s.io images import "$ARCHIVE" >/dev/null
-  log "imported cairn:dev and localhost/cairn:$version into the node in $((SECONDS - t0))s"
-fi
+import_archive

@@ -439,11 +439,24 @@ advertise_gpus() {
 
 # ---------------------------------------------------------------- commands
 
+# After a crash or a reboot (processes gone without `down`), pod mounts, shims and the
+# containerd runtime state are left behind; clear them before starting afresh.
+cleanup_stale() {
+  local c
+  for c in "${COMPONENTS[@]}"; do is_running "$c" && return 0; done
+  [[ -d "$STATE/containerd/state" || -d "$STATE/cni/ipam" ]] || return 0
+  log "no component running; clearing what a previous run left behind"
+  stop_shims
+  cleanup_mounts
+  rm -rf "$STATE/containerd/state" "$STATE/cni/ipam"
+}
+
 cmd_up() {
   check_host
   local t0=$SECONDS
   "$HERE/build-k8s.sh" >/dev/null
   mkdir -p "$STATE" "$LOGS" "$RUN"
+  cleanup_stale
   gen_pki
   write_configs
   prepare_network
