@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the Kubernetes control plane, kubelet, kubectl and etcd from Go modules.
+# Build the Kubernetes control plane, kubelet, kube-proxy, kubectl, etcd and CoreDNS from Go modules.
 #
 # No release archive or image is downloaded: every component is compiled from the
 # k8s.io/kubernetes module (its staging modules replaced by their published v0.x
@@ -79,10 +79,17 @@ if [[ ! -f "$MOD_DIR/go.mod" ]] || ! grep -Eq "k8s.io/kubernetes $K8S_VERSION( |
   regen_go_mod
 fi
 
+# CoreDNS (cluster DNS) has a wrapper module of its own: it pins newer k8s.io libraries.
+COREDNS_DIR="$HERE/coredns"
+COREDNS_VERSION="$(awk '$1 == "require" && $2 == "github.com/coredns/coredns" {print $3}' "$COREDNS_DIR/go.mod")"
+
 missing=()
 for c in "${K8S_CMDS[@]}" etcd etcdctl; do
   [[ -x "$BIN_DIR/$c" ]] || missing+=("$c")
 done
+if [[ ! -x "$BIN_DIR/coredns" || "$(cat "$BIN_DIR/coredns.version" 2>/dev/null)" != "$COREDNS_VERSION" ]]; then
+  missing+=(coredns)
+fi
 if [[ ${#missing[@]} -eq 0 ]]; then
   log "all binaries present in $BIN_DIR"
   echo "$BIN_DIR"
@@ -118,6 +125,7 @@ for c in "${missing[@]}"; do
   case "$c" in
     etcd) etcd_want+=(go.etcd.io/etcd/server/v3) ;;
     etcdctl) etcd_want+=(go.etcd.io/etcd/etcdctl/v3) ;;
+    coredns) ;;
     *) k8s_pkgs+=("k8s.io/kubernetes/cmd/$c") ;;
   esac
 done
@@ -135,6 +143,12 @@ if [[ ${#k8s_pkgs[@]} -gt 0 ]]; then
   log "compiling ${k8s_pkgs[*]##*/} (the first build takes a long while on 2 cores)"
   nice -n 10 go build "${GOFLAGS_BUILD[@]}" -v -ldflags "$ldflags" -o "$tmp_out/" "${k8s_pkgs[@]}" 2>&1 | progress kubernetes
   [[ ${PIPESTATUS[0]} -eq 0 ]] || exit 1
+fi
+if [[ " ${missing[*]} " == *" coredns "* ]]; then
+  log "compiling coredns $COREDNS_VERSION"
+  (cd "$COREDNS_DIR" && nice -n 10 go build "${GOFLAGS_BUILD[@]}" -v -ldflags "-s -w" -o "$tmp_out/coredns" .) 2>&1 | progress coredns
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || exit 1
+  echo "$COREDNS_VERSION" >"$tmp_out/coredns.version"
 fi
 mkdir -p "$BIN_DIR"
 for f in "$tmp_out"/*; do mv -f "$f" "$BIN_DIR/"; done
