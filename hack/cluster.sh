@@ -10,10 +10,11 @@
 #
 # Components: etcd (loopback), kube-apiserver (TLS, Node+RBAC authorization, ServiceAccount
 # tokens, default admission plugins + NodeRestriction), kube-controller-manager,
-# kube-scheduler, kube-proxy (iptables), and one real node: kubelet + containerd + runc with a
-# CNI bridge. Binaries come from hack/build-k8s.sh, containerd/runc/CNI plugins from Debian
-# packages. The node advertises NVIDIA_GPU_COUNT `nvidia.com/gpu` as an extended resource so
-# the real scheduler does GPU accounting; no GPU is attached.
+# kube-scheduler, kube-proxy (iptables), CoreDNS (cluster DNS on the pod bridge), and one
+# real node: kubelet + containerd + runc with a CNI bridge. Binaries come from
+# hack/build-k8s.sh, containerd/runc/CNI plugins from Debian packages. The node advertises
+# NVIDIA_GPU_COUNT `nvidia.com/gpu` as an extended resource so the real scheduler does GPU
+# accounting; no GPU is attached.
 #
 # All state lives under $CAIRN_CLUSTER_DIR (default ~/.cache/cairn/cluster). Needs root.
 set -euo pipefail
@@ -33,6 +34,9 @@ KUBERNETES_SVC_IP=10.214.0.1
 API_PORT=16443
 ETCD_CLIENT_URL=http://127.0.0.1:23790
 ETCD_PEER_URL=http://127.0.0.1:23800
+# Cluster DNS (CoreDNS) answers on the bridge address; the kubelet hands it to pods.
+CLUSTER_DNS_IP=$NODE_IP
+COREDNS_READY_URL=http://127.0.0.1:18181/ready
 NVIDIA_GPU_COUNT="${CAIRN_GPU_COUNT:-4}"
 NVIDIA_GPU_PRODUCT="${CAIRN_GPU_PRODUCT:-NVIDIA-H100-80GB-HBM3}"
 PAUSE_IMAGE=localhost/cairn/pause:3.10
@@ -43,7 +47,7 @@ RUN="$STATE/run"
 KUBECONFIG_ADMIN="$STATE/admin.kubeconfig"
 CONTAINERD_SOCK="$STATE/containerd/containerd.sock"
 # Start order; `down` stops them in reverse.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kube-proxy kubelet)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler coredns containerd kube-proxy kubelet)
 
 log() { printf '[cluster %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -71,24 +75,43 @@ pid_of() {
   [[ -f "$f" ]] || return 1
   local pid; pid="$(<"$f")"
   # The PID must still be the binary we started (guards against PID reuse after a reboot).
-  [[ -r "/proc/$pid/cmdline" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$(<"$RUN/$1.cmd")" || return 1
+  local cmdline
+  cmdline="$( { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null)" || return 1
+  [[ "$cmdline" == *"$(<"$RUN/$1.cmd")"* ]] || return 1
   echo "$pid"
 }
 
 is_running() { pid_of "$1" >/dev/null; }
 
+# A fingerprint of a command line and of the files it names (configs, certificates), so that
+# `up` restarts a component whose configuration changed.
+fingerprint() {
+  local a
+  for a in "$@"; do
+    printf '%s\n' "$a"
+    if [[ -f "$a" ]]; then sha256sum <"$a"; fi
+  done | sha256sum | cut -c1-32
+}
+
 # start NAME BINARY ARGS... : run detached in its own session, log to $LOGS/NAME.log.
 start() {
   local name=$1; shift
+  local fp; fp="$(fingerprint "$@")"
   if is_running "$name"; then
-    log "$name already running (pid $(pid_of "$name"))"
-    return
+    if [[ "$(cat "$RUN/$name.fingerprint" 2>/dev/null)" == "$fp" ]]; then
+      log "$name already running (pid $(pid_of "$name"))"
+      return
+    fi
+    log "$name configuration changed; restarting it"
+    stop "$name"
   fi
   mkdir -p "$LOGS" "$RUN"
   printf '\n==== %s start: %s\n' "$(date -u +%FT%TZ)" "$*" >>"$LOGS/$name.log"
   setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null &
   echo $! >"$RUN/$name.pid"
   echo "$1" >"$RUN/$name.cmd"
+  echo "$fp" >"$RUN/$name.fingerprint"
+  date +%s >"$RUN/$name.started"
   log "started $name (pid $!, log $LOGS/$name.log)"
 }
 
@@ -143,6 +166,7 @@ gen_pki() {
   cert kube-controller-manager system:kube-controller-manager "" clientAuth
   cert kube-scheduler system:kube-scheduler "" clientAuth
   cert kube-proxy system:kube-proxy "" clientAuth
+  cert coredns system:coredns "" clientAuth
   cert kubelet-client "system:node:$NODE_NAME" system:nodes clientAuth
   cert kubelet-serving "$NODE_NAME" "" serverAuth "IP:$NODE_IP,DNS:$NODE_NAME"
   if [[ ! -f "$PKI/sa.key" ]]; then
@@ -151,10 +175,19 @@ gen_pki() {
   fi
 }
 
+# write_file PATH < CONTENT : replace PATH only when the content differs. Components watch their
+# files (kube-proxy exits when its config is rewritten), so an unchanged file stays untouched.
+write_file() {
+  local path=$1 tmp
+  tmp="$(mktemp "$path.XXXXXX")"
+  cat >"$tmp"
+  if cmp -s "$tmp" "$path"; then rm -f "$tmp"; else mv -f "$tmp" "$path"; fi
+}
+
 # kubeconfig FILE CERT_NAME : credentials embedded so the file can be copied anywhere.
 kubeconfig() {
   local file=$1 name=$2
-  cat >"$file" <<EOF
+  write_file "$file" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
@@ -178,14 +211,59 @@ EOF
 # ---------------------------------------------------------------- configuration files
 
 write_configs() {
-  mkdir -p "$STATE/kubelet" "$STATE/cni/net.d" "$STATE/containerd" "$STATE/kube-proxy"
+  mkdir -p "$STATE/kubelet" "$STATE/cni/net.d" "$STATE/containerd" "$STATE/kube-proxy" "$STATE/coredns"
   kubeconfig "$KUBECONFIG_ADMIN" admin
   kubeconfig "$STATE/kube-controller-manager.kubeconfig" kube-controller-manager
   kubeconfig "$STATE/kube-scheduler.kubeconfig" kube-scheduler
   kubeconfig "$STATE/kube-proxy/kubeconfig" kube-proxy
   kubeconfig "$STATE/kubelet/kubeconfig" kubelet-client
+  kubeconfig "$STATE/coredns/kubeconfig" coredns
 
-  cat >"$STATE/cni/net.d/10-cairn.conflist" <<EOF
+  write_file "$STATE/coredns/Corefile" <<EOF
+.:53 {
+    bind $CLUSTER_DNS_IP
+    ready 127.0.0.1:18181
+    health 127.0.0.1:18080
+    errors
+    cache 30
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+        kubeconfig $STATE/coredns/kubeconfig cairn
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }
+    loop
+    forward . /etc/resolv.conf
+}
+EOF
+
+  write_file "$STATE/coredns/rbac.yaml" <<EOF
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: system:coredns
+rules:
+- apiGroups: [""]
+  resources: [endpoints, services, pods, namespaces]
+  verbs: [list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: system:coredns
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: system:coredns
+subjects:
+- apiGroup: rbac.authorization.k8s.io
+  kind: User
+  name: system:coredns
+EOF
+
+  write_file "$STATE/cni/net.d/10-cairn.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
   "name": "cairn",
@@ -207,7 +285,7 @@ write_configs() {
 }
 EOF
 
-  cat >"$STATE/containerd/config.toml" <<EOF
+  write_file "$STATE/containerd/config.toml" <<EOF
 version = 2
 root = "$STATE/containerd/root"
 state = "$STATE/containerd/state"
@@ -246,7 +324,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     max_conf_num = 1
 EOF
 
-  cat >"$STATE/kubelet/config.yaml" <<EOF
+  write_file "$STATE/kubelet/config.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 # This machine runs cgroup v1, which kubelet 1.35+ refuses unless told otherwise.
@@ -268,6 +346,7 @@ authentication:
 authorization:
   mode: Webhook
 clusterDomain: cluster.local
+clusterDNS: [$CLUSTER_DNS_IP]
 resolvConf: /etc/resolv.conf
 serializeImagePulls: false
 nodeStatusUpdateFrequency: 10s
@@ -283,7 +362,7 @@ maxPods: 110
 shutdownGracePeriod: 0s
 EOF
 
-  cat >"$STATE/kube-proxy/config.yaml" <<EOF
+  write_file "$STATE/kube-proxy/config.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection:
@@ -295,6 +374,7 @@ healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249
 iptables:
   localhostNodePorts: false
+nodePortAddresses: [primary]
 # Leave the host's conntrack settings alone.
 conntrack:
   maxPerCore: 0
@@ -327,7 +407,8 @@ prepare_network() {
     ip link add "$BRIDGE" type bridge
   fi
   # The API server and kubelet listen on the bridge address, which pods reach directly.
-  ip addr show dev "$BRIDGE" | grep -q " $NODE_IP/" || ip addr add "$NODE_IP/${POD_CIDR#*/}" dev "$BRIDGE"
+  # (no `| grep -q` here or below: with pipefail, grep's early exit can fail the pipeline)
+  [[ "$(ip -4 addr show dev "$BRIDGE")" == *" $NODE_IP/"* ]] || ip addr add "$NODE_IP/${POD_CIDR#*/}" dev "$BRIDGE"
   ip link set "$BRIDGE" up
 }
 
@@ -375,11 +456,14 @@ start_control_plane() {
     --authentication-kubeconfig "$STATE/kube-scheduler.kubeconfig" \
     --authorization-kubeconfig "$STATE/kube-scheduler.kubeconfig" \
     --bind-address 127.0.0.1 --leader-elect=false --profiling=false
+
+  kubectl_admin apply -f "$STATE/coredns/rbac.yaml" >/dev/null
+  start coredns "$BIN_DIR/coredns" -conf "$STATE/coredns/Corefile"
 }
 
 # The sandbox ("pause") image, built from hack/pause and imported into the node's containerd.
 ensure_pause_image() {
-  if ctr_k8s images ls -q "name==$PAUSE_IMAGE" 2>/dev/null | grep -q .; then return; fi
+  if [[ -n "$(ctr_k8s images ls -q "name==$PAUSE_IMAGE" 2>/dev/null)" ]]; then return; fi
   local dir="$CACHE_ROOT/pause"
   mkdir -p "$dir/rootfs"
   if [[ ! -f "$dir/pause.oci.tar" ]]; then
@@ -390,7 +474,7 @@ ensure_pause_image() {
       --layer "$dir/layer.tar" --entrypoint '["/pause"]' >/dev/null
   fi
   ctr_k8s images import "$dir/pause.oci.tar" >/dev/null
-  ctr_k8s images ls -q "name==$PAUSE_IMAGE" | grep -q . || die "pause image import failed"
+  [[ -n "$(ctr_k8s images ls -q "name==$PAUSE_IMAGE")" ]] || die "pause image import failed"
   log "imported $PAUSE_IMAGE"
 }
 
@@ -401,7 +485,6 @@ start_node() {
 
   start kube-proxy "$BIN_DIR/kube-proxy" --config "$STATE/kube-proxy/config.yaml"
 
-  is_running kubelet || date +%s >"$RUN/kubelet.started"
   start kubelet "$BIN_DIR/kubelet" \
     --config "$STATE/kubelet/config.yaml" \
     --kubeconfig "$STATE/kubelet/kubeconfig" \
@@ -467,6 +550,7 @@ cmd_up() {
   wait_for "node $NODE_NAME Ready" 180 node_ready || { tail -n 30 "$LOGS/kubelet.log" >&2; exit 1; }
   advertise_gpus
   wait_for "default ServiceAccount" 60 default_sa_exists
+  wait_for "cluster DNS" 60 curl -fsS --max-time 2 "$COREDNS_READY_URL"
   log "cluster up in $((SECONDS - t0))s; node $NODE_NAME Ready with $NVIDIA_GPU_COUNT nvidia.com/gpu"
   log "use it: eval \"\$($0 env)\""
 }
@@ -495,10 +579,11 @@ stop_pods() {
 
 stop_shims() {
   # Shims outlive containerd; ours are the ones started with our socket address.
-  local p
+  local p cmdline
   for p in /proc/[0-9]*; do
     [[ -r "$p/cmdline" ]] || continue
-    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- "containerd-shim.* -address $CONTAINERD_SOCK"; then
+    cmdline="$( { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null)" || continue
+    if [[ "$cmdline" == *containerd-shim*" -address $CONTAINERD_SOCK "* ]]; then
       kill -KILL "${p#/proc/}" 2>/dev/null || true
     fi
   done
@@ -529,7 +614,7 @@ cmd_down() {
   stop containerd
   stop_shims
   local c
-  for c in kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$c"; done
+  for c in coredns kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$c"; done
   if [[ -x "$BIN_DIR/kube-proxy" ]]; then
     "$BIN_DIR/kube-proxy" --cleanup >/dev/null 2>&1 || true
   fi

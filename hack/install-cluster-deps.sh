@@ -10,7 +10,7 @@ PACKAGES=(containerd runc containernetworking-plugins iptables conntrack iproute
           util-linux mount kmod debootstrap openssl curl ca-certificates)
 missing=()
 for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" == "install ok installed" ]] || missing+=("$p")
 done
 if ((${#missing[@]} == 0)); then
   echo "[install-cluster-deps] all present" >&2

@@ -317,3 +317,32 @@ def test_pod_reaches_the_api_server_through_the_kubernetes_service(kubectl: Kube
     service_ip = kubectl.get("service", "kubernetes", "default")["spec"]["clusterIP"]
     logs = kubectl.run("-n", namespace, "logs", "whoami").stdout
     assert f"in-cluster user: system:serviceaccount:{namespace}:default via {service_ip}" in logs
+
+
+CLUSTER_DNS_LOOKUP = """
+import socket, time
+deadline = time.monotonic() + 30
+while True:
+    try:
+        names = ['kubernetes.default.svc.cluster.local', 'kubernetes.default', 'probe']
+        print('resolved', *[socket.gethostbyname(n) for n in names])
+        break
+    except OSError as exc:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.5)
+"""
+
+
+def test_pods_resolve_service_names_through_cluster_dns(kubectl: Kubectl, namespace: str,
+                                                         cairn_image: str) -> None:
+    kubectl.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "probe"},
+                   "spec": {"ports": [{"port": 80}]}}, namespace=namespace)
+    probe_ip = kubectl.get("service", "probe", namespace)["spec"]["clusterIP"]
+    kubernetes_ip = kubectl.get("service", "kubernetes", "default")["spec"]["clusterIP"]
+
+    kubectl.apply(_pod("lookup", cairn_image, ["python3", "-c", CLUSTER_DNS_LOOKUP]), namespace=namespace)
+
+    _wait_for_phase(kubectl, namespace, "lookup", "Succeeded")
+    logs = kubectl.run("-n", namespace, "logs", "lookup").stdout
+    assert f"resolved {kubernetes_ip} {kubernetes_ip} {probe_ip}" in logs
