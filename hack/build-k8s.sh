@@ -10,6 +10,7 @@
 # not rebuilt, so a warm machine returns in well under a second.
 #
 # Usage: hack/build-k8s.sh            build what is missing
+#        hack/build-k8s.sh --kwok     also kwok, for simulated nodes (hack/cluster.sh kwok N)
 #        hack/build-k8s.sh --regen    regenerate hack/k8s/go.mod from upstream's go.mod
 #        hack/build-k8s.sh --print-bin-dir
 set -euo pipefail
@@ -68,11 +69,13 @@ regen_go_mod() {
 }
 
 mkdir -p "$MOD_DIR"
+WITH_KWOK=0
 case "${1:-}" in
   --print-bin-dir) echo "$BIN_DIR"; exit 0 ;;
   --regen) regen_go_mod; exit 0 ;;
+  --kwok) WITH_KWOK=1 ;;
   "") ;;
-  *) echo "usage: $0 [--regen|--print-bin-dir]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--kwok|--regen|--print-bin-dir]" >&2; exit 2 ;;
 esac
 
 if [[ ! -f "$MOD_DIR/go.mod" ]] || ! grep -Eq "k8s.io/kubernetes $K8S_VERSION( |$)" "$MOD_DIR/go.mod"; then
@@ -81,7 +84,10 @@ fi
 
 # CoreDNS (cluster DNS) has a wrapper module of its own: it pins newer k8s.io libraries.
 COREDNS_DIR="$HERE/coredns"
-COREDNS_VERSION="$(awk '$1 == "require" && $2 == "github.com/coredns/coredns" {print $3}' "$COREDNS_DIR/go.mod")"
+COREDNS_VERSION="$(grep -Eo 'github\.com/coredns/coredns v[^ ]+' "$COREDNS_DIR/go.mod" | head -1 | cut -d' ' -f2)"
+# kwok (simulated nodes, optional) likewise.
+KWOK_DIR="$HERE/kwok"
+KWOK_VERSION="$(grep -Eo 'sigs\.k8s\.io/kwok v[^ ]+' "$KWOK_DIR/go.mod" | head -1 | cut -d' ' -f2)"
 
 missing=()
 for c in "${K8S_CMDS[@]}" etcd etcdctl; do
@@ -89,6 +95,9 @@ for c in "${K8S_CMDS[@]}" etcd etcdctl; do
 done
 if [[ ! -x "$BIN_DIR/coredns" || "$(cat "$BIN_DIR/coredns.version" 2>/dev/null)" != "$COREDNS_VERSION" ]]; then
   missing+=(coredns)
+fi
+if [[ $WITH_KWOK -eq 1 && ( ! -x "$BIN_DIR/kwok" || "$(cat "$BIN_DIR/kwok.version" 2>/dev/null)" != "$KWOK_VERSION" ) ]]; then
+  missing+=(kwok)
 fi
 if [[ ${#missing[@]} -eq 0 ]]; then
   log "all binaries present in $BIN_DIR"
@@ -125,7 +134,7 @@ for c in "${missing[@]}"; do
   case "$c" in
     etcd) etcd_want+=(go.etcd.io/etcd/server/v3) ;;
     etcdctl) etcd_want+=(go.etcd.io/etcd/etcdctl/v3) ;;
-    coredns) ;;
+    coredns | kwok) ;;
     *) k8s_pkgs+=("k8s.io/kubernetes/cmd/$c") ;;
   esac
 done
@@ -149,6 +158,13 @@ if [[ " ${missing[*]} " == *" coredns "* ]]; then
   (cd "$COREDNS_DIR" && nice -n 10 go build "${GOFLAGS_BUILD[@]}" -v -ldflags "-s -w" -o "$tmp_out/coredns" .) 2>&1 | progress coredns
   [[ ${PIPESTATUS[0]} -eq 0 ]] || exit 1
   echo "$COREDNS_VERSION" >"$tmp_out/coredns.version"
+fi
+if [[ " ${missing[*]} " == *" kwok "* ]]; then
+  log "compiling kwok $KWOK_VERSION"
+  (cd "$KWOK_DIR" && nice -n 10 go build "${GOFLAGS_BUILD[@]}" -v -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}" \
+    -o "$tmp_out/kwok" sigs.k8s.io/kwok/cmd/kwok) 2>&1 | progress kwok
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || exit 1
+  echo "$KWOK_VERSION" >"$tmp_out/kwok.version"
 fi
 mkdir -p "$BIN_DIR"
 for f in "$tmp_out"/*; do mv -f "$f" "$BIN_DIR/"; done

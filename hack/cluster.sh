@@ -7,6 +7,7 @@
 #   hack/cluster.sh env      print `export KUBECONFIG=... PATH=...` (eval "$(hack/cluster.sh env)")
 #   hack/cluster.sh reset    down, then delete all cluster state (PKI, etcd, images)
 #   hack/cluster.sh kubectl ARGS...   kubectl against the cluster
+#   hack/cluster.sh kwok N   add N simulated nodes (kwok; tainted, label type=kwok); 0 removes them
 #
 # Components: etcd (loopback), kube-apiserver (TLS, Node+RBAC authorization, ServiceAccount
 # tokens, default admission plugins + NodeRestriction), kube-controller-manager,
@@ -40,6 +41,9 @@ COREDNS_READY_URL=http://127.0.0.1:18181/ready
 NVIDIA_GPU_COUNT="${CAIRN_GPU_COUNT:-4}"
 NVIDIA_GPU_PRODUCT="${CAIRN_GPU_PRODUCT:-NVIDIA-H100-80GB-HBM3}"
 PAUSE_IMAGE=localhost/cairn/pause:3.10
+# Simulated nodes: never run containers; their pods get fake IPs from a range nothing routes.
+KWOK_POD_CIDR=10.215.0.0/16
+KWOK_NODE_GPUS="${CAIRN_KWOK_NODE_GPUS:-8}"
 
 PKI="$STATE/pki"
 LOGS="$STATE/logs"
@@ -520,6 +524,79 @@ advertise_gpus() {
   wait_for "nvidia.com/gpu allocatable" 60 gpus_allocatable
 }
 
+# ---------------------------------------------------------------- simulated nodes (kwok)
+
+kwok_wanted() { cat "$STATE/kwok/nodes" 2>/dev/null || echo 0; }
+
+start_kwok() {
+  "$HERE/build-k8s.sh" --kwok >/dev/null
+  mkdir -p "$STATE/kwok"
+  cert kwok kwok system:masters clientAuth
+  kubeconfig "$STATE/kwok/kubeconfig" kwok
+  # kwok alone has no default stages (kwokctl adds them); use upstream's "fast" ones from the
+  # same module version.
+  local src
+  src="$(cd "$HERE/kwok" && go mod download -json sigs.k8s.io/kwok | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  local f
+  for f in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+           pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    echo "---"; cat "$src/kustomize/stage/$f"
+  done | write_file "$STATE/kwok/stages.yaml"
+  start kwok "$BIN_DIR/kwok" --kubeconfig "$STATE/kwok/kubeconfig" --config "$STATE/kwok/stages.yaml" \
+    --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --cidr "$KWOK_POD_CIDR" --node-lease-duration-seconds 40
+}
+
+kwok_node() { # kwok_node NAME : a simulated GPU node as JSON
+  cat <<EOF
+{"apiVersion": "v1", "kind": "Node",
+ "metadata": {"name": "$1",
+   "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+   "labels": {"type": "kwok", "kubernetes.io/hostname": "$1", "kubernetes.io/os": "linux",
+              "kubernetes.io/arch": "amd64", "nvidia.com/gpu.present": "true",
+              "nvidia.com/gpu.product": "$NVIDIA_GPU_PRODUCT", "nvidia.com/gpu.count": "$KWOK_NODE_GPUS"}},
+ "spec": {"taints": [{"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}]},
+ "status": {
+   "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": "$KWOK_NODE_GPUS"},
+   "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": "$KWOK_NODE_GPUS"}}}
+EOF
+}
+
+kwok_nodes_ready() {
+  local want=$1 ready
+  ready="$(kubectl_admin get nodes -l type=kwok -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null | grep -c True || true)"
+  [[ "$ready" -ge "$want" ]]
+}
+
+cmd_kwok() {
+  local n=${1:-}
+  [[ "$n" =~ ^[0-9]+$ ]] || die "usage: $0 kwok N (number of simulated nodes; 0 removes them)"
+  api_ready 2>/dev/null || die "the cluster is not up (hack/cluster.sh up)"
+  local name existing
+  existing="$(kubectl_admin get nodes -l type=kwok -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}')"
+  for name in $existing; do
+    if ! [[ "$name" =~ ^kwok-node-([0-9]+)$ ]] || (( BASH_REMATCH[1] >= n )); then
+      kubectl_admin delete node "$name" >/dev/null
+    fi
+  done
+  if ((n == 0)); then
+    stop kwok
+    rm -f "$STATE/kwok/nodes"
+    log "removed the simulated nodes"
+    return
+  fi
+  start_kwok
+  echo "$n" >"$STATE/kwok/nodes"
+  local i items=()
+  for ((i = 0; i < n; i++)); do items+=("$(kwok_node "kwok-node-$i")"); done
+  local IFS=,
+  echo "{\"apiVersion\": \"v1\", \"kind\": \"List\", \"items\": [${items[*]}]}" |
+    kubectl_admin apply -f - >/dev/null
+  unset IFS
+  wait_for "$n simulated nodes Ready" 120 kwok_nodes_ready "$n"
+  log "$n simulated nodes Ready (label type=kwok, taint kwok.x-k8s.io/node=fake:NoSchedule, $KWOK_NODE_GPUS nvidia.com/gpu each)"
+}
+
 # ---------------------------------------------------------------- commands
 
 # After a crash or a reboot (processes gone without `down`), pod mounts, shims and the
@@ -551,6 +628,7 @@ cmd_up() {
   advertise_gpus
   wait_for "default ServiceAccount" 60 default_sa_exists
   wait_for "cluster DNS" 60 curl -fsS --max-time 2 "$COREDNS_READY_URL"
+  if (( $(kwok_wanted) > 0 )); then start_kwok; fi
   log "cluster up in $((SECONDS - t0))s; node $NODE_NAME Ready with $NVIDIA_GPU_COUNT nvidia.com/gpu"
   log "use it: eval \"\$($0 env)\""
 }
@@ -608,6 +686,7 @@ cleanup_kubelet_iptables() {
 cmd_down() {
   [[ $EUID -eq 0 ]] || die "must run as root"
   [[ -d "$STATE" ]] || { log "no cluster state at $STATE"; return 0; }
+  stop kwok
   stop kubelet
   stop_pods
   stop kube-proxy
@@ -638,6 +717,10 @@ cmd_status() {
     if pid="$(pid_of "$c")"; then printf '%-24s running  pid %s\n' "$c" "$pid"
     else printf '%-24s stopped\n' "$c"; rc=1; fi
   done
+  if (( $(kwok_wanted) > 0 )); then
+    if pid="$(pid_of kwok)"; then printf '%-24s running  pid %s (%s simulated nodes)\n' kwok "$pid" "$(kwok_wanted)"
+    else printf '%-24s stopped\n' kwok; rc=1; fi
+  fi
   if [[ $rc -eq 0 ]]; then
     kubectl_admin get nodes -o wide
     kubectl_admin get node "$NODE_NAME" -o jsonpath='{"allocatable nvidia.com/gpu: "}{.status.allocatable.nvidia\.com/gpu}{"\n"}'
@@ -657,5 +740,6 @@ case "${1:-}" in
   status) cmd_status ;;
   env) cmd_env ;;
   kubectl) shift; kubectl_admin "$@" ;;
-  *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  kwok) shift; cmd_kwok "$@" ;;
+  *) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

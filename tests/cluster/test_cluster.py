@@ -20,6 +20,7 @@ from clusterlib import Kubectl, wait_until
 pytestmark = pytest.mark.cluster
 
 GPU = "nvidia.com/gpu"
+HACK = Path(__file__).resolve().parents[2] / "hack"
 NODE_GPUS = 4
 
 
@@ -64,9 +65,9 @@ def _ts(value: str) -> datetime:
 
 def test_node_is_ready_and_advertises_gpus(kubectl: Kubectl) -> None:
     nodes = json.loads(kubectl.run("get", "nodes", "-o", "json").stdout)["items"]
-    gpu_nodes = [n for n in nodes if GPU in n["status"].get("allocatable", {})]
-    assert gpu_nodes, "no node advertises nvidia.com/gpu"
-    node = gpu_nodes[0]
+    real = [n for n in nodes if "kwok.x-k8s.io/node" not in n["metadata"].get("annotations", {})]
+    assert len(real) == 1, [n["metadata"]["name"] for n in real]
+    node = real[0]
     ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
     assert ready == "True"
     assert node["status"]["allocatable"][GPU] == str(NODE_GPUS)
@@ -346,3 +347,38 @@ def test_pods_resolve_service_names_through_cluster_dns(kubectl: Kubectl, namesp
     _wait_for_phase(kubectl, namespace, "lookup", "Succeeded")
     logs = kubectl.run("-n", namespace, "logs", "lookup").stdout
     assert f"resolved {kubernetes_ip} {kubernetes_ip} {probe_ip}" in logs
+
+
+def test_kwok_nodes_schedule_gpu_pods_without_running_them(kubectl: Kubectl, namespace: str) -> None:
+    # Simulated nodes for scale tests: tainted, labelled type=kwok, never running a container.
+    subprocess.run(["bash", str(HACK / "cluster.sh"), "kwok", "2"], check=True, timeout=30 * 60)
+    try:
+        nodes = json.loads(kubectl.run("get", "nodes", "-l", "type=kwok", "-o", "json").stdout)["items"]
+        assert sorted(n["metadata"]["name"] for n in nodes) == ["kwok-node-0", "kwok-node-1"]
+        taint = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
+        for node in nodes:
+            assert node["status"]["allocatable"][GPU] == "8"
+            assert taint in node["spec"]["taints"]
+
+        pod = _pod("on-kwok", "cairn:dev", ["python3", "-c", "print('never runs')"], gpus=6,
+                   nodeSelector={"type": "kwok"},
+                   tolerations=[{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}])
+        kubectl.apply(pod, namespace=namespace)
+
+        def running() -> dict | None:
+            status = kubectl.get("pod", "on-kwok", namespace)
+            return status if status.get("status", {}).get("phase") == "Running" else None
+
+        status = wait_until(running, 60, "the simulated pod to be Running")
+        assert status["spec"]["nodeName"].startswith("kwok-node-")
+        assert status["status"]["podIP"].startswith("10.215.")
+        # A second 6-GPU pod fits only on the other simulated node: GPU accounting is real.
+        pod["metadata"]["name"] = "on-kwok-2"
+        kubectl.apply(pod, namespace=namespace)
+        wait_until(lambda: kubectl.get("pod", "on-kwok-2", namespace)["spec"].get("nodeName"), 60,
+                   "the second pod to be scheduled")
+        second = kubectl.get("pod", "on-kwok-2", namespace)["spec"]["nodeName"]
+        assert second.startswith("kwok-node-") and second != status["spec"]["nodeName"]
+    finally:
+        kubectl.run("-n", namespace, "delete", "pod", "--all", "--wait=false", check=False)
+        subprocess.run(["bash", str(HACK / "cluster.sh"), "kwok", "0"], check=True, timeout=120)
