@@ -119,16 +119,25 @@ start() {
   log "started $name (pid $!, log $LOGS/$name.log)"
 }
 
+# alive PID : the process exists and is not a zombie waiting for its parent to reap it.
+alive() {
+  local stat
+  stat="$( { cat "/proc/$1/stat"; } 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  [[ "${stat:0:1}" != Z ]]
+}
+
 stop() {
   local name=$1 pid
   pid="$(pid_of "$name")" || { rm -f "$RUN/$name.pid"; return 0; }
   kill -TERM "$pid" 2>/dev/null || true
   local deadline=$((SECONDS + 15))
-  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
-  if kill -0 "$pid" 2>/dev/null; then
+  while alive "$pid" && ((SECONDS < deadline)); do sleep 0.2; done
+  if alive "$pid"; then
     log "$name (pid $pid) ignored SIGTERM; sending SIGKILL"
     kill -KILL "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    deadline=$((SECONDS + 10))
+    while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
   fi
   rm -f "$RUN/$name.pid"
   log "stopped $name (pid $pid)"
@@ -698,6 +707,8 @@ cmd_down() {
     "$BIN_DIR/kube-proxy" --cleanup >/dev/null 2>&1 || true
   fi
   cleanup_kubelet_iptables
+  # Empty pod cgroups the kubelet created (cgroupfs driver, one tree per v1 hierarchy).
+  find /sys/fs/cgroup/*/kubepods -depth -type d -exec rmdir {} + 2>/dev/null || true
   cleanup_mounts
   rm -rf "$STATE/containerd/state" "$STATE/cni/ipam"
   ip link del "$BRIDGE" 2>/dev/null || true
