@@ -14,8 +14,8 @@ Both are counted under a reason and reported with their line number, and never s
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
+from functools import partial
 
 from cairn.sdk import records as R
 from cairn.store.entities import IngestBatch, MetricPoint
@@ -38,6 +38,10 @@ EMPTY_KEY = "empty_key"
 KEY_TOO_LONG = "key_too_long"
 NON_NUMERIC = "non_numeric"
 BAD_RECORD = "bad_record"
+
+# ``MetricPoint(k, s, t, v)`` runs the NamedTuple's Python-level ``__new__``; building the same tuple
+# in C is several times cheaper, and the agent makes one per point.
+_new_point = partial(tuple.__new__, MetricPoint)
 
 
 class OversizeLine(bytes):
@@ -84,7 +88,9 @@ def _step(value: object) -> int | None:
 def _timestamp_ms(value: object, default_ms: int) -> int | None:
     if value is None:
         return default_ms
-    if _is_number(value) and math.isfinite(value) and 0 <= value < 1e11:
+    # The range check also rules out NaN and infinities, and unlike math.isfinite it cannot
+    # overflow on an integer too large for a float.
+    if _is_number(value) and 0 <= value < 1e11:
         return int(value * 1000)
     return None
 
@@ -173,21 +179,31 @@ def _add_points(rec: dict, values: dict, line_no: int, now_ms: int, raw: bytes, 
     if step is None:
         reject(Rejection(line_no, BAD_STEP, repr(rec["step"])[:60]))
         return
-    ts_value = next((rec[f] for f in TIME_FIELDS if f in rec), None)
+    # The first of TIME_FIELDS present wins, even when its value is null.
+    if "ts" in rec:
+        ts_value = rec["ts"]
+    elif "timestamp" in rec:
+        ts_value = rec["timestamp"]
+    else:
+        ts_value = rec.get("time")
     ts_ms = _timestamp_ms(ts_value, now_ms)
     if ts_ms is None:
         reject(Rejection(line_no, BAD_TIMESTAMP, repr(ts_value)[:60]))
         return
+    append = points.append
+    max_key = R.MAX_KEY_LENGTH
     for key, value in values.items():
-        if not key:
+        if type(value) is float and key and len(key) <= max_key:  # the common case, checked once
+            append(_new_point((key, step, ts_ms, value)))
+        elif not key:
             reject(Rejection(line_no, EMPTY_KEY, _excerpt(raw)))
-        elif len(key) > R.MAX_KEY_LENGTH:
+        elif len(key) > max_key:
             reject(Rejection(line_no, KEY_TOO_LONG, key[:60] + "..."))
         elif type(value) is float:
-            points.append(MetricPoint(key, step, ts_ms, value))
+            append(_new_point((key, step, ts_ms, value)))
         elif type(value) is int:
             try:
-                points.append(MetricPoint(key, step, ts_ms, float(value)))
+                append(_new_point((key, step, ts_ms, float(value))))
             except OverflowError:
                 reject(Rejection(line_no, NON_NUMERIC, f"{key}: integer out of range"))
         else:

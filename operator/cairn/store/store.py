@@ -7,6 +7,7 @@ import io
 import json
 import math
 import uuid
+from operator import itemgetter
 from typing import Any, Iterable, Sequence
 
 from sqlalchemy import and_, case, func, insert, select, text, update
@@ -42,6 +43,7 @@ from cairn.store.models import (
 
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 SQLITE_INSERT_CHUNK = 5000
+COPY_CHUNK_CHARS = 1 << 20  # psycopg2 reads 8 KiB per call by default: one call per ~100 rows
 
 
 class RunNotFound(db.StoreError):
@@ -283,15 +285,14 @@ class TrackingStore:
 
     def _write_metrics(self, s: Session, rid: uuid.UUID, points: Sequence[MetricPoint]) -> None:
         if self.is_postgres:
+            # The run id and the escaped key are the same on every line of a key: format them once.
             run_text = str(rid)
-            buf = io.StringIO()
-            buf.writelines(
-                f"{run_text}\t{_copy_text(p.key)}\t{p.step}\t{p.timestamp_ms}\t{p.value!r}\n" for p in points
-            )
-            buf.seek(0)
+            prefix = {key: f"{run_text}\t{_copy_text(key)}\t" for key in set(map(itemgetter(0), points))}
+            data = "".join([f"{prefix[key]}{step}\t{ts}\t{value!r}\n" for key, step, ts, value in points])
             raw = s.connection().connection.dbapi_connection
             with raw.cursor() as cur:
-                cur.copy_expert("COPY metrics (run_id, key, step, timestamp_ms, value) FROM STDIN", buf)
+                cur.copy_expert("COPY metrics (run_id, key, step, timestamp_ms, value) FROM STDIN", io.StringIO(data),
+                                size=COPY_CHUNK_CHARS)
             return
         rows = [
             {"run_id": rid, "key": p.key, "step": p.step, "timestamp_ms": p.timestamp_ms,
@@ -302,26 +303,29 @@ class TrackingStore:
             s.execute(insert(Metric), rows[i : i + SQLITE_INSERT_CHUNK])
 
     def _update_latest(self, s: Session, rid: uuid.UUID, points: Iterable[MetricPoint]) -> None:
-        summary: dict[str, dict[str, Any]] = {}
+        # Group the points by key in one pass, then summarise each key with C-level builtins.
+        by_key: dict[str, list[MetricPoint]] = {}
         for p in points:
-            cur = summary.get(p.key)
-            finite = not math.isnan(p.value)
-            if cur is None:
-                summary[p.key] = cur = {"step": p.step, "timestamp_ms": p.timestamp_ms, "value": p.value,
-                                        "min_value": None, "max_value": None, "count": 0}
-            elif p.step >= cur["step"]:
-                cur.update(step=p.step, timestamp_ms=p.timestamp_ms, value=p.value)
-            cur["count"] += 1
-            if finite:
-                if cur["min_value"] is None or p.value < cur["min_value"]:
-                    cur["min_value"] = p.value
-                if cur["max_value"] is None or p.value > cur["max_value"]:
-                    cur["max_value"] = p.value
+            group = by_key.get(p[0])
+            if group is None:
+                by_key[p[0]] = [p]
+            else:
+                group.append(p)
         rows = []
-        for key, v in summary.items():
-            if not self.is_postgres and math.isnan(v["value"]):
-                v["value"] = None
-            rows.append({"run_id": rid, "key": key, **v})
+        for key, group in by_key.items():
+            steps = list(map(itemgetter(1), group))
+            last_step = max(steps)
+            # The latest point is the last one at the highest step.
+            latest = group[len(steps) - 1 - steps[::-1].index(last_step)]
+            finite = [v for v in map(itemgetter(3), group) if not math.isnan(v)]
+            value = latest.value
+            if not self.is_postgres and math.isnan(value):
+                value = None
+            rows.append({
+                "run_id": rid, "key": key, "step": last_step, "timestamp_ms": latest.timestamp_ms, "value": value,
+                "min_value": min(finite) if finite else None, "max_value": max(finite) if finite else None,
+                "count": len(group),
+            })
         stmt = self._insert(LatestMetric).values(rows)
         ex, cur_t = stmt.excluded, LatestMetric.__table__.c
         newer = ex.step >= cur_t.step
