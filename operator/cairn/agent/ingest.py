@@ -221,6 +221,7 @@ class IngestAgent:
                 drain_deadline = time.monotonic() + drain_timeout
             try:
                 n = self.ingest_available()
+                over = n == 0 and exit_on_finish and self._run_over()
             except Exception as exc:  # noqa: BLE001 - any failure is retried; nothing is lost
                 self.stats.errors += 1
                 log.warning("store unavailable, retrying in %.1fs: %s", backoff, _one_line(exc))
@@ -234,9 +235,18 @@ class IngestAgent:
             if n == 0:
                 if drain_deadline is not None:
                     return True
-                if exit_on_finish and self.stats.finished:
+                if over:
                     return True
                 stop.wait(self.poll_interval)
+
+
+    def _run_over(self) -> bool:
+        """Whether the finish record is in: ingested by this agent or by an earlier one that died."""
+        if not self.stats.finished and self.run_id is not None:
+            from cairn.store.store import TERMINAL_STATUSES
+
+            self.stats.finished = self.store.run_status(self.run_id) in TERMINAL_STATUSES
+        return self.stats.finished
 
 
 def _one_line(exc: BaseException) -> str:

@@ -341,15 +341,17 @@ def db_current(ctx: click.Context) -> None:
 @click.option("--exit-on-finish", is_flag=True, help="Exit once the run's finish record is ingested.")
 @click.option("--drain-timeout", default=60.0, show_default=True, help="Seconds to keep draining after SIGTERM.")
 @click.option("--poll-interval", default=0.5, show_default=True)
+@click.option("--batch-bytes", default=8 << 20, show_default=True, help="Most bytes of a file committed per transaction.")
 @click.pass_context
-def agent(ctx: click.Context, run_dir, run_id, metrics_files, once, exit_on_finish, drain_timeout, poll_interval) -> None:  # noqa: ANN001
+def agent(ctx: click.Context, run_dir, run_id, metrics_files, once, exit_on_finish, drain_timeout, poll_interval,  # noqa: ANN001
+          batch_bytes) -> None:  # noqa: ANN001
     """Ingest a run directory into the store, exactly once (the tracking sidecar runs this)."""
     import signal
 
     from cairn.agent.ingest import IngestAgent
 
     logging.getLogger("cairn").setLevel(logging.INFO)
-    a = IngestAgent(run_dir, ctx.obj.get("database_url"), run_id, tuple(metrics_files), poll_interval)
+    a = IngestAgent(run_dir, ctx.obj.get("database_url"), run_id, tuple(metrics_files), poll_interval, batch_bytes)
     stop = threading.Event()
     if once:
         stop.set()
@@ -395,7 +397,7 @@ def run_cmd(ctx: click.Context, experiment: str, name: str | None, params: tuple
 def sync(ctx: click.Context, run_dir: str) -> None:
     """Ingest a run recorded offline (the SDK without an agent) into the store."""
     ctx.invoke(agent, run_dir=run_dir, run_id=None, metrics_files=(), once=True, exit_on_finish=False,
-               drain_timeout=60.0, poll_interval=0.5)
+               drain_timeout=60.0, poll_interval=0.5, batch_bytes=8 << 20)
 
 
 def main() -> None:

@@ -146,6 +146,11 @@ class TrackingStore:
             if done.rowcount == 0:
                 raise RunNotFound(run_id)
 
+    def run_status(self, run_id: str) -> str | None:
+        """The run's status, or None when the store has no such run yet."""
+        with self._session() as s:
+            return s.execute(select(Run.status).where(Run.id == _as_uuid(run_id))).scalar_one_or_none()
+
     def finish_run(self, run_id: str, status: str, exit_code: int | None, end_time: dt.datetime | None = None) -> None:
         self.update_run(run_id, status=status, exit_code=exit_code, end_time=end_time or utcnow())
 
@@ -221,7 +226,6 @@ class TrackingStore:
             if batch.run_info is not None:
                 self._apply_run_info(s, rid, batch.run_info)
             elif s.get(Run, rid) is None:
-                self._experiment_id(s, "default")
                 s.execute(
                     self._insert(Run)
                     .values(id=rid, experiment_id=self._experiment_id(s, "default"), status="RUNNING",
