@@ -41,7 +41,7 @@ def main() -> None:
     step = 0
     for epoch in range(int(cfg.epochs)):
         order = rng.permutation(len(x_train))
-        for start in range(0, len(order), int(cfg.batch_size)):
+        for start in range(0, len(order) - int(cfg.batch_size) + 1, int(cfg.batch_size)):
             idx = order[start : start + int(cfg.batch_size)]
             xb, yb = x_train[idx], onehot[y_train[idx]]
             p = softmax(xb @ w + b)

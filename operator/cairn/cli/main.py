@@ -248,7 +248,9 @@ def runs_compare(ctx: click.Context, run_ids: tuple[str, ...], all_params: bool)
             bests.append(best)
             cells.append("-" if v is None else f"{_fmt_value(v.value)} ({_fmt_value(best)})")
         ranked = [(b, i) for b, i in zip(bests, ids) if b is not None]
-        winner = (min(ranked) if minimise else max(ranked))[1] if ranked else "-"
+        best_value = (min if minimise else max)(b for b, _ in ranked) if ranked else None
+        leaders = [i for b, i in ranked if b == best_value]
+        winner = leaders[0] if len(leaders) == 1 else ("tie" if leaders else "-")
         metrics.add_row(k + (" ↓" if minimise else " ↑"), *cells, winner)
     console.print(metrics)
 
