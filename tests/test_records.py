@@ -51,6 +51,8 @@ def test_each_kind_of_bad_line_is_counted_under_its_reason_with_its_line_number(
         {"step": 1, "big": 10**400},
         {"type": "metric", "step": 1, "values": [1, 2]},
         {"type": "mystery"},
+        {"step": 1, "ts": 10**400, "loss": 1.0},
+        {"step": 1, "ts": float("inf"), "loss": 1.0},
     )
     out = parse_lines(bad, 10, NOW)
     assert out.batch.metrics == []
@@ -58,6 +60,7 @@ def test_each_kind_of_bad_line_is_counted_under_its_reason_with_its_line_number(
         (10, r.BAD_JSON), (11, r.NOT_AN_OBJECT), (12, r.MISSING_STEP), (13, r.BAD_STEP), (14, r.BAD_STEP),
         (15, r.BAD_TIMESTAMP), (16, r.EMPTY_KEY), (17, r.KEY_TOO_LONG), (18, r.NON_NUMERIC),
         (19, r.NON_NUMERIC), (20, r.NON_NUMERIC), (21, r.BAD_VALUES), (22, r.UNKNOWN_TYPE),
+        (23, r.BAD_TIMESTAMP), (24, r.BAD_TIMESTAMP),
     ]
     assert out.counts()[r.NON_NUMERIC] == 3
 

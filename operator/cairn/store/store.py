@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import io
 import json
 import math
@@ -492,7 +493,16 @@ class TrackingStore:
                         "SELECT step, timestamp_ms, value FROM metrics WHERE run_id = %s AND key = %s ORDER BY step, id",
                         (str(rid), key),
                     )
-                    return [MetricPoint(key, step, ts, value) for step, ts, value in cur.fetchall()]
+                    # Building a million tuples would trigger a few hundred full GC passes over
+                    # them; none of them can form a cycle, so collection is paused meanwhile.
+                    gc_was_enabled = gc.isenabled()
+                    gc.disable()
+                    try:
+                        new = tuple.__new__  # MetricPoint's own __new__ is a Python call per point
+                        return [new(MetricPoint, (key, step, ts, value)) for step, ts, value in cur.fetchall()]
+                    finally:
+                        if gc_was_enabled:
+                            gc.enable()
             rows = conn.execute(
                 select(Metric.step, Metric.timestamp_ms, Metric.value)
                 .where(Metric.run_id == rid, Metric.key == key)
