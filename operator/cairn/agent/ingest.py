@@ -105,6 +105,7 @@ class IngestAgent:
         poll_interval: float = 0.5,
         max_batch_bytes: int = MAX_BATCH_BYTES,
         store=None,  # noqa: ANN001 - a TrackingStore, for callers that already have one
+        attempt: int | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.database_url = database_url
@@ -112,6 +113,8 @@ class IngestAgent:
         self.extra_sources = extra_sources
         self.poll_interval = poll_interval
         self.max_batch_bytes = max_batch_bytes
+        # Each attempt of a retried pod writes fresh files; its offsets are kept apart.
+        self.source_prefix = f"attempt-{attempt}/" if attempt is not None else ""
         self.stats = AgentStats()
         self._store = store
         self._offsets: dict[str, tuple[int, int]] = {}
@@ -138,7 +141,7 @@ class IngestAgent:
 
     def _progress(self, source: str) -> tuple[int, int]:
         if source not in self._offsets:
-            self._offsets[source] = self.store.ingest_progress(self.run_id, source)
+            self._offsets[source] = self.store.ingest_progress(self.run_id, self.source_prefix + source)
         return self._offsets[source]
 
     def ingest_available(self) -> int:
@@ -175,7 +178,8 @@ class IngestAgent:
         rejected = parsed.counts()
         new_line_no = line_no + len(lines)
         try:
-            self.store.ingest_batch(self.run_id, source, parsed.batch, new_offset, new_line_no, rejected)
+            self.store.ingest_batch(self.run_id, self.source_prefix + source, parsed.batch, new_offset, new_line_no,
+                                    rejected)
         except BaseException:
             # The commit may or may not have happened: read the offset back from the store.
             self._offsets.pop(source, None)

@@ -365,6 +365,19 @@ def agent(ctx: click.Context, run_dir, run_id, metrics_files, once, exit_on_fini
     sys.exit(0 if ok else 3)
 
 
+@cli.command()
+def sidecar() -> None:
+    """The tracking sidecar of a TrainingRun pod (configured by the operator through CAIRN_* env)."""
+    from cairn.agent.sidecar import SidecarConfig, run_sidecar
+
+    logging.getLogger("cairn").setLevel(logging.INFO)
+    try:
+        cfg = SidecarConfig.from_env()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    sys.exit(0 if run_sidecar(cfg) else 3)
+
+
 @cli.command("run", context_settings={"ignore_unknown_options": True})
 @click.option("-e", "--experiment", default="default", show_default=True)
 @click.option("-n", "--name", help="Display name of the run.")
