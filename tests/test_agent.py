@@ -182,20 +182,29 @@ def test_sigkill_at_random_instants_never_loses_or_duplicates(postgres_url, tmp_
     steps = 20000
     run_dir = tmp_path / "run"
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(run_dir), str(steps), RUN_ID], env=dict(os.environ))
+    procs = [writer]
     rng = random.Random(7)
     kills = 0
-    while kills < 25:
-        agent = start_agent(run_dir, postgres_url)
-        time.sleep(rng.uniform(0.3, 1.2))
-        if agent.poll() is not None:
-            break  # it finished the whole run before this kill
-        agent.send_signal(signal.SIGKILL)
-        agent.wait()
-        kills += 1
-    assert writer.wait(timeout=120) == 0
-    final = start_agent(run_dir, postgres_url)
-    _, err = final.communicate(timeout=120)
-    assert final.returncode == 0, err
+    try:
+        while kills < 25:
+            agent = start_agent(run_dir, postgres_url)
+            procs.append(agent)
+            time.sleep(rng.uniform(0.3, 1.2))
+            if agent.poll() is not None:
+                break  # it finished the whole run before this kill
+            agent.send_signal(signal.SIGKILL)
+            agent.wait()
+            kills += 1
+        assert writer.wait(timeout=120) == 0
+        final = start_agent(run_dir, postgres_url)
+        procs.append(final)
+        _, err = final.communicate(timeout=120)
+        assert final.returncode == 0, err
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert kills >= 5, "the agent finished too fast for the kills to land mid-stream"
 
     counts = point_counts(postgres_url, RUN_ID)
@@ -273,10 +282,15 @@ def test_agent_started_while_database_is_down_catches_up(own_postgres, tmp_path)
     sdk.finish()
 
     proc = start_agent(run_dir, url)
-    time.sleep(2)
-    assert proc.poll() is None, "the agent gave up while the database was down"
-    own_postgres.start()
-    _, err = proc.communicate(timeout=90)
+    try:
+        time.sleep(2)
+        assert proc.poll() is None, "the agent gave up while the database was down"
+        own_postgres.start()
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 0, err
     assert "store unavailable, retrying" in err
     counts = point_counts(url, run.id)
@@ -296,6 +310,10 @@ def test_sigterm_drains_before_exit(store_url, tmp_path):
         sdk.log({"x": step}, step=step)
     sdk.run.flush()
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == 0, err
     assert store.get_run(run.id).summary.metrics["x"].count == 10000

@@ -155,6 +155,12 @@ class TrackingStore:
     def finish_run(self, run_id: str, status: str, exit_code: int | None, end_time: dt.datetime | None = None) -> None:
         self.update_run(run_id, status=status, exit_code=exit_code, end_time=end_time or utcnow())
 
+    def record_code(self, run_id: str, repository: str | None, commit: str, dirty: bool = False) -> None:
+        values = {"repository": repository, "commit": commit, "dirty": dirty}
+        with self._session() as s:
+            stmt = self._insert(CodeVersion).values(run_id=_as_uuid(run_id), **values)
+            s.execute(stmt.on_conflict_do_update(index_elements=["run_id"], set_=values))
+
     def record_dataset(self, run_id: str, uri: str, digest: str | None, pinned_digest: str | None = None) -> None:
         rid = _as_uuid(run_id)
         with self._session() as s:
@@ -389,6 +395,12 @@ class TrackingStore:
         for m in s.execute(select(LatestMetric).where(LatestMetric.run_id.in_(run_ids))).scalars():
             out[m.run_id][m.key] = LatestValue(m.key, m.step, _from_db_float(m.value), m.min_value, m.max_value, m.count)
         return out
+
+    def latest_metrics(self, run_ids: Sequence[str]) -> dict[str, dict[str, LatestValue]]:
+        """Latest value per key for each run, in one query (what the operator copies into status)."""
+        with self._session() as s:
+            found = self._latest(s, [_as_uuid(r) for r in run_ids])
+        return {str(rid): values for rid, values in found.items()}
 
     def _summaries(self, s: Session, rows: Sequence[tuple[Run, str]]) -> list[RunSummary]:
         latest = self._latest(s, [r.id for r, _ in rows])
