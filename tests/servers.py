@@ -34,7 +34,9 @@ class PostgresServer:
     PostgreSQL refuses to run as root, so as root the server runs as the ``postgres`` user.
     """
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, extra_listen: tuple[str, ...] = ()) -> None:
+        """``extra_listen``: addresses besides 127.0.0.1, e.g. the local cluster's node IP for pods."""
+        self.extra_listen = extra_listen
         self.bindir = _postgres_bindir()
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="cairn-pg-"))
@@ -61,10 +63,15 @@ class PostgresServer:
         )
         with open(self.data / "postgresql.conf", "a") as f:
             f.write(
-                f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
+                f"\nlisten_addresses = '{','.join(('127.0.0.1', *self.extra_listen))}'\nport = {self.port}\n"
                 f"unix_socket_directories = '{self.dir}'\nfsync = on\n"
                 "max_connections = 200\nshared_buffers = 256MB\n"
             )
+        if self.extra_listen:
+            with open(self.data / "pg_hba.conf", "a") as f:
+                for addr in self.extra_listen:
+                    prefix = addr.rsplit(".", 1)[0] + ".0/24"
+                    f.write(f"host all all {prefix} md5\n")
         return self
 
     def start(self) -> "PostgresServer":
