@@ -79,7 +79,9 @@ fi
 deps="$(python3 - "$REPO/pyproject.toml" <<'EOF'
 import sys, tomllib
 with open(sys.argv[1], "rb") as f:
-    print("\n".join(sorted(tomllib.load(f)["project"].get("dependencies", []))))
+    project = tomllib.load(f)["project"]
+# The example trainers' libraries ride along so a TrainingRun can run them from this image.
+print("\n".join(sorted(project.get("dependencies", []) + project["optional-dependencies"]["examples"])))
 EOF
 )"
 deps_key="$(printf '%s\n' "$base_key" "$deps" | sha)"
@@ -114,7 +116,7 @@ t0=$SECONDS
 version="$(python3 -c 'import sys,tomllib; print(tomllib.load(open(sys.argv[1],"rb"))["project"]["version"])' "$REPO/pyproject.toml")"
 ARCHIVE="$IMG_CACHE/cairn.oci.tar"
 # The project's sources decide whether the app layer (and so the archive) must be rebuilt.
-app_key="$( (echo "$deps_key"; cd "$REPO" && find operator pyproject.toml -type f ! -path '*/__pycache__/*' \
+app_key="$( (echo "$deps_key"; cd "$REPO" && find operator examples pyproject.toml -type f ! -path '*/__pycache__/*' \
   ! -path '*.egg-info/*' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum) | sha)"
 
 import_archive() {
@@ -148,7 +150,9 @@ wheel="$(cd "$work/wheel" && ls cairn-*.whl)"
 mkdir -p "$ROOTFS/tmp/app"; cp "$work/wheel/$wheel" "$ROOTFS/tmp/app/"
 touch "$work/marker"; sleep 1
 chroot "$ROOTFS" "$VENV/bin/pip" install --quiet --no-cache-dir --no-index --no-deps "/tmp/app/$wheel"
-rm -rf "$ROOTFS/tmp/app"
+rm -rf "$ROOTFS/tmp/app" "$ROOTFS/opt/cairn/examples"
+cp -r "$REPO/examples" "$ROOTFS/opt/cairn/examples"
+find "$ROOTFS/opt/cairn/examples" -exec touch {} +
 cleanup; mounted=()
 (cd "$ROOTFS" && find ./opt/cairn -newer "$work/marker" ! -type d -print0 | sort -z) >"$work/files"
 tar --numeric-owner --xattrs -C "$ROOTFS" --null -T "$work/files" -cf "$work/app.tar"
