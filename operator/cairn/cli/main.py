@@ -365,6 +365,45 @@ def agent(ctx: click.Context, run_dir, run_id, metrics_files, once, exit_on_fini
     sys.exit(0 if ok else 3)
 
 
+@cli.command("operator")
+@click.option("-n", "--namespace", "namespaces", multiple=True, envvar="CAIRN_NAMESPACES",
+              help="Watch only this namespace (repeatable; default: every namespace).")
+@click.option("--sidecar-image", envvar="CAIRN_SIDECAR_IMAGE", help="Image of the tracking sidecar.")
+@click.option("--image-pull-policy", envvar="CAIRN_IMAGE_PULL_POLICY",
+              type=click.Choice(["Always", "IfNotPresent", "Never"]), help="Pull policy of the pods' images.")
+@click.option("--database-secret", envvar="CAIRN_DATABASE_SECRET",
+              help="Secret (key 'url') in each run's namespace with the store URL for the sidecar.")
+@click.option("--metrics-port", envvar="CAIRN_METRICS_PORT", type=int, default=9090, show_default=True)
+@click.option("--liveness-port", envvar="CAIRN_LIVENESS_PORT", type=int, default=8080, show_default=True)
+@click.pass_context
+def operator_cmd(ctx: click.Context, namespaces, sidecar_image, image_pull_policy, database_secret,  # noqa: ANN001
+                 metrics_port, liveness_port) -> None:
+    """Run the TrainingRun operator."""
+    import os
+
+    import kopf
+
+    for var, value in (("CAIRN_NAMESPACES", " ".join(namespaces)), ("CAIRN_SIDECAR_IMAGE", sidecar_image),
+                       ("CAIRN_IMAGE_PULL_POLICY", image_pull_policy), ("CAIRN_DATABASE_SECRET", database_secret),
+                       ("CAIRN_METRICS_PORT", str(metrics_port)), ("CAIRN_LIVENESS_PORT", str(liveness_port)),
+                       ("CAIRN_DATABASE_URL", ctx.obj.get("database_url"))):
+        if value:
+            os.environ[var] = value
+    import cairn.controller  # noqa: F401  (registers the handlers)
+    from cairn.controller.handlers import operator
+    from cairn.store import db as store_db
+
+    op = operator()
+    store_db.check_reachable(op.store.engine)
+    logging.getLogger("cairn").setLevel(logging.INFO)
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=list(namespaces),
+        liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None,
+    )
+
+
 @cli.command()
 def sidecar() -> None:
     """The tracking sidecar of a TrainingRun pod (configured by the operator through CAIRN_* env)."""

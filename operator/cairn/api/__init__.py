@@ -1,0 +1,24 @@
+"""TrainingRun types (cairn.dev/v1alpha1) and their CRD."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from cairn.api.schema import from_dict, to_dict
+from cairn.api.types import GROUP, KIND, PLURAL, VERSION, TrainingRun, TrainingRunSpec, TrainingRunStatus
+
+__all__ = ["GROUP", "KIND", "PLURAL", "VERSION", "TrainingRun", "TrainingRunSpec", "TrainingRunStatus",
+           "from_manifest", "to_dict"]
+
+
+def from_manifest(obj: Mapping[str, Any]) -> TrainingRun:
+    """The typed view of a TrainingRun object as the API server returns it (defaults filled in)."""
+    meta = obj.get("metadata") or {}
+    return TrainingRun(
+        name=meta.get("name", ""),
+        namespace=meta.get("namespace", "default"),
+        uid=meta.get("uid", ""),
+        generation=meta.get("generation"),
+        spec=from_dict(TrainingRunSpec, obj.get("spec") or {}),
+        status=dict(obj.get("status") or {}),
+    )

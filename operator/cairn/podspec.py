@@ -1,0 +1,240 @@
+"""TrainingRun → Pod, and how to read a finished pod. Pure functions: no I/O, no clock.
+
+The pod holds two containers sharing an emptyDir run directory:
+
+- ``cairn-sidecar``: a native sidecar (init container with ``restartPolicy: Always``) running
+  ``cairn sidecar``. The kubelet starts it first, holds the trainer back until its startup probe
+  sees the run directory prepared, and stops it only after the trainer has exited, so it drains
+  every record. It alone receives the database credentials.
+- ``trainer``: the user's image and command, with ``nvidia.com/gpu`` limits and the ``CAIRN_*``
+  environment the SDK reads.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from cairn.api import GROUP, KIND, VERSION, TrainingRun
+
+TRAININGRUN_LABEL = "cairn.dev/trainingrun"
+RUN_ID_LABEL = "cairn.dev/run-id"
+ATTEMPT_LABEL = "cairn.dev/attempt"
+EXPERIMENT_ANNOTATION = "cairn.dev/experiment"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+TRAINER = "trainer"
+SIDECAR = "cairn-sidecar"
+RUN_DIR = "/cairn/run"
+RETRY_BASE_S = 5.0
+RETRY_CAP_S = 300.0
+
+
+@dataclass(frozen=True)
+class PodSettings:
+    """Operator-wide settings that shape every pod."""
+
+    sidecar_image: str = "cairn:dev"
+    image_pull_policy: str | None = None  # None: the Kubernetes default for the tag
+    database_secret: str = "cairn-database"  # Secret in the run's namespace
+    database_secret_key: str = "url"
+    run_as_user: int = 1000
+    sidecar_cpu: str = "100m"
+    sidecar_memory: str = "256Mi"
+    drain_timeout_s: int = 60
+
+
+def pod_name(trainingrun: str, attempt: int) -> str:
+    """The pod of one attempt; the same inputs always give the same name (at most 63 characters)."""
+    name = f"{trainingrun}-{attempt}"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(trainingrun.encode()).hexdigest()[:8]
+    suffix = f"-{digest}-{attempt}"
+    return trainingrun[: 63 - len(suffix)].rstrip("-.") + suffix
+
+
+def _env(name: str, value: str) -> dict[str, str]:
+    return {"name": name, "value": value}
+
+
+def trainer_env(tr: TrainingRun, attempt: int, run_id: str) -> list[dict[str, Any]]:
+    spec = tr.spec
+    user = [{k: v for k, v in (("name", e.name), ("value", e.value), ("valueFrom", e.value_from)) if v is not None}
+            for e in spec.env]
+    ours = [
+        _env("CAIRN_RUN_ID", run_id),
+        _env("CAIRN_RUN_DIR", RUN_DIR),
+        _env("CAIRN_RUN_NAME", tr.name),
+        _env("CAIRN_EXPERIMENT", spec.experiment),
+        _env("CAIRN_ATTEMPT", str(attempt)),
+        _env("CAIRN_PARAMS", json.dumps(spec.params, sort_keys=True)),
+        _env("CAIRN_PARAMS_FILE", f"{RUN_DIR}/params.json"),
+    ]
+    if spec.code is not None:
+        ours.append(_env("CAIRN_CODE_COMMIT", spec.code.commit))
+        if spec.code.repository:
+            ours.append(_env("CAIRN_CODE_REPOSITORY", spec.code.repository))
+    if spec.dataset is not None:
+        ours.append(_env("CAIRN_DATASET_URI", spec.dataset.uri))
+    # Later entries win in Kubernetes: the run's identity cannot be overridden by spec.env.
+    return user + ours
+
+
+def _resources(tr: TrainingRun) -> dict[str, Any]:
+    r = tr.spec.resources
+    limits: dict[str, str] = {}
+    if r.gpus:
+        limits[GPU_RESOURCE] = str(r.gpus)
+    if r.cpu:
+        limits["cpu"] = r.cpu
+    if r.memory:
+        limits["memory"] = r.memory
+    return {"requests": dict(limits), "limits": limits} if limits else {}
+
+
+def _container_security() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}
+
+
+def _tolerations(tr: TrainingRun) -> list[dict[str, Any]]:
+    out = [{k: v for k, v in (("key", t.key), ("operator", t.operator), ("value", t.value), ("effect", t.effect),
+                              ("tolerationSeconds", t.toleration_seconds)) if v is not None}
+           for t in tr.spec.tolerations]
+    if tr.spec.resources.gpus and not any(t.get("key") == GPU_RESOURCE for t in out):
+        out.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    return out
+
+
+def build_pod(tr: TrainingRun, settings: PodSettings, attempt: int, run_id: str) -> dict[str, Any]:
+    """The pod of ``attempt`` (1, 2, ...) of a TrainingRun."""
+    spec = tr.spec
+    labels = {TRAININGRUN_LABEL: tr.name, RUN_ID_LABEL: run_id, ATTEMPT_LABEL: str(attempt)}
+    node_selector = dict(spec.node_selector)
+    if spec.resources.gpu_type:
+        node_selector[GPU_PRODUCT_LABEL] = spec.resources.gpu_type
+    mount = [{"name": "run", "mountPath": RUN_DIR}]
+    pull = {"imagePullPolicy": settings.image_pull_policy} if settings.image_pull_policy else {}
+
+    sidecar = {
+        "name": SIDECAR,
+        "image": settings.sidecar_image,
+        **pull,
+        "restartPolicy": "Always",
+        "command": ["cairn", "sidecar"],
+        "env": [
+            _env("CAIRN_RUN_ID", run_id),
+            _env("CAIRN_RUN_DIR", RUN_DIR),
+            _env("CAIRN_ATTEMPT", str(attempt)),
+            _env("CAIRN_PARAMS", json.dumps(spec.params, sort_keys=True)),
+            _env("CAIRN_DRAIN_TIMEOUT", str(settings.drain_timeout_s)),
+            {"name": "CAIRN_DATABASE_URL", "valueFrom": {"secretKeyRef": {
+                "name": settings.database_secret, "key": settings.database_secret_key}}},
+        ],
+        "volumeMounts": mount,
+        "startupProbe": {"exec": {"command": ["test", "-f", f"{RUN_DIR}/.sidecar-ready"]},
+                         "periodSeconds": 1, "failureThreshold": 120},
+        "resources": {"requests": {"cpu": settings.sidecar_cpu, "memory": settings.sidecar_memory},
+                      "limits": {"memory": settings.sidecar_memory}},
+        "securityContext": _container_security(),
+    }
+    trainer = {
+        "name": TRAINER,
+        "image": spec.image,
+        **pull,
+        "command": list(spec.command),
+        "args": list(spec.args),
+        "env": trainer_env(tr, attempt, run_id),
+        "volumeMounts": mount,
+        "resources": _resources(tr),
+        "securityContext": _container_security(),
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "initContainers": [sidecar],
+        "containers": [trainer],
+        "volumes": [{"name": "run", "emptyDir": {}}],
+        "automountServiceAccountToken": spec.service_account_name is not None,
+        "terminationGracePeriodSeconds": settings.drain_timeout_s + 30,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": settings.run_as_user,
+            "runAsGroup": settings.run_as_user,
+            "fsGroup": settings.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    tolerations = _tolerations(tr)
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if spec.priority_class_name:
+        pod_spec["priorityClassName"] = spec.priority_class_name
+    if spec.service_account_name:
+        pod_spec["serviceAccountName"] = spec.service_account_name
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name(tr.name, attempt),
+            "namespace": tr.namespace,
+            "labels": labels,
+            "annotations": {EXPERIMENT_ANNOTATION: spec.experiment},
+            "ownerReferences": [{
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": tr.name, "uid": tr.uid,
+                "controller": True, "blockOwnerDeletion": True,
+            }],
+        },
+        "spec": pod_spec,
+    }
+
+
+class FailureKind(enum.Enum):
+    USER_ERROR = "UserError"  # the trainer exited non-zero: counts against backoffLimit
+    OOM = "OOMKilled"  # killed for exceeding its memory limit: counts
+    INFRASTRUCTURE = "Infrastructure"  # eviction, preemption, node loss: retried without counting
+    DEADLINE = "DeadlineExceeded"  # the pod's own deadline: not retried
+
+    @property
+    def reason(self) -> str:
+        return self.value
+
+
+INFRASTRUCTURE_REASONS = {"Evicted", "Preempting", "NodeLost", "NodeShutdown", "Shutdown", "Terminated",
+                          "UnexpectedAdmissionError", "OutOfgpu", "OutOfcpu", "OutOfmemory"}
+
+
+def classify_pod_failure(pod: Mapping[str, Any]) -> tuple[FailureKind, str]:
+    """Why a Failed pod failed, as a retry policy needs to know it."""
+    status = pod.get("status") or {}
+    reason = status.get("reason") or ""
+    if reason == "DeadlineExceeded":
+        return FailureKind.DEADLINE, status.get("message") or "the pod's active deadline passed"
+    for c in status.get("conditions") or []:
+        if c.get("type") == "DisruptionTarget" and c.get("status") == "True":
+            return FailureKind.INFRASTRUCTURE, f"{c.get('reason') or 'disrupted'}: {c.get('message') or ''}".strip(": ")
+    if reason in INFRASTRUCTURE_REASONS or reason.startswith("OutOf"):
+        return FailureKind.INFRASTRUCTURE, f"{reason}: {status.get('message') or ''}".strip(": ")
+    trainer = next((cs for cs in status.get("containerStatuses") or [] if cs.get("name") == TRAINER), None)
+    term = ((trainer or {}).get("state") or {}).get("terminated")
+    if term is None:
+        return FailureKind.INFRASTRUCTURE, status.get("message") or "the pod failed before the trainer ran"
+    code = term.get("exitCode")
+    if term.get("reason") == "OOMKilled":
+        return FailureKind.OOM, f"the trainer ran out of memory (exit code {code})"
+    detail = (term.get("message") or "").strip().splitlines()
+    tail = f": {detail[-1][:200]}" if detail else ""
+    if code and code >= 128 and term.get("reason") not in (None, "Error", "Completed"):
+        return FailureKind.INFRASTRUCTURE, f"the trainer was killed ({term.get('reason')}, exit code {code})"
+    return FailureKind.USER_ERROR, f"the trainer exited with code {code}{tail}"
+
+
+def retry_delay(failures: int, base: float = RETRY_BASE_S, cap: float = RETRY_CAP_S) -> float:
+    """Seconds before the next attempt: base after an uncounted failure, doubling per counted one."""
+    if failures <= 0:
+        return base
+    return min(cap, base * 2 ** (failures - 1))
