@@ -60,7 +60,10 @@ def prepare_run_dir(cfg: SidecarConfig) -> None:
     for sub in ("", R.ARTIFACTS_DIR, R.METRICS_DIR, "checkpoints"):
         d = cfg.run_dir / sub
         d.mkdir(parents=True, exist_ok=True)
-        d.chmod(0o777)
+        try:
+            d.chmod(0o777)
+        except PermissionError:
+            pass  # a volume root owned by someone else (emptyDir with fsGroup): already writable
     (cfg.run_dir / R.PARAMS_FILE).write_text(json.dumps(cfg.params, sort_keys=True))
     (cfg.run_dir / READY_FILE).write_text(str(os.getpid()))
 

@@ -396,11 +396,12 @@ def operator_cmd(ctx: click.Context, namespaces, sidecar_image, image_pull_polic
     op = operator()
     store_db.check_reachable(op.store.engine)
     logging.getLogger("cairn").setLevel(logging.INFO)
+    liveness_host = os.environ.get("CAIRN_LIVENESS_HOST", "0.0.0.0")
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,
         namespaces=list(namespaces),
-        liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None,
+        liveness_endpoint=f"http://{liveness_host}:{liveness_port}/healthz" if liveness_port else None,
     )
 
 

@@ -1,0 +1,104 @@
+"""Running the operator against the local cluster: PostgreSQL reachable from pods, the CRD, the operator."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from clusterlib import Kubectl, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+NODE_IP = "10.213.0.1"  # the local cluster's node (hack/cluster.sh), reachable from every pod
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def install_crd(kubectl: Kubectl) -> None:
+    kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    kubectl.run("wait", "--for=condition=Established", "crd/trainingruns.cairn.dev", "--timeout=60s")
+
+
+def database_secret(kubectl: Kubectl, namespace: str, url: str) -> None:
+    kubectl.apply({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cairn-database", "namespace": namespace},
+        "data": {"url": base64.b64encode(url.encode()).decode()},
+    }, namespace=namespace)
+
+
+class OperatorProcess:
+    """``cairn operator`` on the host, watching one namespace, with the cluster's kubeconfig."""
+
+    def __init__(self, kubeconfig: Path, namespace: str, database_url: str, log_path: Path) -> None:
+        self.metrics_port = free_port()
+        self.liveness_port = free_port()
+        self.argv = [
+            sys.executable, "-m", "cairn.cli.main", "--database-url", database_url, "operator",
+            "--namespace", namespace, "--sidecar-image", "cairn:dev", "--image-pull-policy", "Never",
+            "--metrics-port", str(self.metrics_port), "--liveness-port", str(self.liveness_port),
+        ]
+        self.env = dict(os.environ, KUBECONFIG=str(kubeconfig))
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "OperatorProcess":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        wait_until(self._healthy, 60, "the operator's liveness endpoint")
+        return self
+
+    def _healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"the operator exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+
+def wait_phase(kubectl: Kubectl, namespace: str, name: str, phases: tuple[str, ...], timeout: float = 180) -> dict:
+    def check():  # noqa: ANN202
+        tr = kubectl.get("trainingrun", name, namespace)
+        return tr if (tr.get("status") or {}).get("phase") in phases else None
+    return wait_until(check, timeout, f"TrainingRun {name} to reach {phases}", interval=1)
+
+
+def trainingrun(name: str, command: list[str], **spec) -> dict:  # noqa: ANN003
+    return {
+        "apiVersion": "cairn.dev/v1alpha1", "kind": "TrainingRun", "metadata": {"name": name},
+        "spec": {"image": "cairn:dev", "command": command, **spec},
+    }
+
+
+def python_trainer(code: str) -> list[str]:
+    return ["python3", "-c", code]
