@@ -92,3 +92,116 @@ def test_sample_trainingrun_is_trained_and_tracked(kubectl, namespace, running_o
     assert (phase, gpus, metric) == ("Succeeded", "1", "val_acc")
     assert int(step) == run.summary.metrics["loss"].step and float(value) == pytest.approx(
         run.summary.metrics["val_acc"].value, rel=1e-4)
+
+
+def conditions(tr: dict) -> dict[str, dict]:
+    return {c["type"]: c for c in (tr.get("status") or {}).get("conditions") or []}
+
+
+def events(kubectl, namespace: str, name: str) -> list[str]:
+    out = kubectl.run("-n", namespace, "get", "events", "--field-selector",
+                      f"involvedObject.kind=TrainingRun,involvedObject.name={name}",
+                      "-o", "jsonpath={range .items[*]}{.reason}{'\\n'}{end}").stdout
+    return out.split()
+
+
+def test_failing_trainer_is_retried_up_to_backoff_limit_then_failed(kubectl, namespace, running_operator, store_urls):
+    kubectl.apply(trainingrun("flaky", python_trainer("import sys; print('boom'); sys.exit(3)"), backoffLimit=1),
+                  namespace=namespace)
+    tr = wait_phase(kubectl, namespace, "flaky", ("Failed",), timeout=180)
+    status = tr["status"]
+    assert status["attempts"] == 2 and status["failures"] == 2, status
+    assert status["reason"] == "UserError" and "exited with code 3" in status["message"]
+    assert "backoffLimit 1" in status["message"] and status["exitCode"] == 3
+    assert conditions(tr)["Failed"]["status"] == "True"
+    pods = kubectl.run("-n", namespace, "get", "pods", "-l", "cairn.dev/trainingrun=flaky", "-o", "name").stdout.split()
+    assert sorted(pods) == ["pod/flaky-1", "pod/flaky-2"]
+    assert {"PodCreated", "UserError"} <= set(events(kubectl, namespace, "flaky"))
+    run = TrackingStore(store_urls[0]).get_run(tr["metadata"]["uid"])
+    assert run.summary.status == "FAILED" and run.summary.exit_code == 3
+    assert "UserError" in run.cluster.get("reason", "") or run.cluster.get("attempts") == 2
+
+
+def test_out_of_memory_is_reported_as_such(kubectl, namespace, running_operator):
+    hog = "x = bytearray(512 * 1024 * 1024); print(len(x))"
+    kubectl.apply(trainingrun("hog", python_trainer(hog), backoffLimit=0, resources={"memory": "64Mi"}),
+                  namespace=namespace)
+    tr = wait_phase(kubectl, namespace, "hog", ("Failed",), timeout=180)
+    assert tr["status"]["reason"] == "OOMKilled", tr["status"]
+    assert "out of memory" in tr["status"]["message"]
+
+
+def test_too_many_gpus_stay_pending_with_the_schedulers_reason(kubectl, namespace, running_operator):
+    kubectl.apply(trainingrun("greedy", python_trainer("print(1)"), resources={"gpus": 64}), namespace=namespace)
+
+    def unschedulable():  # noqa: ANN202
+        tr = kubectl.get("trainingrun", "greedy", namespace)
+        cond = conditions(tr).get("Scheduled")
+        return tr if cond and cond["status"] == "False" else None
+    tr = wait_until(unschedulable, 90, "the Scheduled=False condition", interval=1)
+    cond = conditions(tr)["Scheduled"]
+    assert tr["status"]["phase"] == "Pending" and cond["reason"] == "Unschedulable"
+    assert "Insufficient nvidia.com/gpu" in cond["message"]
+    assert cond["lastTransitionTime"] and cond["observedGeneration"] == tr["metadata"]["generation"]
+
+
+def test_deleting_a_running_trainingrun_stops_its_pod_and_marks_the_run_killed(
+        kubectl, namespace, running_operator, store_urls):
+    kubectl.apply(trainingrun("long", python_trainer("import time; time.sleep(600)")), namespace=namespace)
+    tr = wait_phase(kubectl, namespace, "long", ("Running",), timeout=120)
+    kubectl.run("-n", namespace, "delete", "trainingrun", "long", "--timeout=90s")
+    wait_until(lambda: kubectl.run("-n", namespace, "get", "pod", "long-1", check=False).returncode != 0,
+               90, "the pod to be deleted")
+    run = TrackingStore(store_urls[0]).get_run(tr["metadata"]["uid"])
+    assert run.summary.status == "KILLED"
+
+
+def test_operator_restarted_ten_times_mid_run_creates_no_duplicate_pod(
+        kubectl, namespace, running_operator, store_urls):
+    trainer = "import time, cairn\ncairn.init()\nfor s in range(40):\n    cairn.log({'loss': 1/(s+1)}, step=s); time.sleep(0.5)\n"
+    kubectl.apply(trainingrun("steady", python_trainer(trainer)), namespace=namespace)
+    wait_phase(kubectl, namespace, "steady", ("Pending", "Running"), timeout=60)
+    for _ in range(10):
+        running_operator.kill()
+        running_operator.start()
+    tr = wait_phase(kubectl, namespace, "steady", ("Succeeded",), timeout=180)
+    pods = kubectl.run("-n", namespace, "get", "pods", "-l", "cairn.dev/trainingrun=steady", "-o", "name").stdout.split()
+    assert pods == ["pod/steady-1"] and tr["status"]["attempts"] == 1
+    run = TrackingStore(store_urls[0]).get_run(tr["metadata"]["uid"])
+    assert run.summary.status == "FINISHED" and run.summary.metrics["loss"].count == 40
+
+
+def test_suspend_stops_the_pod_and_resume_starts_a_new_attempt(kubectl, namespace, running_operator):
+    kubectl.apply(trainingrun("pausable", python_trainer("import time; time.sleep(600)")), namespace=namespace)
+    wait_phase(kubectl, namespace, "pausable", ("Running",), timeout=120)
+    kubectl.run("-n", namespace, "patch", "tr", "pausable", "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    tr = wait_phase(kubectl, namespace, "pausable", ("Suspended",), timeout=60)
+    assert conditions(tr)["Suspended"]["status"] == "True"
+    wait_until(lambda: kubectl.run("-n", namespace, "get", "pod", "pausable-1", check=False).returncode != 0,
+               90, "the suspended pod to be deleted")
+    kubectl.run("-n", namespace, "patch", "tr", "pausable", "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    tr = wait_phase(kubectl, namespace, "pausable", ("Running",), timeout=120)
+    assert tr["status"]["attempts"] == 2 and tr["status"].get("failures") is None
+    assert conditions(tr)["Suspended"]["status"] == "False"
+
+
+def test_active_deadline_fails_the_run_and_ttl_deletes_it(kubectl, namespace, running_operator, store_urls):
+    kubectl.apply(trainingrun("bounded", python_trainer("import time; time.sleep(600)"),
+                              activeDeadlineSeconds=5, ttlSecondsAfterFinished=3), namespace=namespace)
+    tr = wait_phase(kubectl, namespace, "bounded", ("Failed",), timeout=120)
+    assert tr["status"]["reason"] == "DeadlineExceeded"
+    wait_until(lambda: kubectl.run("-n", namespace, "get", "tr", "bounded", check=False).returncode != 0,
+               60, "the TrainingRun to be deleted after its TTL")
+    run = TrackingStore(store_urls[0]).get_run(tr["metadata"]["uid"])
+    assert run.summary.status == "FAILED"  # the record outlives the object
+
+
+def test_operator_metrics(kubectl, namespace, running_operator):
+    kubectl.apply(trainingrun("counted", python_trainer("print('hi')"), resources={"gpus": 2}), namespace=namespace)
+    wait_phase(kubectl, namespace, "counted", ("Succeeded",), timeout=120)
+    text = running_operator.metrics()
+    assert 'cairn_trainingruns{phase="Succeeded"} 1.0' in text
+    assert "cairn_reconcile_duration_seconds_count" in text
+    assert "cairn_apply_to_running_seconds_count 1.0" in text or "cairn_apply_to_running_seconds_bucket" in text
+    gpu = [line for line in text.splitlines() if line.startswith("cairn_gpu_seconds_total")]
+    assert gpu and float(gpu[0].split()[-1]) > 0

@@ -150,9 +150,7 @@ def plan(tr: Mapping[str, Any], pod: Mapping[str, Any] | None, node_labels: Mapp
 
     def finish(new_phase: str, reason: str, message: str, exit_code: int | None) -> None:
         move(new_phase, reason, message, "Normal" if new_phase == SUCCEEDED else "Warning")
-        p.status.update(completionTime=fmt_time(now), exitCode=exit_code)
-        p.status.pop("retryAfter", None)
-        p.status["retryAfter"] = None
+        p.status.update(completionTime=fmt_time(now), exitCode=exit_code, retryAfter=None)
         p.store.update(exit_code=exit_code, end_time=now, reason=None if new_phase == SUCCEEDED else f"{reason}: {message}")
         cond("Complete" if new_phase == SUCCEEDED else "Failed", True, reason, message)
 
@@ -222,6 +220,8 @@ def plan(tr: Mapping[str, Any], pod: Mapping[str, Any] | None, node_labels: Mapp
         if start is None:
             p.status["startTime"] = fmt_time(started)
             p.store["start_time"] = started
+        if any(c.get("type") == "Retrying" and c.get("status") == "True" for c in conditions):
+            cond("Retrying", False, "Running", f"attempt {attempts} is running")
         move(RUNNING, "Running", f"attempt {attempts} is running on {node}")
         if deadline is not None:
             first = start or started
@@ -235,6 +235,12 @@ def plan(tr: Mapping[str, Any], pod: Mapping[str, Any] | None, node_labels: Mapp
         return p
 
     if pod_phase == "Failed":
+        retry_at = parse_time(status.get("retryAfter"))
+        if retry_at is not None:  # this failure was counted already; waiting out the backoff
+            if now < retry_at:
+                p.requeue_after = (retry_at - now).total_seconds()
+                return p
+            return _new_attempt(p, attempts, move, "Retrying")
         kind, message = classify_pod_failure(pod)
         code, _ = _trainer_exit(pod)
         p.finished_pod = pod
