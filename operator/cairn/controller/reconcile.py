@@ -9,15 +9,18 @@ twice (a restarted operator, two handlers racing) creates nothing twice.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from cairn.api.types import PARAM_KEY
 from cairn.podspec import FailureKind, classify_pod_failure, retry_delay
 
 PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED = "Pending", "Running", "Succeeded", "Failed", "Suspended"
 TERMINAL = (SUCCEEDED, FAILED)
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 TRAINER_CONTAINER = "trainer"
+PARAM_KEY_RE = re.compile(PARAM_KEY)
 
 # Store statuses for the TrainingRun phases.
 STORE_STATUS = {PENDING: "PENDING", RUNNING: "RUNNING", SUCCEEDED: "FINISHED", FAILED: "FAILED", SUSPENDED: "PENDING"}
@@ -154,6 +157,11 @@ def plan(tr: Mapping[str, Any], pod: Mapping[str, Any] | None, node_labels: Mapp
         p.store.update(exit_code=exit_code, end_time=now, reason=None if new_phase == SUCCEEDED else f"{reason}: {message}")
         cond("Complete" if new_phase == SUCCEEDED else "Failed", True, reason, message)
 
+    problem = invalid_params(spec.get("params") or {})
+    if problem and phase is None:
+        finish(FAILED, "InvalidSpec", problem, None)
+        return p
+
     # -- deadline over every attempt ---------------------------------------------------------------
     if deadline is not None and start is not None and (now - start).total_seconds() >= int(deadline):
         if pod is not None and not _pod_done(pod):
@@ -268,6 +276,16 @@ def plan(tr: Mapping[str, Any], pod: Mapping[str, Any] | None, node_labels: Mapp
         return p
 
     return p
+
+
+def invalid_params(params: Mapping[str, Any]) -> str | None:
+    """What the CRD schema cannot say about params: each value must be a scalar."""
+    for key, value in params.items():
+        if not isinstance(value, (str, int, float, bool)):
+            return f"spec.params.{key}: must be a string, number or boolean, not {type(value).__name__}"
+        if not PARAM_KEY_RE.match(key):
+            return f"spec.params.{key}: names start with a letter or _ and use letters, digits, _ . - /"
+    return None
 
 
 def _pod_done(pod: Mapping[str, Any]) -> bool:

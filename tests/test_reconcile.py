@@ -1,0 +1,158 @@
+"""The operator's decisions, from cluster state to plan, with no cluster: every transition once."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from cairn.controller.reconcile import fmt_time, plan, set_condition, store_fields
+
+T0 = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+GPU_NODE = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+
+
+def at(seconds: float) -> dt.datetime:
+    return T0 + dt.timedelta(seconds=seconds)
+
+
+def tr(status=None, **spec):  # noqa: ANN001, ANN003, ANN201
+    return {"metadata": {"name": "mnist", "namespace": "ml", "uid": "u1", "generation": 1},
+            "spec": {"image": "i", "command": ["c"], "backoffLimit": 2, "resources": {"gpus": 1}, **spec},
+            "status": status or {}}
+
+
+def pod(phase, exit_code=None, term_reason="Error", reason=None, unschedulable=None):  # noqa: ANN001, ANN201
+    status = {"phase": phase, "startTime": fmt_time(at(1))}
+    trainer = {"name": "trainer", "imageID": "docker.io/library/t@sha256:" + "ab" * 32, "state": {}}
+    if phase == "Running":
+        trainer["state"] = {"running": {"startedAt": fmt_time(at(2))}}
+    if exit_code is not None:
+        trainer["state"] = {"terminated": {"exitCode": exit_code, "reason": term_reason,
+                                           "startedAt": fmt_time(at(2)), "finishedAt": fmt_time(at(9))}}
+    status["containerStatuses"] = [trainer]
+    if reason:
+        status["reason"] = reason
+    if unschedulable:
+        status["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                 "message": unschedulable}]
+    return {"metadata": {"name": "mnist-1"}, "spec": {"nodeName": None if unschedulable else "node-a"},
+            "status": status}
+
+
+def test_new_trainingrun_creates_attempt_one():
+    p = plan(tr(), None, None, T0)
+    assert p.create_attempt == 1
+    assert p.status["phase"] == "Pending" and p.status["attempts"] == 1
+    assert [e.reason for e in p.events] == ["Created", "PodCreated"]
+
+
+def test_unschedulable_pod_surfaces_the_schedulers_message():
+    msg = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+    p = plan(tr({"phase": "Pending", "attempts": 1}), pod("Pending", unschedulable=msg), None, at(5))
+    (cond,) = p.status["conditions"]
+    assert cond == {"type": "Scheduled", "status": "False", "reason": "Unschedulable", "message": msg,
+                    "lastTransitionTime": fmt_time(at(5)), "observedGeneration": 1}
+    assert p.status["reason"] == "Unschedulable" and p.create_attempt is None
+
+
+def test_running_pod_records_start_node_gpu_and_digest():
+    p = plan(tr({"phase": "Pending", "attempts": 1}), pod("Running"), GPU_NODE, at(5))
+    s = p.status
+    assert s["phase"] == "Running" and s["startTime"] == fmt_time(at(2))
+    assert s["nodeName"] == "node-a" and s["gpuProduct"] == "NVIDIA-H100-80GB-HBM3"
+    assert s["imageDigest"] == "sha256:" + "ab" * 32
+    assert p.store["status"] == "RUNNING" and p.store["gpu_product"] == "NVIDIA-H100-80GB-HBM3"
+
+
+def test_cpu_only_run_records_no_gpu_product():
+    p = plan(tr({"phase": "Pending", "attempts": 1}, resources={"gpus": 0}), pod("Running"), GPU_NODE, at(5))
+    assert "gpuProduct" not in p.status
+
+
+def test_succeeded_pod_finishes_the_run():
+    p = plan(tr({"phase": "Running", "attempts": 1}), pod("Succeeded", exit_code=0), GPU_NODE, at(10))
+    assert p.status["phase"] == "Succeeded" and p.status["exitCode"] == 0
+    assert p.status["completionTime"] == fmt_time(at(10))
+    assert p.store["status"] == "FINISHED" and p.finished_pod is not None
+    assert any(c["type"] == "Complete" and c["status"] == "True" for c in p.status["conditions"])
+
+
+def test_user_error_waits_out_the_backoff_once_then_retries():
+    running = {"phase": "Running", "attempts": 1}
+    first = plan(tr(running), pod("Failed", exit_code=2), None, at(10))
+    assert first.status["failures"] == 1 and first.retried_for == "UserError"
+    assert first.status["retryAfter"] == fmt_time(at(15)) and first.create_attempt is None
+    waiting = {**running, **first.status}
+    again = plan(tr(waiting), pod("Failed", exit_code=2), None, at(12))  # the same pod seen again
+    assert again.create_attempt is None and "failures" not in again.status and again.requeue_after == 3
+    due = plan(tr(waiting), pod("Failed", exit_code=2), None, at(15))
+    assert due.create_attempt == 2 and due.status["retryAfter"] is None
+
+
+def test_backoff_limit_ends_the_run_failed():
+    p = plan(tr({"phase": "Running", "attempts": 3, "failures": 2}), pod("Failed", exit_code=1), None, at(10))
+    assert p.status["phase"] == "Failed" and p.status["reason"] == "UserError"
+    assert "backoffLimit 2 reached" in p.status["message"] and p.store["status"] == "FAILED"
+    assert p.create_attempt is None
+
+
+def test_oom_counts_and_is_named():
+    p = plan(tr({"phase": "Running", "attempts": 1}, backoffLimit=0), pod("Failed", exit_code=137, term_reason="OOMKilled"),
+             None, at(10))
+    assert p.status["phase"] == "Failed" and p.status["reason"] == "OOMKilled"
+
+
+def test_infrastructure_failures_do_not_count():
+    p = plan(tr({"phase": "Running", "attempts": 1}, backoffLimit=0), pod("Failed", reason="Evicted"), None, at(10))
+    assert p.status.get("phase") != "Failed" and "failures" not in p.status
+    assert p.retried_for == "Infrastructure" and p.status["retryAfter"] == fmt_time(at(15))
+
+
+def test_vanished_pod_is_replaced_without_counting():
+    p = plan(tr({"phase": "Running", "attempts": 1, "podName": "mnist-1"}), None, None, at(10))
+    assert p.create_attempt == 2 and "failures" not in p.status
+    assert any(e.reason == "PodLost" for e in p.events)
+
+
+def test_suspend_deletes_the_pod_and_resume_starts_the_next_attempt():
+    p = plan(tr({"phase": "Running", "attempts": 1}, suspend=True), pod("Running"), None, at(10))
+    assert p.delete_pod == "mnist-1" and p.status["phase"] == "Suspended"
+    suspended = {"phase": "Suspended", "attempts": 1, **p.status}
+    still = plan(tr(suspended, suspend=True), None, None, at(20))
+    assert still.create_attempt is None and still.delete_pod is None
+    resumed = plan(tr(suspended, suspend=False), None, None, at(30))
+    assert resumed.create_attempt == 2 and resumed.status["phase"] == "Pending"
+
+
+def test_deadline_over_all_attempts_fails_the_run():
+    status = {"phase": "Running", "attempts": 2, "startTime": fmt_time(T0)}
+    p = plan(tr(status, activeDeadlineSeconds=60), pod("Running"), None, at(61))
+    assert p.status["phase"] == "Failed" and p.status["reason"] == "DeadlineExceeded" and p.delete_pod == "mnist-1"
+    early = plan(tr(status, activeDeadlineSeconds=60), pod("Running"), None, at(30))
+    assert early.status["phase"] == "Running" and early.requeue_after == 30
+
+
+def test_ttl_deletes_the_finished_trainingrun():
+    done = {"phase": "Succeeded", "attempts": 1, "completionTime": fmt_time(T0)}
+    assert plan(tr(done, ttlSecondsAfterFinished=60), None, None, at(30)).requeue_after == 30
+    assert plan(tr(done, ttlSecondsAfterFinished=60), None, None, at(60)).delete_trainingrun
+    assert not plan(tr(done), None, None, at(6000)).delete_trainingrun
+
+
+def test_non_scalar_param_fails_before_any_pod():
+    p = plan(tr(params={"lr": 0.1, "layers": [1, 2]}), None, None, T0)
+    assert p.create_attempt is None and p.status["phase"] == "Failed"
+    assert p.status["message"].startswith("spec.params.layers:")
+
+
+def test_condition_transition_time_moves_only_when_status_changes():
+    c1 = set_condition([], "Scheduled", False, "Unschedulable", "no gpu", 1, at(0))
+    c2 = set_condition(c1, "Scheduled", False, "Unschedulable", "still no gpu", 2, at(10))
+    assert c2[0]["lastTransitionTime"] == fmt_time(at(0)) and c2[0]["observedGeneration"] == 2
+    c3 = set_condition(c2, "Scheduled", True, "Scheduled", "ok", 2, at(20))
+    assert c3[0]["lastTransitionTime"] == fmt_time(at(20)) and c3[0]["status"] == "True"
+
+
+def test_store_fields_mirror_status():
+    fields = store_fields({"phase": "Succeeded", "attempts": 2, "nodeName": "n", "exitCode": 0,
+                           "completionTime": fmt_time(at(5))})
+    assert fields == {"attempts": 2, "status": "FINISHED", "node_name": "n", "exit_code": 0, "end_time": at(5)}
