@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install the Debian packages the tests' servers come from (idempotent; well under a second when
+# everything is present). The tests start their own PostgreSQL and Prometheus on loopback, so the
+# packages' system services are stopped and disabled.
+#   postgresql: the store in tests and benchmarks
+#   prometheus: scrapes the operator's and the sidecars' /metrics in tests
+set -euo pipefail
+PACKAGES=(postgresql prometheus)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" == "install ok installed" ]] || missing+=("$p")
+done
+if ((${#missing[@]} == 0)); then
+  echo "[install-test-deps] all present" >&2
+  exit 0
+fi
+echo "[install-test-deps] installing: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+# No service may start while installing: the tests own every port they use.
+printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+chmod +x /usr/sbin/policy-rc.d
+trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+for svc in postgresql prometheus prometheus-node-exporter; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl list-unit-files "$svc.service" >/dev/null 2>&1; then
+    systemctl disable --now "$svc" >/dev/null 2>&1 || true
+  fi
+done
+echo "[install-test-deps] done" >&2
