@@ -42,7 +42,7 @@ class OperatorProcess:
         self.metrics_port = free_port()
         self.liveness_port = free_port()
         self.argv = [
-            sys.executable, "-m", "cairn.cli.main", "--database-url", database_url, "operator",
+            sys.executable, "-m", "cairn.cli.main", "-v", "--database-url", database_url, "operator",
             "--namespace", namespace, "--sidecar-image", "cairn:dev", "--image-pull-policy", "Never",
             "--metrics-port", str(self.metrics_port), "--liveness-port", str(self.liveness_port),
         ]

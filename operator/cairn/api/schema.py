@@ -46,7 +46,7 @@ def type_schema(tp: Any, extra: Mapping[str, Any] | None = None) -> dict[str, An
     tp = _strip_optional(tp)
     extra = dict(extra or {})
     origin = typing.get_origin(tp)
-    if tp is Scalar:
+    if tp == Scalar:
         # int-or-string-or-bool is not expressible structurally; the CEL rule on the map checks it.
         out: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
     elif tp is bool:
