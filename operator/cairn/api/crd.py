@@ -1,6 +1,9 @@
 """The TrainingRun CustomResourceDefinition, generated from ``cairn.api.types``.
 
     python -m cairn.api.crd > crds/trainingruns.cairn.dev.yaml
+
+The file also holds a ValidatingAdmissionPolicy for ``spec.params``: its values are "string, number
+or boolean", which no structural schema can say and which CEL rules inside a CRD cannot see.
 """
 
 from __future__ import annotations
@@ -69,9 +72,62 @@ def trainingrun_crd() -> dict[str, Any]:
     }
 
 
+PARAMS_POLICY = f"trainingrun-params.{T.GROUP}"
+
+
+def params_policy() -> list[dict[str, Any]]:
+    """A ValidatingAdmissionPolicy and its binding: param names and value types, params immutable.
+
+    Names and types are checked on CREATE only, and on UPDATE only that params did not change, so
+    an object admitted before the policy existed can still get its finalizer removed.
+    """
+    key = T.PARAM_KEY
+    scalar = ("type(variables.params[k]) == string || type(variables.params[k]) == int"
+              " || type(variables.params[k]) == double || type(variables.params[k]) == bool")
+    creating = "request.operation != 'CREATE'"
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": PARAMS_POLICY},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": [T.GROUP], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"],
+                "resources": [T.PLURAL],
+            }]},
+            "variables": [
+                {"name": "params", "expression": "has(object.spec.params) ? object.spec.params : {}"},
+                {"name": "oldParams",
+                 "expression": "oldObject != null && has(oldObject.spec.params) ? oldObject.spec.params : {}"},
+            ],
+            "validations": [
+                {"expression": f"{creating} || variables.params.all(k, k.matches(r'{key}'))",
+                 "messageExpression": f"'spec.params.' + variables.params.filter(k, !k.matches(r'{key}'))[0]"
+                                      " + ': a param name starts with a letter or _, then letters, digits, _ . - /"
+                                      " (250 characters at most)'",
+                 "reason": "Invalid"},
+                {"expression": f"{creating} || variables.params.all(k, {scalar})",
+                 "messageExpression": f"'spec.params.' + variables.params.filter(k, !({scalar}))[0]"
+                                      " + ': a param value is a string, number or boolean'",
+                 "reason": "Invalid"},
+                {"expression": "request.operation != 'UPDATE' || variables.params == variables.oldParams",
+                 "message": "spec.params: cannot change after creation (the run is recorded with them)",
+                 "reason": "Invalid"},
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": PARAMS_POLICY},
+        "spec": {"policyName": PARAMS_POLICY, "validationActions": ["Deny"]},
+    }
+    return [policy, binding]
+
+
 def render() -> str:
     header = "# Generated from operator/cairn/api/types.py by `python -m cairn.api.crd`; do not edit.\n"
-    return header + yaml.safe_dump(trainingrun_crd(), sort_keys=False, width=120)
+    return header + yaml.safe_dump_all([trainingrun_crd(), *params_policy()], sort_keys=False, width=120)
 
 
 if __name__ == "__main__":

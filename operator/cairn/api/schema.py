@@ -47,7 +47,8 @@ def type_schema(tp: Any, extra: Mapping[str, Any] | None = None) -> dict[str, An
     extra = dict(extra or {})
     origin = typing.get_origin(tp)
     if tp == Scalar:
-        # int-or-string-or-bool is not expressible structurally; the CEL rule on the map checks it.
+        # string-or-number-or-bool is not expressible structurally, and CEL rules in the CRD cannot
+        # see untyped values: cairn.api.crd.params_policy checks them at admission instead.
         out: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
     elif tp is bool:
         out = {"type": "boolean"}

@@ -20,16 +20,24 @@ SHORT_NAMES = ["tr"]
 CATEGORIES = ["cairn"]
 
 MAX_NAME_LENGTH = 50  # leaves room for "-<attempt>" in the pod name and fits label values
-QUANTITY = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+# Kubernetes resource.Quantity syntax, without negative values.
+QUANTITY = (r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+            r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 PARAM_KEY = r"^[A-Za-z_][A-Za-z0-9_.\-/]{0,249}$"
 SHA256 = r"^[0-9a-f]{64}$"
 PHASES = ["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
 
 @dataclass(kw_only=True)
 class EnvVar:
     """An environment variable of the training container."""
+
+    __validations__ = [
+        {"rule": "!(has(self.value) && has(self.valueFrom))", "message": "set either value or valueFrom, not both",
+         "fieldPath": ".valueFrom", "reason": "FieldValueForbidden"},
+    ]
 
     name: str = field("Name of the variable.", required=True, pattern=ENV_NAME, maxLength=256)
     value: str | None = field("Value of the variable.")
@@ -40,6 +48,19 @@ class EnvVar:
 @dataclass(kw_only=True)
 class Toleration:
     """A toleration of node taints, as in a Pod."""
+
+    # The Pod API enforces these too, but only when the pod is created, long after kubectl apply.
+    __validations__ = [
+        {"rule": "(has(self.key) && self.key != '') || (has(self.operator) && self.operator == 'Exists')",
+         "message": "operator must be Exists when key is empty", "fieldPath": ".operator",
+         "reason": "FieldValueInvalid"},
+        {"rule": "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+         "message": "value must be empty when operator is Exists", "fieldPath": ".value",
+         "reason": "FieldValueInvalid"},
+        {"rule": "!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+         "message": "tolerationSeconds needs effect NoExecute", "fieldPath": ".tolerationSeconds",
+         "reason": "FieldValueInvalid"},
+    ]
 
     key: str | None = field("Taint key the toleration applies to; empty with operator Exists matches all keys.",
                             maxLength=316)
@@ -95,12 +116,29 @@ class Tracking:
     headline_metric: str | None = field("Metric shown in kubectl get and status.metric (for example val_acc).",
                                         pattern=PARAM_KEY)
     export_keys: list[str] = field("Metric keys exported to Prometheus while the run is live (at most 20).",
-                                   default_factory=list, maxItems=20, items={"pattern": PARAM_KEY})
+                                   default_factory=list, maxItems=20, items={"pattern": PARAM_KEY},
+                                   **{"x-kubernetes-list-type": "set"})
 
 
 @dataclass(kw_only=True)
 class TrainingRunSpec:
     """What to train, on what, and how to track it."""
+
+    # experiment, code and dataset are recorded with the run when it is created; later attempts
+    # must not train something other than what the record says (params: see crd.params_policy).
+    __validations__ = [
+        {"rule": "self.experiment == oldSelf.experiment", "message": "experiment cannot change after creation",
+         "fieldPath": ".experiment", "reason": "FieldValueForbidden"},
+        {"rule": "has(self.code) == has(oldSelf.code) && (!has(self.code) || self.code == oldSelf.code)",
+         "message": "code cannot change after creation", "fieldPath": ".code", "reason": "FieldValueForbidden"},
+        {"rule": "has(self.dataset) == has(oldSelf.dataset) && (!has(self.dataset) || self.dataset == oldSelf.dataset)",
+         "message": "dataset cannot change after creation", "fieldPath": ".dataset",
+         "reason": "FieldValueForbidden"},
+        {"rule": f"!has(self.resources.gpuType) || !has(self.nodeSelector) || !('{GPU_PRODUCT_LABEL}' in self.nodeSelector)"
+                 f" || self.nodeSelector['{GPU_PRODUCT_LABEL}'] == self.resources.gpuType",
+         "message": f"nodeSelector[{GPU_PRODUCT_LABEL}] contradicts resources.gpuType", "fieldPath": ".nodeSelector",
+         "reason": "FieldValueInvalid"},
+    ]
 
     image: str = field("Container image of the trainer.", required=True, minLength=1, maxLength=1024,
                        pattern=r"^[^\s]+$")
