@@ -58,3 +58,58 @@ def cairn_home(tmp_path, monkeypatch) -> Path:
                 "CAIRN_DATABASE_URL", "CAIRN_MODE", "CAIRN_RUN_NAME"):
         monkeypatch.delenv(var, raising=False)
     return home
+
+
+# --- MinIO and Prometheus (tests/servers.py) ---------------------------------------------------
+from servers import MinioServer, PrometheusServer  # noqa: E402
+
+_bucket_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def minio_server() -> MinioServer:
+    """MinIO for the session (built by hack/build-minio.sh on first use). A test that stops it
+    starts it again; tests that kill it for good use ``minio_factory``."""
+    server = MinioServer().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def minio_bucket(minio_server) -> str:
+    """A new empty bucket on the session's MinIO."""
+    minio_server.start()
+    name = f"t{os.getpid()}-{next(_bucket_counter)}"
+    minio_server.client().make_bucket(name)
+    return name
+
+
+@pytest.fixture
+def minio_factory():
+    """``make(**MinioServer kwargs) -> MinioServer``, started; all destroyed after the test."""
+    servers: list[MinioServer] = []
+
+    def make(**kwargs) -> MinioServer:
+        server = MinioServer(**kwargs)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.destroy()
+
+
+@pytest.fixture
+def prometheus_factory():
+    """``make(config=None, interval="1s") -> PrometheusServer``, started; all destroyed after the test.
+    ``config``: a list of scrape configs, a whole config dict, or YAML text."""
+    servers: list[PrometheusServer] = []
+
+    def make(config=None, interval: str = "1s") -> PrometheusServer:
+        server = PrometheusServer(config, interval=interval)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        server.destroy()

@@ -113,3 +113,247 @@ class PostgresServer:
     def destroy(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _http(method: str, url: str, timeout: float = 5.0, data: bytes | None = None) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, method=method, data=data)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _wait_http_ok(url: str, proc: subprocess.Popen, log: Path, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{_tail(log)}")
+        try:
+            if _http("GET", url, timeout=1.0)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready at {url} after {timeout}s:\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _terminate(proc: subprocess.Popen | None, kill: bool = False, timeout: float = 15) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    if kill:
+        proc.kill()
+    else:
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def minio_binary(build: bool = True) -> str:
+    """The MinIO server built by hack/build-minio.sh; builds it first (minutes, once) if missing."""
+    script = REPO_ROOT / "hack" / "build-minio.sh"
+    path = subprocess.run(["bash", str(script), "--print-bin"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    if not os.access(path, os.X_OK):
+        if not build:
+            raise RuntimeError(f"MinIO not built: run hack/build-minio.sh (expected {path})")
+        # Progress goes to stderr, which pytest shows with -s or when the fixture fails.
+        subprocess.run(["bash", str(script)], check=True, stdout=subprocess.DEVNULL)
+    return path
+
+
+class MinioServer:
+    """A single-drive MinIO server with generated credentials; stop() and start() keep port and data."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.binary = minio_binary()
+        self.host = host
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="cairn-minio-"))
+        self.data = self.dir / "data"
+        self.log = self.dir / "server.log"
+        self.access_key = "cairn-" + os.urandom(6).hex()
+        self.secret_key = os.urandom(20).hex()
+        self.region = "us-east-1"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """host:port, as ``minio.Minio`` takes it."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.endpoint}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 60) -> "MinioServer":
+        if self.running:
+            return self
+        self.data.mkdir(parents=True, exist_ok=True)
+        env = dict(
+            os.environ,
+            MINIO_ROOT_USER=self.access_key,
+            MINIO_ROOT_PASSWORD=self.secret_key,
+            MINIO_REGION=self.region,
+            MINIO_BROWSER="off",
+            MINIO_UPDATE="off",
+            MINIO_CALLHOME_ENABLE="off",
+        )
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "server", str(self.data), "--address", self.endpoint,
+                 "--certs-dir", str(self.dir / "certs"), "--quiet", "--anonymous"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )
+        try:
+            _wait_http_ok(f"{self.url}/minio/health/ready", self.proc, self.log, "MinIO", timeout)
+        except BaseException:
+            _terminate(self.proc, kill=True)
+            raise
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop the server (SIGTERM, or SIGKILL with ``kill=True``); the data stays for start()."""
+        _terminate(self.proc, kill=kill)
+
+    def client(self):
+        import minio
+
+        return minio.Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key,
+                           secure=False, region=self.region)
+
+    def env(self) -> dict[str, str]:
+        """The usual S3 client variables for a subprocess."""
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                "AWS_REGION": self.region, "AWS_ENDPOINT_URL": self.url}
+
+    def destroy(self) -> None:
+        self.stop(kill=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def prometheus_binary() -> str:
+    path = shutil.which("prometheus") or "/usr/bin/prometheus"
+    if not os.access(path, os.X_OK):
+        raise RuntimeError("Prometheus not installed: run hack/install-test-deps.sh (Debian package prometheus)")
+    return path
+
+
+class PrometheusServer:
+    """A Prometheus server on loopback with a generated config; ``reload()`` swaps the config live.
+
+    ``config`` is a list of scrape configs (dicts, as in prometheus.yml's ``scrape_configs``), a
+    whole config as a dict, or a whole config as YAML text. Dicts are written as JSON, which
+    Prometheus reads as YAML. Scrapes and rule evaluation run every ``interval``.
+    """
+
+    def __init__(self, config: list | dict | str | None = None, interval: str = "1s",
+                 port: int | None = None) -> None:
+        self.binary = prometheus_binary()
+        self.interval = interval
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="cairn-prom-"))
+        self.config_file = self.dir / "prometheus.yml"
+        self.log = self.dir / "server.log"
+        self.proc: subprocess.Popen | None = None
+        self._write_config(config)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _write_config(self, config: list | dict | str | None) -> None:
+        import json
+
+        if isinstance(config, str):
+            text = config
+        else:
+            if config is None or isinstance(config, list):
+                config = {"scrape_configs": list(config or [])}
+            config = dict(config)
+            config.setdefault("global", {"scrape_interval": self.interval, "scrape_timeout": self.interval,
+                                         "evaluation_interval": self.interval})
+            text = json.dumps(config, indent=2)
+        self.config_file.write_text(text)
+
+    def start(self, timeout: float = 60) -> "PrometheusServer":
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, f"--config.file={self.config_file}", f"--storage.tsdb.path={self.dir / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle",
+                 "--storage.tsdb.retention.time=1d", "--log.level=warn"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=self.dir,
+            )
+        try:
+            _wait_http_ok(f"{self.url}/-/ready", self.proc, self.log, "Prometheus", timeout)
+        except BaseException:
+            _terminate(self.proc, kill=True)
+            raise
+        return self
+
+    def reload(self, config: list | dict | str) -> None:
+        self._write_config(config)
+        status, body = _http("POST", f"{self.url}/-/reload", timeout=30, data=b"")
+        if status != 200:
+            raise RuntimeError(f"Prometheus rejected the config ({status}): {body.decode(errors='replace')}")
+
+    def _api(self, path: str, **params: str) -> object:
+        import json
+        import urllib.parse
+
+        status, body = _http("GET", f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}", timeout=30)
+        reply = json.loads(body)
+        if status != 200 or reply.get("status") != "success":
+            raise RuntimeError(f"Prometheus /api/v1/{path} failed ({status}): {reply.get('error', body[:500])}")
+        return reply["data"]
+
+    def query(self, promql: str, at: float | None = None) -> list:
+        """An instant query: the ``result`` list (for a vector, ``[{"metric": {...}, "value": [t, "v"]}]``)."""
+        params = {"query": promql}
+        if at is not None:
+            params["time"] = str(at)
+        return self._api("query", **params)["result"]
+
+    def wait_for(self, promql: str, predicate=bool, timeout: float = 30, poll: float = 0.2) -> list:
+        """Poll ``query(promql)`` until ``predicate(result)`` holds; returns that result."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.query(promql)
+            if predicate(result):
+                return result
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{promql!r}: still {result!r} after {timeout}s")
+            time.sleep(poll)
+
+    def targets(self) -> list:
+        return self._api("targets", state="active")["activeTargets"]
+
+    def stop(self) -> None:
+        _terminate(self.proc)
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
