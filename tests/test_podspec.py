@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 from cairn.api import from_manifest
-from cairn.podspec import (FailureKind, PodSettings, build_pod, classify_pod_failure, pod_name, retry_delay,
-                           trainer_env)
+from cairn.podspec import (FailureKind, PodSettings, build_pod, classify_pod_failure, phase_from_pod, pod_name,
+                           retry_delay, trainer_env)
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
 def tr(**spec):  # noqa: ANN003, ANN201
@@ -30,6 +36,15 @@ def test_pod_names_are_deterministic_and_fit():
     long = "x" * 70
     assert len(pod_name(long, 12)) <= 63 and pod_name(long, 12).endswith("-12")
     assert pod_name(long, 1) != pod_name("x" * 69 + "y", 1)
+
+
+@pytest.mark.parametrize("length", [1, 50, 60, 61, 62, 63, 64, 100, 253])
+@pytest.mark.parametrize("attempt", [1, 9, 10, 100, 12345])
+def test_pod_names_are_valid_dns_labels(length, attempt):
+    for base in ("a" * length, ("ab-" * 100)[:length].rstrip("-") or "a", ("a." * 130)[:length].strip(".")):
+        name = pod_name(base, attempt)
+        assert len(name) <= 63 and DNS_LABEL.match(name.replace(".", "x")), name
+        assert name.endswith(f"-{attempt}")
 
 
 def test_same_inputs_build_the_same_pod():
@@ -66,6 +81,94 @@ def test_gpus_become_limits_node_selection_and_a_toleration():
     assert trainer["resources"]["requests"] == trainer["resources"]["limits"]
     assert pod["spec"]["nodeSelector"] == {"zone": "a", "nvidia.com/gpu.product": "NVIDIA-A100"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
+
+
+def test_params_reach_trainer_and_sidecar_as_the_same_json():
+    sidecar, trainer = containers(build_pod(tr(params={"b": True, "a": 1}), PodSettings(), 1, "r"))
+    assert env_of(sidecar)["CAIRN_PARAMS"] == env_of(trainer)["CAIRN_PARAMS"] == '{"a": 1, "b": true}'
+    assert json.loads(env_of(trainer)["CAIRN_PARAMS"]) == {"a": 1, "b": True}
+    assert env_of(trainer)["CAIRN_PARAMS_FILE"] == "/cairn/run/params.json"  # written by the sidecar
+    assert env_of(sidecar)["CAIRN_RUN_DIR"] == env_of(trainer)["CAIRN_RUN_DIR"] == "/cairn/run"
+    assert env_of(sidecar)["CAIRN_RUN_ID"] == env_of(trainer)["CAIRN_RUN_ID"] == "r"
+
+
+def test_user_env_keeps_value_from_and_comes_first():
+    t = tr(env=[{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}, {"name": "B", "value": ""}])
+    env = trainer_env(t, 1, "r")
+    assert env[:2] == [{"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                       {"name": "B", "value": ""}]
+
+
+def test_optional_env_only_when_the_spec_has_it():
+    names = {e["name"] for e in trainer_env(tr(), 1, "r")}
+    assert names == {"CAIRN_RUN_ID", "CAIRN_RUN_DIR", "CAIRN_RUN_NAME", "CAIRN_EXPERIMENT", "CAIRN_ATTEMPT",
+                     "CAIRN_PARAMS", "CAIRN_PARAMS_FILE"}
+    names = {e["name"] for e in trainer_env(tr(code={"commit": "abcdef1"}), 1, "r")}
+    assert "CAIRN_CODE_COMMIT" in names and "CAIRN_CODE_REPOSITORY" not in names
+
+
+def test_the_trainer_runs_the_spec_command_and_args():
+    _, trainer = containers(build_pod(tr(args=["--lr", "0.1"]), PodSettings(), 1, "r"))
+    assert trainer["name"] == "trainer" and trainer["image"] == "trainer:1"
+    assert trainer["command"] == ["python3", "train.py"] and trainer["args"] == ["--lr", "0.1"]
+    assert "imagePullPolicy" not in trainer  # the Kubernetes default for the tag
+
+
+def test_sidecar_settings_shape_the_sidecar():
+    settings = PodSettings(sidecar_image="reg/cairn:1", database_secret="db", database_secret_key="dsn",
+                           sidecar_memory="512Mi", drain_timeout_s=10)
+    pod = build_pod(tr(), settings, 1, "r")
+    sidecar, _ = containers(pod)
+    assert sidecar["image"] == "reg/cairn:1" and sidecar["name"] == "cairn-sidecar"
+    assert env_of(sidecar)["CAIRN_DATABASE_URL"] == {"secretKeyRef": {"name": "db", "key": "dsn"}}
+    assert env_of(sidecar)["CAIRN_DRAIN_TIMEOUT"] == "10"
+    assert sidecar["resources"]["limits"] == {"memory": "512Mi"}
+    assert pod["spec"]["terminationGracePeriodSeconds"] > 10  # room for the sidecar to drain
+    assert pod["spec"]["volumes"] == [{"name": "run", "emptyDir": {}}]
+
+
+def test_cpu_and_memory_without_gpus():
+    pod = build_pod(tr(resources={"cpu": "500m", "memory": "1Gi"}), PodSettings(), 1, "r")
+    _, trainer = containers(pod)
+    assert trainer["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"},
+                                    "limits": {"cpu": "500m", "memory": "1Gi"}}
+    assert "tolerations" not in pod["spec"]
+
+
+def test_a_gpu_toleration_of_the_users_replaces_the_default():
+    mine = {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}
+    pod = build_pod(tr(resources={"gpus": 1}, tolerations=[mine]), PodSettings(), 1, "r")
+    assert pod["spec"]["tolerations"] == [mine]
+    pod = build_pod(tr(resources={"gpus": 1}, tolerations=[{"key": "spot", "operator": "Exists"}]), PodSettings(), 1, "r")
+    assert pod["spec"]["tolerations"] == [{"key": "spot", "operator": "Exists"},
+                                          {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_toleration_seconds_pass_through():
+    t = {"key": "k", "operator": "Equal", "value": "v", "effect": "NoExecute", "tolerationSeconds": 30}
+    assert build_pod(tr(tolerations=[t]), PodSettings(), 1, "r")["spec"]["tolerations"] == [t]
+
+
+def test_active_deadline_defaults_to_the_runs_and_can_be_tightened():
+    assert "activeDeadlineSeconds" not in build_pod(tr(), PodSettings(), 1, "r")["spec"]
+    bounded = tr(activeDeadlineSeconds=600)
+    assert build_pod(bounded, PodSettings(), 1, "r")["spec"]["activeDeadlineSeconds"] == 600
+    assert build_pod(bounded, PodSettings(), 2, "r", active_deadline_seconds=120)["spec"]["activeDeadlineSeconds"] == 120
+    with pytest.raises(ValueError, match="deadline has passed"):
+        build_pod(bounded, PodSettings(), 2, "r", active_deadline_seconds=0)
+
+
+def test_attempts_count_from_one():
+    with pytest.raises(ValueError):
+        build_pod(tr(), PodSettings(), 0, "r")
+
+
+def test_labels_are_valid_label_values_and_the_experiment_is_annotated():
+    run_id = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    pod = build_pod(tr(experiment="digits"), PodSettings(), 7, run_id)
+    assert all(LABEL_VALUE.match(v) and len(v) <= 63 for v in pod["metadata"]["labels"].values())
+    assert pod["metadata"]["labels"]["cairn.dev/run-id"] == run_id
+    assert pod["metadata"]["annotations"] == {"cairn.dev/experiment": "digits"}
 
 
 def test_cpu_only_pod_has_no_gpu_bits():
@@ -123,12 +226,62 @@ def failed_pod(reason=None, exit_code=None, term_reason="Error", conditions=(), 
     (failed_pod(reason="DeadlineExceeded"), FailureKind.DEADLINE, "DeadlineExceeded"),
     (failed_pod(), FailureKind.INFRASTRUCTURE, "before the trainer ran"),
     (failed_pod(exit_code=137, term_reason="ContainerStatusUnknown"), FailureKind.INFRASTRUCTURE, "killed"),
+    (failed_pod(reason="NodeShutdown", message="Pod was terminated in response to imminent node shutdown."),
+     FailureKind.INFRASTRUCTURE, "NodeShutdown: Pod was terminated"),
+    (failed_pod(reason="Terminated"), FailureKind.INFRASTRUCTURE, "Terminated"),
+    (failed_pod(reason="UnexpectedAdmissionError"), FailureKind.INFRASTRUCTURE, "UnexpectedAdmissionError"),
+    (failed_pod(reason="OutOfnvidia.com/gpu"), FailureKind.INFRASTRUCTURE, "OutOfnvidia.com/gpu"),
+    (failed_pod(reason="DeadlineExceeded", exit_code=137, term_reason="Error"), FailureKind.DEADLINE, "Deadline"),
+    (failed_pod(exit_code=2, conditions=[{"type": "DisruptionTarget", "status": "False"}]), FailureKind.USER_ERROR,
+     "code 2"),
+    (failed_pod(exit_code=137, term_reason="Error"), FailureKind.USER_ERROR, "code 137"),
+    (failed_pod(exit_code=143, term_reason="Error"), FailureKind.USER_ERROR, "code 143"),
+    (failed_pod(exit_code=1, term_reason="OOMKilled"), FailureKind.OOM, "exit code 1"),
 ])
 def test_failures_are_classified(pod, kind, words):
     got, message = classify_pod_failure(pod)
     assert got == kind and words in message
 
 
+def test_a_failed_sidecar_is_not_mistaken_for_the_trainer():
+    pod = {"status": {"phase": "Failed", "containerStatuses": [], "initContainerStatuses": [
+        {"name": "cairn-sidecar", "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}}
+    assert classify_pod_failure(pod)[0] == FailureKind.INFRASTRUCTURE
+
+
+def test_only_the_last_line_of_a_long_message_is_kept():
+    pod = failed_pod(exit_code=1)
+    pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = "x\n" + "y" * 1000
+    _, message = classify_pod_failure(pod)
+    assert message == "the trainer exited with code 1: " + "y" * 200
+
+
+def test_failure_kinds_name_the_reasons_in_status():
+    assert {k.reason for k in FailureKind} == {"UserError", "OOMKilled", "Infrastructure", "DeadlineExceeded"}
+
+
+@pytest.mark.parametrize("status, phase", [
+    ({}, "Pending"),
+    ({"phase": "Pending"}, "Pending"),
+    ({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]},
+     "Pending"),
+    ({"phase": "Running"}, "Running"),
+    ({"phase": "Running", "containerStatuses": [{"name": "trainer", "state": {"terminated": {"exitCode": 0}}}]},
+     "Running"),
+    ({"phase": "Unknown"}, "Running"),
+    ({"phase": "Succeeded"}, "Succeeded"),
+    ({"phase": "Failed", "reason": "Evicted"}, "Failed"),
+])
+def test_phase_from_pod(status, phase):
+    assert phase_from_pod({"status": status}) == phase
+
+
+def test_phase_from_a_pod_without_status():
+    assert phase_from_pod({"metadata": {"name": "x"}}) == "Pending"
+
+
 def test_retry_delay_doubles_to_a_cap():
     assert [retry_delay(n) for n in range(6)] == [5, 5, 10, 20, 40, 80]
-    assert retry_delay(30) == 300
+    assert retry_delay(30) == 300 and retry_delay(10_000) == 300
+    assert retry_delay(-1) == 5
+    assert [retry_delay(n, base=1, cap=3) for n in range(5)] == [1, 1, 2, 3, 3]

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from cairn.api import GROUP, KIND, VERSION, TrainingRun
+from cairn.api.types import GPU_PRODUCT_LABEL
 
 TRAININGRUN_LABEL = "cairn.dev/trainingrun"
 RUN_ID_LABEL = "cairn.dev/run-id"
 ATTEMPT_LABEL = "cairn.dev/attempt"
 EXPERIMENT_ANNOTATION = "cairn.dev/experiment"
 GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 TRAINER = "trainer"
 SIDECAR = "cairn-sidecar"
 RUN_DIR = "/cairn/run"
@@ -109,9 +109,20 @@ def _tolerations(tr: TrainingRun) -> list[dict[str, Any]]:
     return out
 
 
-def build_pod(tr: TrainingRun, settings: PodSettings, attempt: int, run_id: str) -> dict[str, Any]:
-    """The pod of ``attempt`` (1, 2, ...) of a TrainingRun."""
+def build_pod(tr: TrainingRun, settings: PodSettings, attempt: int, run_id: str, *,
+              active_deadline_seconds: int | None = None) -> dict[str, Any]:
+    """The pod of ``attempt`` (1, 2, ...) of a TrainingRun.
+
+    ``active_deadline_seconds`` is what is left of ``spec.activeDeadlineSeconds`` for this attempt;
+    without it the whole deadline is used, a bound no attempt may exceed anyway. The kubelet then
+    stops the pod (reason DeadlineExceeded) even while the operator is down.
+    """
+    if attempt < 1:
+        raise ValueError(f"attempts count from 1, not {attempt}")
     spec = tr.spec
+    deadline = spec.active_deadline_seconds if active_deadline_seconds is None else active_deadline_seconds
+    if deadline is not None and deadline < 1:
+        raise ValueError(f"the deadline has passed ({deadline}s left); fail the run instead of starting a pod")
     labels = {TRAININGRUN_LABEL: tr.name, RUN_ID_LABEL: run_id, ATTEMPT_LABEL: str(attempt)}
     node_selector = dict(spec.node_selector)
     if spec.resources.gpu_type:
@@ -176,6 +187,8 @@ def build_pod(tr: TrainingRun, settings: PodSettings, attempt: int, run_id: str)
         pod_spec["priorityClassName"] = spec.priority_class_name
     if spec.service_account_name:
         pod_spec["serviceAccountName"] = spec.service_account_name
+    if deadline is not None:
+        pod_spec["activeDeadlineSeconds"] = int(deadline)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -191,6 +204,21 @@ def build_pod(tr: TrainingRun, settings: PodSettings, attempt: int, run_id: str)
         },
         "spec": pod_spec,
     }
+
+
+def phase_from_pod(pod: Mapping[str, Any]) -> str:
+    """The TrainingRun phase one attempt's pod stands for (Pending, Running, Succeeded or Failed).
+
+    A pod whose trainer has exited stays Running until the sidecar has drained and the pod itself
+    ends: only then is every record in the store. ``Unknown`` (the node stopped reporting) is still
+    Running; the node lifecycle controller fails the pod if the node does not come back.
+    """
+    phase = (pod.get("status") or {}).get("phase")
+    if phase in ("Running", "Unknown"):
+        return "Running"
+    if phase in ("Succeeded", "Failed"):
+        return phase
+    return "Pending"
 
 
 class FailureKind(enum.Enum):
@@ -237,4 +265,4 @@ def retry_delay(failures: int, base: float = RETRY_BASE_S, cap: float = RETRY_CA
     """Seconds before the next attempt: base after an uncounted failure, doubling per counted one."""
     if failures <= 0:
         return base
-    return min(cap, base * 2 ** (failures - 1))
+    return min(cap, base * 2.0 ** min(failures - 1, 64))
