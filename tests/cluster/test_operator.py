@@ -86,7 +86,7 @@ def test_sample_trainingrun_is_trained_and_tracked(kubectl, namespace, running_o
     assert [a.path for a in run.artifacts] == ["artifacts/model.npz"]
 
     def shown():  # noqa: ANN202
-        out = kubectl.run("-n", namespace, "get", "tr", "digits", "--no-headers").stdout.split()
+        out = kubectl.run("-n", namespace, "get", "trainingruns.cairn.dev", "digits", "--no-headers").stdout.split()
         return out if len(out) >= 6 and out[3] != "<none>" else None
     name, phase, gpus, step, metric, value = wait_until(shown, 30, "step and metric in kubectl get tr")[:6]
     assert (phase, gpus, metric) == ("Succeeded", "1", "val_acc")
@@ -174,12 +174,12 @@ def test_operator_restarted_ten_times_mid_run_creates_no_duplicate_pod(
 def test_suspend_stops_the_pod_and_resume_starts_a_new_attempt(kubectl, namespace, running_operator):
     kubectl.apply(trainingrun("pausable", python_trainer("import time; time.sleep(600)")), namespace=namespace)
     wait_phase(kubectl, namespace, "pausable", ("Running",), timeout=120)
-    kubectl.run("-n", namespace, "patch", "tr", "pausable", "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    kubectl.run("-n", namespace, "patch", "trainingruns.cairn.dev", "pausable", "--type=merge", "-p", '{"spec":{"suspend":true}}')
     tr = wait_phase(kubectl, namespace, "pausable", ("Suspended",), timeout=60)
     assert conditions(tr)["Suspended"]["status"] == "True"
     wait_until(lambda: kubectl.run("-n", namespace, "get", "pod", "pausable-1", check=False).returncode != 0,
                90, "the suspended pod to be deleted")
-    kubectl.run("-n", namespace, "patch", "tr", "pausable", "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    kubectl.run("-n", namespace, "patch", "trainingruns.cairn.dev", "pausable", "--type=merge", "-p", '{"spec":{"suspend":false}}')
     tr = wait_phase(kubectl, namespace, "pausable", ("Running",), timeout=120)
     assert tr["status"]["attempts"] == 2 and tr["status"].get("failures") is None
     assert conditions(tr)["Suspended"]["status"] == "False"
@@ -190,8 +190,9 @@ def test_active_deadline_fails_the_run_and_ttl_deletes_it(kubectl, namespace, ru
                               activeDeadlineSeconds=5, ttlSecondsAfterFinished=3), namespace=namespace)
     tr = wait_phase(kubectl, namespace, "bounded", ("Failed",), timeout=120)
     assert tr["status"]["reason"] == "DeadlineExceeded"
-    wait_until(lambda: kubectl.run("-n", namespace, "get", "tr", "bounded", check=False).returncode != 0,
-               60, "the TrainingRun to be deleted after its TTL")
+    wait_until(lambda: kubectl.run("-n", namespace, "get", "trainingruns.cairn.dev", "bounded", "-o", "name",
+                                   "--ignore-not-found").stdout.strip() == "",
+               90, "the TrainingRun to be deleted after its TTL")
     run = TrackingStore(store_urls[0]).get_run(tr["metadata"]["uid"])
     assert run.summary.status == "FAILED"  # the record outlives the object
 
