@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
-
-from cairn.api import from_manifest, to_dict, types as T
+from cairn.api import from_manifest, to_dict
+from cairn.api import types as T
 from cairn.api.crd import PARAMS_POLICY, params_policy, render, trainingrun_crd
 from cairn.api.schema import camel, from_dict, type_schema
 

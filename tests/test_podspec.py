@@ -6,10 +6,17 @@ import json
 import re
 
 import pytest
-
 from cairn.api import from_manifest
-from cairn.podspec import (FailureKind, PodSettings, build_pod, classify_pod_failure, phase_from_pod, pod_name,
-                           retry_delay, trainer_env)
+from cairn.podspec import (
+    FailureKind,
+    PodSettings,
+    build_pod,
+    classify_pod_failure,
+    phase_from_pod,
+    pod_name,
+    retry_delay,
+    trainer_env,
+)
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")

@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
-from operatorlib import install_crd
-
 from cairn.api import from_manifest, to_dict
+from operatorlib import install_crd
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "trainingrun.yaml"
 
