@@ -36,7 +36,7 @@ def cluster_env() -> dict[str, str]:
     env = dict(os.environ)
     for line in out.splitlines():
         key, _, value = line.removeprefix("export ").partition("=")
-        env[key] = value.strip('"')
+        env[key] = os.path.expandvars(value.strip('"'))
     return env
 
 
