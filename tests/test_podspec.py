@@ -175,7 +175,20 @@ def test_labels_are_valid_label_values_and_the_experiment_is_annotated():
     pod = build_pod(tr(experiment="digits"), PodSettings(), 7, run_id)
     assert all(LABEL_VALUE.match(v) and len(v) <= 63 for v in pod["metadata"]["labels"].values())
     assert pod["metadata"]["labels"]["cairn.dev/run-id"] == run_id
-    assert pod["metadata"]["annotations"] == {"cairn.dev/experiment": "digits"}
+    assert pod["metadata"]["annotations"]["cairn.dev/experiment"] == "digits"
+
+
+def test_sidecar_serves_live_metrics_where_prometheus_looks():
+    pod = build_pod(tr(tracking={"headlineMetric": "val_acc", "exportKeys": ["loss", "val_acc"]}), PodSettings(), 1, "r")
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
+    sidecar = pod["spec"]["initContainers"][0]
+    (port,) = sidecar["ports"]
+    assert port["name"] == "metrics" and str(port["containerPort"]) == annotations["prometheus.io/port"]
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    assert env["CAIRN_METRICS_PORT"] == annotations["prometheus.io/port"]
+    assert env["CAIRN_EXPORT_KEYS"] == "loss,val_acc" and env["CAIRN_HEADLINE_METRIC"] == "val_acc"
+    assert env["CAIRN_NAMESPACE"] == "ml" and env["CAIRN_RUN_NAME"] == "mnist"
 
 
 def test_cpu_only_pod_has_no_gpu_bits():

@@ -28,6 +28,7 @@ EXPERIMENT_ANNOTATION = "cairn.dev/experiment"
 GPU_RESOURCE = "nvidia.com/gpu"
 TRAINER = "trainer"
 SIDECAR = "cairn-sidecar"
+METRICS_PORT = 9400  # the sidecar's live run metrics
 RUN_DIR = "/cairn/run"
 RETRY_BASE_S = 5.0
 RETRY_CAP_S = 300.0
@@ -142,10 +143,17 @@ def build_pod(tr: TrainingRun, settings: PodSettings, attempt: int, run_id: str,
             _env("CAIRN_ATTEMPT", str(attempt)),
             _env("CAIRN_PARAMS", json.dumps(spec.params, sort_keys=True)),
             _env("CAIRN_DRAIN_TIMEOUT", str(settings.drain_timeout_s)),
+            _env("CAIRN_NAMESPACE", tr.namespace),
+            _env("CAIRN_EXPERIMENT", spec.experiment),
+            _env("CAIRN_RUN_NAME", tr.name),
+            _env("CAIRN_METRICS_PORT", str(METRICS_PORT)),
+            _env("CAIRN_EXPORT_KEYS", ",".join(spec.tracking.export_keys)),
+            _env("CAIRN_HEADLINE_METRIC", spec.tracking.headline_metric or ""),
             {"name": "CAIRN_DATABASE_URL", "valueFrom": {"secretKeyRef": {
                 "name": settings.database_secret, "key": settings.database_secret_key}}},
         ],
         "volumeMounts": mount,
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "startupProbe": {"exec": {"command": ["test", "-f", f"{RUN_DIR}/.sidecar-ready"]},
                          "periodSeconds": 1, "failureThreshold": 120},
         "resources": {"requests": {"cpu": settings.sidecar_cpu, "memory": settings.sidecar_memory},
@@ -196,7 +204,9 @@ def build_pod(tr: TrainingRun, settings: PodSettings, attempt: int, run_id: str,
             "name": pod_name(tr.name, attempt),
             "namespace": tr.namespace,
             "labels": labels,
-            "annotations": {EXPERIMENT_ANNOTATION: spec.experiment},
+            # What a stock Prometheus kubernetes_sd pod job keeps and where it scrapes.
+            "annotations": {EXPERIMENT_ANNOTATION: spec.experiment, "prometheus.io/scrape": "true",
+                            "prometheus.io/port": str(METRICS_PORT), "prometheus.io/path": "/metrics"},
             "ownerReferences": [{
                 "apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": tr.name, "uid": tr.uid,
                 "controller": True, "blockOwnerDeletion": True,

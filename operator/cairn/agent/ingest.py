@@ -116,6 +116,7 @@ class IngestAgent:
         # Each attempt of a retried pod writes fresh files; its offsets are kept apart.
         self.source_prefix = f"attempt-{attempt}/" if attempt is not None else ""
         self.stats = AgentStats()
+        self.live = None  # an exporter's LiveState, fed with every parsed batch
         self._store = store
         self._offsets: dict[str, tuple[int, int]] = {}
         self._logged: dict[tuple[str, str], int] = {}
@@ -151,13 +152,27 @@ class IngestAgent:
             if self.run_id is None:
                 return 0
         total = 0
-        for source in self.sources():
-            while True:
-                n = self._ingest_one_batch(source)
-                if n is None:
-                    break
-                total += n
+        try:
+            for source in self.sources():
+                while True:
+                    n = self._ingest_one_batch(source)
+                    if n is None:
+                        break
+                    total += n
+        finally:
+            if self.live is not None:
+                self.live.backlog_bytes = self._backlog_bytes()
         return total
+
+    def _backlog_bytes(self) -> int:
+        waiting = 0
+        for source in self.sources():
+            offset = self._offsets.get(source, (0, 0))[0]
+            try:
+                waiting += max(0, (self.run_dir / source).stat().st_size - offset)
+            except OSError:
+                continue
+        return waiting
 
     def _ingest_one_batch(self, source: str) -> int | None:
         offset, line_no = self._progress(source)
@@ -177,6 +192,10 @@ class IngestAgent:
                 parsed.batch.artifacts.append(art)
         rejected = parsed.counts()
         new_line_no = line_no + len(lines)
+        if self.live is not None:
+            self.live.observe(parsed.batch.metrics)
+            if parsed.batch.finish is not None:
+                self.live.finished = True
         try:
             self.store.ingest_batch(self.run_id, self.source_prefix + source, parsed.batch, new_offset, new_line_no,
                                     rejected)
@@ -186,6 +205,9 @@ class IngestAgent:
             raise
         self._offsets[source] = (new_offset, new_line_no)
         self._report(source, parsed.rejections, rejected)
+        if self.live is not None:
+            self.live.rejected.update(rejected)
+            self.live.last_commit = time.time()
         self.stats.points += len(parsed.batch.metrics)
         self.stats.lines += len(lines)
         self.stats.commits += 1

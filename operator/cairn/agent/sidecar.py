@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cairn.agent.ingest import IngestAgent
@@ -32,6 +32,10 @@ class SidecarConfig:
     database_url: str | None
     drain_timeout: float = 60.0
     poll_interval: float = 0.5
+    metrics_port: int = 0  # 0: no exporter
+    export_keys: tuple[str, ...] = ()
+    headline_metric: str | None = None
+    labels: dict = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "SidecarConfig":
@@ -52,6 +56,11 @@ class SidecarConfig:
             params=params,
             database_url=env.get("CAIRN_DATABASE_URL") or None,
             drain_timeout=float(env.get("CAIRN_DRAIN_TIMEOUT") or 60.0),
+            metrics_port=int(env.get("CAIRN_METRICS_PORT") or 0),
+            export_keys=tuple(k for k in (env.get("CAIRN_EXPORT_KEYS") or "").split(",") if k),
+            headline_metric=env.get("CAIRN_HEADLINE_METRIC") or None,
+            labels={"namespace": env.get("CAIRN_NAMESPACE", ""), "experiment": env.get("CAIRN_EXPERIMENT", ""),
+                    "run": env["CAIRN_RUN_ID"], "trainingrun": env.get("CAIRN_RUN_NAME", "")},
         )
 
 
@@ -77,6 +86,11 @@ def run_sidecar(cfg: SidecarConfig, stop: threading.Event | None = None) -> bool
     prepare_run_dir(cfg)
     agent = IngestAgent(cfg.run_dir, cfg.database_url, cfg.run_id, poll_interval=cfg.poll_interval,
                         attempt=cfg.attempt)
+    if cfg.metrics_port:
+        from cairn.agent.exporter import LiveState, export_keys, serve
+
+        agent.live = LiveState(export_keys(cfg.export_keys, cfg.headline_metric))
+        serve(agent.live, cfg.labels, cfg.metrics_port)
     log.info("tracking run %s attempt %d from %s", cfg.run_id, cfg.attempt, cfg.run_dir)
     ok = agent.run(stop, drain_timeout=cfg.drain_timeout)
     log.info("ingested %d points from %d lines%s", agent.stats.points, agent.stats.lines,

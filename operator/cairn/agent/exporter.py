@@ -1,0 +1,164 @@
+"""Live run metrics for Prometheus, served by the tracking sidecar on ``/metrics``.
+
+Bounded by design: only the keys the TrainingRun exports (``spec.tracking``) or a small default,
+at most ``MAX_KEYS`` per run, and nothing at all once the run's finish record has been read, so a
+finished run's series end with it. Values come from the lines the agent has just parsed, before
+they are committed, so the live view keeps moving while the database is away.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+log = logging.getLogger("cairn.exporter")
+
+DEFAULT_KEYS = ("loss", "val_loss", "acc", "val_acc", "accuracy", "lr")
+MAX_KEYS = 20
+RATE_WINDOW_S = 30.0
+LABELS = ("namespace", "experiment", "run", "trainingrun")
+
+
+@dataclass
+class LiveState:
+    """What the exporter shows; fed by the ingest agent, read by Prometheus scrapes."""
+
+    keys: frozenset[str]
+    values: dict[str, tuple[int, float]] = field(default_factory=dict)  # key -> (step, value)
+    step: int | None = None
+    rejected: collections.Counter = field(default_factory=collections.Counter)
+    backlog_bytes: int = 0
+    last_commit: float | None = None
+    finished: bool = False
+    _steps: collections.deque = field(default_factory=collections.deque)  # (monotonic time, step)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def observe(self, points: Iterable[tuple[str, int, int, float]], now: float | None = None) -> None:
+        """Take the newest value per exported key from freshly parsed points (key, step, ts_ms, value)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            top = self.step
+            for key, step, _ts, value in points:
+                if top is None or step > top:
+                    top = step
+                if key in self.keys:
+                    seen = self.values.get(key)
+                    if seen is None or step >= seen[0]:
+                        self.values[key] = (step, value)
+            if top is not None and top != self.step:
+                self.step = top
+                self._steps.append((now, top))
+                while self._steps and now - self._steps[0][0] > RATE_WINDOW_S:
+                    self._steps.popleft()
+
+    def steps_per_second(self) -> float:
+        with self._lock:
+            if len(self._steps) < 2:
+                return 0.0
+            (t0, s0), (t1, s1) = self._steps[0], self._steps[-1]
+        return (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def snapshot(self) -> tuple[dict[str, tuple[int, float]], int | None]:
+        with self._lock:
+            return dict(self.values), self.step
+
+
+def export_keys(configured: Sequence[str], headline: str | None) -> frozenset[str]:
+    keys = [k for k in configured if k] or list(DEFAULT_KEYS)
+    if headline and headline not in keys:
+        keys.insert(0, headline)
+    return frozenset(keys[:MAX_KEYS])
+
+
+class RunCollector:
+    """Renders one run's live state as Prometheus metric families."""
+
+    def __init__(self, state: LiveState, labels: dict[str, str], gpu: "GpuProbe | None" = None) -> None:
+        self.state = state
+        self.label_values = [labels.get(name, "") for name in LABELS]
+        self.gpu = gpu
+
+    def collect(self):  # noqa: ANN201
+        if self.state.finished:
+            return
+        values, step = self.state.snapshot()
+        lv = self.label_values
+        metric = GaugeMetricFamily("cairn_run_metric", "Latest value of a run's metric.", labels=[*LABELS, "key"])
+        for key in sorted(values):
+            metric.add_metric([*lv, key], values[key][1])
+        yield metric
+        metric_step = GaugeMetricFamily("cairn_run_metric_step", "Step of that latest value.", labels=[*LABELS, "key"])
+        for key in sorted(values):
+            metric_step.add_metric([*lv, key], values[key][0])
+        yield metric_step
+        if step is not None:
+            g = GaugeMetricFamily("cairn_run_step", "Latest step the run has logged.", labels=list(LABELS))
+            g.add_metric(lv, step)
+            yield g
+        g = GaugeMetricFamily("cairn_run_steps_per_second", f"Steps per second over the last {RATE_WINDOW_S:.0f} s.",
+                              labels=list(LABELS))
+        g.add_metric(lv, self.state.steps_per_second())
+        yield g
+        g = GaugeMetricFamily("cairn_run_ingest_backlog_bytes", "Bytes written by the run but not yet in the store.",
+                              labels=list(LABELS))
+        g.add_metric(lv, self.state.backlog_bytes)
+        yield g
+        last = self.state.last_commit
+        g = GaugeMetricFamily("cairn_run_ingest_lag_seconds",
+                              "Seconds since the last commit to the store while lines wait (0 when caught up).",
+                              labels=list(LABELS))
+        g.add_metric(lv, 0.0 if self.state.backlog_bytes == 0 or last is None else max(0.0, time.time() - last))
+        yield g
+        c = CounterMetricFamily("cairn_run_rejected_lines", "Lines skipped as malformed, by reason.",
+                                labels=[*LABELS, "reason"])
+        for reason, n in sorted(self.state.rejected.items()):
+            c.add_metric([*lv, reason], n)
+        yield c
+        if self.gpu is not None:
+            yield from self.gpu.families(lv)
+
+
+class GpuProbe:
+    """GPU utilisation and memory through NVML, when a GPU and the library are both there."""
+
+    def __init__(self, nvml) -> None:  # noqa: ANN001
+        self.nvml = nvml
+        self.handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+
+    @classmethod
+    def try_open(cls) -> "GpuProbe | None":
+        try:
+            import pynvml  # nvidia-ml-py
+
+            pynvml.nvmlInit()
+            probe = cls(pynvml)
+        except Exception as exc:  # noqa: BLE001 - no library, no driver or no device: no GPU series
+            log.info("no GPU metrics: %s", exc)
+            return None
+        return probe if probe.handles else None
+
+    def families(self, lv: list[str]):  # noqa: ANN201
+        util = GaugeMetricFamily("cairn_run_gpu_utilization_ratio", "GPU busy fraction.", labels=[*LABELS, "gpu"])
+        mem = GaugeMetricFamily("cairn_run_gpu_memory_used_bytes", "GPU memory in use.", labels=[*LABELS, "gpu"])
+        for i, h in enumerate(self.handles):
+            try:
+                util.add_metric([*lv, str(i)], self.nvml.nvmlDeviceGetUtilizationRates(h).gpu / 100.0)
+                mem.add_metric([*lv, str(i)], float(self.nvml.nvmlDeviceGetMemoryInfo(h).used))
+            except Exception:  # noqa: BLE001 - a GPU that stopped answering is left out of this scrape
+                continue
+        yield util
+        yield mem
+
+
+def serve(state: LiveState, labels: dict[str, str], port: int, addr: str = "0.0.0.0") -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RunCollector(state, labels, GpuProbe.try_open()))
+    start_http_server(port, addr=addr, registry=registry)
+    return registry

@@ -1,0 +1,117 @@
+"""Live run metrics: bounded, current while the run trains, gone when it ends, scraped by a real Prometheus."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from cairn.agent.exporter import MAX_KEYS, LiveState, RunCollector, export_keys
+from servers import free_port
+
+LABELS = {"namespace": "ml", "experiment": "digits", "run": "r1", "trainingrun": "digits"}
+
+
+def render(state: LiveState) -> str:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RunCollector(state, LABELS))
+    return generate_latest(registry).decode()
+
+
+def test_only_exported_keys_and_their_newest_step():
+    state = LiveState(export_keys(["loss"], "val_acc"))
+    state.observe([("loss", 1, 0, 0.9), ("acc", 1, 0, 0.5), ("loss", 3, 0, 0.7), ("loss", 2, 0, 0.8),
+                   ("val_acc", 3, 0, 0.6)])
+    text = render(state)
+    assert 'cairn_run_metric{experiment="digits",key="loss",namespace="ml",run="r1",trainingrun="digits"} 0.7' in text
+    assert 'key="val_acc"' in text and 'key="acc"' not in text
+    assert 'cairn_run_step{experiment="digits",namespace="ml",run="r1",trainingrun="digits"} 3.0' in text
+
+
+def test_default_keys_and_the_cap():
+    assert "loss" in export_keys([], None)
+    assert len(export_keys([f"k{i}" for i in range(50)], "headline")) == MAX_KEYS
+    assert "headline" in export_keys([f"k{i}" for i in range(50)], "headline")
+
+
+def test_steps_per_second_and_rejections():
+    state = LiveState(export_keys([], None))
+    state.observe([("loss", 0, 0, 1.0)], now=100.0)
+    state.observe([("loss", 50, 0, 0.5)], now=110.0)
+    assert state.steps_per_second() == pytest.approx(5.0)
+    state.rejected.update({"bad_json": 2})
+    assert 'cairn_run_rejected_lines_total{experiment="digits",namespace="ml",reason="bad_json"' in render(state)
+
+
+def test_a_finished_run_has_no_series():
+    state = LiveState(export_keys([], None))
+    state.observe([("loss", 1, 0, 0.5)])
+    state.finished = True
+    assert "cairn_run" not in render(state)
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def wait_for(predicate, timeout=30.0):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("not reached in time")
+
+
+TRAINER = """
+import sys, time, cairn
+cairn.init()
+for s in range(int(sys.argv[1])):
+    cairn.log({"loss": 1.0 / (s + 1), "grad_norm": 3.0}, step=s)
+    time.sleep(0.01)
+cairn.run.flush()
+time.sleep(float(sys.argv[2]))
+cairn.finish()
+"""
+
+
+@pytest.mark.slow
+def test_sidecar_exports_while_training_and_drops_series_at_the_end(sqlite_url, tmp_path, prometheus_factory):
+    port = free_port()
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
+    side_env = dict(env, CAIRN_RUN_DIR=str(run_dir), CAIRN_RUN_ID="6a1f0c52-1d5e-4a8e-9c3d-2e4f6a8b0c1d",
+                    CAIRN_DATABASE_URL=sqlite_url, CAIRN_METRICS_PORT=str(port), CAIRN_EXPORT_KEYS="loss",
+                    CAIRN_NAMESPACE="ml", CAIRN_EXPERIMENT="digits", CAIRN_RUN_NAME="digits",
+                    CAIRN_PARAMS=json.dumps({}))
+    sidecar = subprocess.Popen([sys.executable, "-m", "cairn.cli.main", "sidecar"], env=side_env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    trainer = None
+    try:
+        wait_for(lambda: (run_dir / ".sidecar-ready").exists())
+        prom = prometheus_factory([{"job_name": "run", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}])
+        trainer = subprocess.Popen([sys.executable, "-c", TRAINER, "200", "6"],
+                                   env=dict(env, CAIRN_RUN_DIR=str(run_dir), CAIRN_RUN_ID=side_env["CAIRN_RUN_ID"]))
+        result = prom.wait_for('cairn_run_metric{key="loss",trainingrun="digits"}', timeout=30)
+        assert float(result[0]["value"][1]) == pytest.approx(1 / 200)
+        text = scrape(port)
+        assert 'key="grad_norm"' not in text  # not exported
+        assert "cairn_run_steps_per_second" in text and "cairn_run_ingest_backlog_bytes" in text
+        assert trainer.wait(timeout=60) == 0
+        wait_for(lambda: "cairn_run_metric{" not in scrape(port))  # finish record read: series dropped
+        prom.wait_for('cairn_run_metric{trainingrun="digits"}', predicate=lambda r: r == [], timeout=30)
+    finally:
+        for proc in (trainer, sidecar):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        out, _ = sidecar.communicate(timeout=60)
+    assert sidecar.returncode == 0, out
