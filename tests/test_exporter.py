@@ -115,3 +115,10 @@ def test_sidecar_exports_while_training_and_drops_series_at_the_end(sqlite_url, 
                 proc.send_signal(signal.SIGTERM)
         out, _ = sidecar.communicate(timeout=60)
     assert sidecar.returncode == 0, out
+
+
+def test_no_gpu_means_no_gpu_series_and_no_error():
+    from cairn.agent.exporter import GpuProbe
+
+    assert GpuProbe.try_open() is None  # nvidia-ml-py is installed; this machine has no NVIDIA driver
+    assert "gpu" not in render(LiveState(export_keys([], None)))
