@@ -117,8 +117,13 @@ def test_sidecar_exports_while_training_and_drops_series_at_the_end(sqlite_url, 
     assert sidecar.returncode == 0, out
 
 
-def test_no_gpu_means_no_gpu_series_and_no_error():
+def test_gpu_series_exactly_when_an_nvidia_driver_answers():
+    import shutil
+
     from cairn.agent.exporter import GpuProbe
 
-    assert GpuProbe.try_open() is None  # nvidia-ml-py is installed; this machine has no NVIDIA driver
-    assert "gpu" not in render(LiveState(export_keys([], None)))
+    probe = GpuProbe.try_open()  # never raises, with or without a driver
+    assert (probe is not None) == (shutil.which("nvidia-smi") is not None)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RunCollector(LiveState(export_keys([], None)), LABELS, probe))
+    assert ("cairn_run_gpu_utilization_ratio{" in generate_latest(registry).decode()) == (probe is not None)
