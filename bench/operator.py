@@ -57,7 +57,7 @@ class PodWatch:
         self.seen: dict[str, float] = {}
         self.proc = subprocess.Popen(
             ["kubectl", "-n", namespace, "get", "pods", "--watch", "--output-watch-events", "-o",
-             "jsonpath={.type} {.object.metadata.labels." + label.replace(".", "\\.").replace("/", "~1") + "}{'\\n'}"],
+             "jsonpath={.type} {.object.metadata.labels." + label.replace(".", "\\.") + "}{'\\n'}"],
             env=ENV, stdout=subprocess.PIPE, text=True)
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
