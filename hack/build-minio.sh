@@ -67,7 +67,7 @@ set +e
 nice -n 10 go install -trimpath -pgo=off -p "${BUILD_JOBS:-2}" -v -ldflags "$ldflags" \
   "github.com/minio/minio@$MINIO_VERSION" 2>&1 | tee "$LOG" |
   awk '/^go: downloading/ {d++; if (d % 50 == 0) {printf "[build-minio] %d modules downloaded\n", d; fflush()}; next}
-       {n++; if (n % 100 == 0) {printf "[build-minio] %d packages compiled (%s)\n", n, $0; fflush()}}
+       /^[^ :]+$/ {n++; if (n % 100 == 0) {printf "[build-minio] %d packages compiled (%s)\n", n, $0; fflush()}}
        END {printf "[build-minio] %d modules downloaded, %d packages compiled\n", d, n}' >&2
 rc=${PIPESTATUS[0]}
 set -e
