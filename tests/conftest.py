@@ -27,10 +27,11 @@ def postgres_server():
 
 
 @pytest.fixture
-def postgres_url(postgres_server) -> str:
+def postgres_url(postgres_server):
     url = postgres_server.create_database(f"t{os.getpid()}_{next(_db_counter)}")
     db.upgrade(db.get_engine(url))
-    return url
+    yield url
+    db.get_engine(url).dispose()  # one database per test: keep idle pools from piling up
 
 
 @pytest.fixture
