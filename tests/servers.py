@@ -206,7 +206,7 @@ class MinioServer:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, timeout: float = 60) -> "MinioServer":
+    def start(self, timeout: float = 60) -> MinioServer:
         if self.running:
             return self
         self.data.mkdir(parents=True, exist_ok=True)
@@ -298,7 +298,7 @@ class PrometheusServer:
             text = json.dumps(config, indent=2)
         self.config_file.write_text(text)
 
-    def start(self, timeout: float = 60) -> "PrometheusServer":
+    def start(self, timeout: float = 60) -> PrometheusServer:
         if self.proc is not None and self.proc.poll() is None:
             return self
         with open(self.log, "ab") as log:

@@ -10,7 +10,6 @@ import time
 
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
-
 from servers import free_port
 
 
