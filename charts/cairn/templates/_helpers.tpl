@@ -147,7 +147,7 @@ Call with (list $ "postgresql"|"minio").
 {{- if and (not .Values.postgresql.enabled) .Values.externalDatabase.existingSecret }}
 {{- .Values.externalDatabase.existingSecret }}
 {{- else }}
-{{- include "cairn.componentName" (list . "database") }}
+{{- include "cairn.componentName" (list . "store") }}
 {{- end }}
 {{- end }}
 
