@@ -1,0 +1,280 @@
+"""The Helm chart on the real local cluster: install, train, RBAC, helm test, upgrade, uninstall.
+
+One release per module, in its own namespace, with the locally built image (cairn:dev, never
+pulled) and an external PostgreSQL started by the test on the node's address. The operator
+watches only that namespace, so it never touches other tests' TrainingRuns. The tests run in
+file order: each builds on the release the previous ones left.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from clusterlib import Kubectl, wait_until
+from operatorlib import NODE_IP, python_trainer, trainingrun, wait_phase
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from servers import PostgresServer  # noqa: E402
+
+from cairn.store import db  # noqa: E402
+from cairn.store.store import TrackingStore  # noqa: E402
+
+pytestmark = pytest.mark.cluster
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "cairn"
+TRAINER = python_trainer("import cairn; cairn.init(); cairn.log({'loss': 1.0}, step=0); cairn.finish()")
+# Cluster-scoped objects of the CRD file: kept by `helm uninstall`, so a later release adopts them.
+KEPT = (("customresourcedefinition", "trainingruns.cairn.dev"),
+        ("validatingadmissionpolicy", "trainingrun-params.cairn.dev"),
+        ("validatingadmissionpolicybinding", "trainingrun-params.cairn.dev"))
+TIMINGS: dict[str, float] = {}
+
+
+@dataclass
+class Release:
+    name: str
+    namespace: str
+    helm: Path
+    kubeconfig: Path
+    values: Path
+    host_url: str  # the test PostgreSQL as this host reaches it
+
+    def run(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([str(self.helm), "--kubeconfig", str(self.kubeconfig), "-n", self.namespace, *args],
+                                capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed ({result.returncode}):\n{result.stderr}{result.stdout}")
+        return result
+
+    @property
+    def operator(self) -> str:
+        return f"{self.name}-operator"
+
+    @property
+    def service_account(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.name}-operator"
+
+
+@pytest.fixture(scope="module")
+def helm_bin() -> Path:
+    out = subprocess.run(["bash", str(REPO / "hack" / "build-helm.sh")], check=True, capture_output=True, text=True,
+                         timeout=40 * 60)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def chart_postgres():
+    server = PostgresServer(extra_listen=(NODE_IP,)).init().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(scope="module")
+def chart_namespace(kubectl: Kubectl):
+    name = f"cairn-chart-{uuid.uuid4().hex[:8]}"
+    kubectl.run("create", "namespace", name)
+    wait_until(lambda: kubectl.run("-n", name, "get", "serviceaccount", "default", check=False).returncode == 0,
+               60, f"the default ServiceAccount in {name}")
+    yield name
+    # Without an operator the TrainingRuns' finalizers would hold the namespace forever.
+    names = kubectl.run("-n", name, "get", "trainingruns", "-o", "name", check=False).stdout.split()
+    for tr in names:
+        kubectl.run("-n", name, "patch", tr, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
+    kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+def adopt_kept_objects(kubectl: Kubectl, release: str, namespace: str) -> None:
+    """Hand the cluster's CRD and admission policy to this release, as `helm install` requires.
+
+    They outlive every release (keep policy) and other tests apply them with kubectl, so they
+    usually exist already; Helm adopts an object whose ownership annotations name the release.
+    """
+    for kind, name in KEPT:
+        if kubectl.run("get", kind, name, check=False).returncode != 0:
+            continue
+        kubectl.run("annotate", "--overwrite", kind, name, f"meta.helm.sh/release-name={release}",
+                    f"meta.helm.sh/release-namespace={namespace}")
+        kubectl.run("label", "--overwrite", kind, name, "app.kubernetes.io/managed-by=Helm")
+
+
+@pytest.fixture(scope="module")
+def release(kubeconfig, kubectl, cairn_image, chart_namespace, chart_postgres, helm_bin, tmp_path_factory):
+    ns = chart_namespace
+    host_url = chart_postgres.create_database(ns.replace("-", "_"))  # empty: the chart's hook migrates it
+    values = tmp_path_factory.mktemp("chart") / "values.json"
+    values.write_text(json.dumps({
+        "image": {"repository": "cairn", "tag": "dev", "pullPolicy": "Never"},
+        "trainingPods": {"imagePullPolicy": "Never"},
+        "externalDatabase": {"url": host_url.replace("127.0.0.1", NODE_IP)},
+        "operator": {"watchNamespaces": [ns]},
+    }))
+    rel = Release(f"cairn-{ns.rsplit('-', 1)[1]}", ns, helm_bin, kubeconfig, values, host_url)
+    adopt_kept_objects(kubectl, rel.name, ns)
+    t0 = time.monotonic()
+    result = rel.run("install", rel.name, str(CHART), "-f", str(values), "--wait", "--timeout", "4m", check=False)
+    if result.returncode != 0:
+        pytest.fail(f"helm install failed:\n{result.stderr}{result.stdout}\n{diagnose(kubectl, ns)}")
+    TIMINGS["install"] = time.monotonic() - t0
+    yield rel
+    rel.run("uninstall", rel.name, "--wait", check=False)
+    print(f"chart timings: {TIMINGS}")
+
+
+def diagnose(kubectl: Kubectl, namespace: str) -> str:
+    """What went wrong in the namespace: pods, recent events, the last log lines of each pod."""
+    out = [kubectl.run("-n", namespace, "get", "pods,jobs", "-o", "wide", check=False).stdout,
+           kubectl.run("-n", namespace, "get", "events", "--sort-by=.lastTimestamp", check=False).stdout[-3000:]]
+    for pod in kubectl.run("-n", namespace, "get", "pods", "-o", "name", check=False).stdout.split():
+        out.append(f"--- {pod}\n" + kubectl.run("-n", namespace, "logs", pod, "--all-containers", "--tail=30",
+                                                  check=False).stdout[-3000:])
+    return "\n".join(out)
+
+
+def operator_pods(kubectl: Kubectl, rel: Release) -> list[dict]:
+    out = kubectl.run("-n", rel.namespace, "get", "pods", "-l",
+                      f"app.kubernetes.io/instance={rel.name},app.kubernetes.io/component=operator", "-o", "json")
+    return json.loads(out.stdout)["items"]
+
+
+def can_i(kubectl: Kubectl, rel: Release, verb: str, resource: str, namespace: str | None = None) -> bool:
+    """``kubectl auth can-i`` as the operator's ServiceAccount; "pods/exec" names a subresource."""
+    ns = ["-n", namespace] if namespace else []
+    resource, _, sub = resource.partition("/")
+    sub_args = [f"--subresource={sub}"] if sub else []  # kubectl reads "pods/x" as the pod named x
+    result = kubectl.run("auth", "can-i", verb, resource, *sub_args, *ns, f"--as={rel.service_account}",
+                         check=False)
+    assert result.stdout.strip() in ("yes", "no"), result.stderr
+    return result.stdout.strip() == "yes"
+
+
+def operator_metrics(kubectl: Kubectl, rel: Release) -> str:
+    """The operator's /metrics through the API server's service proxy."""
+    path = f"/api/v1/namespaces/{rel.namespace}/services/{rel.name}-metrics:metrics/proxy/metrics"
+    return kubectl.run("get", "--raw", path).stdout
+
+
+def train(kubectl: Kubectl, rel: Release, name: str) -> dict:
+    kubectl.apply(trainingrun(name, TRAINER), namespace=rel.namespace)
+    t0 = time.monotonic()
+    tr = wait_phase(kubectl, rel.namespace, name, ("Succeeded", "Failed"), timeout=240)
+    TIMINGS[f"train {name}"] = time.monotonic() - t0
+    logs = kubectl.run("-n", rel.namespace, "logs", f"deployment/{rel.operator}", "--tail=60", check=False).stdout
+    assert tr["status"]["phase"] == "Succeeded", (tr["status"], logs)
+    return tr
+
+
+def test_operator_runs_in_cluster_with_the_charts_service_account(kubectl, release):
+    dep = kubectl.get("deployment", release.operator, release.namespace)
+    assert dep["status"].get("readyReplicas") == 1
+    [pod] = operator_pods(kubectl, release)
+    assert pod["spec"]["serviceAccountName"] == release.operator
+    assert pod["status"]["phase"] == "Running"
+    assert all(c["ready"] for c in pod["status"]["containerStatuses"])
+    c = pod["spec"]["containers"][0]
+    assert c["image"] == "cairn:dev" and c["imagePullPolicy"] == "Never"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["spec"]["securityContext"]["runAsUser"] == 1000
+    # the pre-install hook migrated the empty database, then cleaned up after itself
+    engine = db.get_engine(release.host_url)
+    assert db.current_revision(engine) == db.head_revision()
+    assert kubectl.run("-n", release.namespace, "get", "job,secret", f"{release.name}-migrate",
+                       check=False).returncode != 0
+    crd = kubectl.get("customresourcedefinition", "trainingruns.cairn.dev")
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == release.name
+
+
+def test_trainingrun_succeeds_and_is_recorded_in_the_store(kubectl, release):
+    tr = train(kubectl, release, "hello")
+    status = tr["status"]
+    assert status["attempts"] == 1 and status["exitCode"] == 0
+    run = TrackingStore(release.host_url).get_run(tr["metadata"]["uid"])
+    assert run.summary.status == "FINISHED" and run.summary.exit_code == 0
+    assert run.summary.metrics["loss"].value == 1.0 and run.summary.metrics["loss"].step == 0
+    # the credentials reach the sidecar only, by reference to the chart's Secret
+    pod = kubectl.get("pod", status["podName"], release.namespace)
+    sidecar = pod["spec"]["initContainers"][0]
+    trainer = pod["spec"]["containers"][0]
+    assert sidecar["image"] == "cairn:dev" and sidecar["imagePullPolicy"] == "Never"
+    url_env = next(e for e in sidecar["env"] if e["name"] == "CAIRN_DATABASE_URL")
+    assert url_env["valueFrom"]["secretKeyRef"] == {"name": "cairn-database", "key": "url"}
+    assert not [e for e in trainer["env"] if "DATABASE" in e["name"]]
+    secret = kubectl.get("secret", "cairn-database", release.namespace)
+    assert secret["metadata"]["labels"]["app.kubernetes.io/instance"] == release.name
+    # the operator counted it, as Prometheus would scrape it through the metrics Service
+    metrics = wait_until(lambda: (m := operator_metrics(kubectl, release)) and
+                         'cairn_trainingruns{phase="Succeeded"} 1.0' in m and m, 30, "the Succeeded gauge")
+    assert "cairn_reconcile_duration_seconds_count" in metrics
+
+
+def test_rbac_allows_exactly_what_the_operator_needs(kubectl, release):
+    ns = release.namespace
+    for verb in ("get", "list", "watch", "patch", "delete"):
+        assert can_i(kubectl, release, verb, "trainingruns.cairn.dev", ns), verb
+    assert can_i(kubectl, release, "patch", "trainingruns.cairn.dev/status", ns)
+    for verb in ("create", "get", "list", "watch", "delete"):
+        assert can_i(kubectl, release, verb, "pods", ns), verb
+    assert can_i(kubectl, release, "create", "events", ns)
+    assert can_i(kubectl, release, "get", "nodes")
+    denied = [("get", "secrets", ns), ("list", "secrets", "kube-system"), ("get", "secrets", "default"),
+              ("delete", "nodes", None), ("list", "nodes", None), ("patch", "nodes", None),
+              ("create", "trainingruns.cairn.dev", ns), ("update", "trainingruns.cairn.dev", ns),
+              ("patch", "pods", ns), ("create", "deployments.apps", ns), ("get", "configmaps", ns),
+              ("create", "pods/exec", ns), ("patch", "pods/status", ns), ("update", "trainingruns.cairn.dev/status", ns),
+              ("delete", "customresourcedefinitions.apiextensions.k8s.io", None),
+              ("create", "rolebindings.rbac.authorization.k8s.io", ns), ("impersonate", "serviceaccounts", ns)]
+    for verb, resource, namespace in denied:
+        assert not can_i(kubectl, release, verb, resource, namespace), (verb, resource, namespace)
+
+
+def test_helm_test_finds_the_store_reachable_and_migrated(release):
+    result = release.run("test", release.name, "--timeout", "3m")
+    out = result.stdout + result.stderr
+    assert "Phase:          Succeeded" in out, out
+    assert f"schema {db.head_revision()}, needed {db.head_revision()}" in out, out  # the pod's log, printed by helm
+
+
+def test_upgrade_to_namespaced_rbac_keeps_runs_and_data(kubectl, release):
+    t0 = time.monotonic()
+    release.run("upgrade", release.name, str(CHART), "-f", str(release.values), "--set", "rbac.clusterWide=false",
+                "--wait", "--timeout", "5m")
+    TIMINGS["upgrade"] = time.monotonic() - t0
+    ns = release.namespace
+    # a Role in the watched namespace replaced the ClusterRole; nothing outside the namespace now
+    assert kubectl.run("get", "clusterrole", release.operator, check=False).returncode != 0
+    assert kubectl.get("role", release.operator, ns)["rules"][0]["resources"] == ["trainingruns"]
+    assert can_i(kubectl, release, "list", "trainingruns.cairn.dev", ns)
+    assert not can_i(kubectl, release, "list", "trainingruns.cairn.dev", "default")
+    assert not can_i(kubectl, release, "create", "pods", "default")
+    assert can_i(kubectl, release, "get", "nodes")
+    # the first run survived with its record; a new one trains under the namespaced Role
+    before = kubectl.get("trainingrun", "hello", ns)
+    assert before["status"]["phase"] == "Succeeded"
+    store = TrackingStore(release.host_url)
+    assert store.get_run(before["metadata"]["uid"]).summary.status == "FINISHED"
+    after = train(kubectl, release, "hello-again")
+    assert store.get_run(after["metadata"]["uid"]).summary.metrics["loss"].value == 1.0
+
+
+def test_uninstall_leaves_no_operator_but_keeps_the_crd_runs_and_data(kubectl, release):
+    t0 = time.monotonic()
+    release.run("uninstall", release.name, "--wait", "--timeout", "3m")
+    TIMINGS["uninstall"] = time.monotonic() - t0
+    ns = release.namespace
+    wait_until(lambda: not operator_pods(kubectl, release), 60, "the operator pods to go")
+    assert kubectl.run("-n", ns, "get", "deployment", release.operator, check=False).returncode != 0
+    assert kubectl.run("get", "clusterrole", f"{release.name}-nodes", check=False).returncode != 0
+    for kind, name in KEPT:
+        assert kubectl.run("get", kind, name, check=False).returncode == 0, (kind, name)
+    store = TrackingStore(release.host_url)
+    for name in ("hello", "hello-again"):
+        tr = kubectl.get("trainingrun", name, ns)
+        assert tr["status"]["phase"] == "Succeeded"
+        assert store.get_run(tr["metadata"]["uid"]).summary.status == "FINISHED"
