@@ -24,6 +24,8 @@ class ArtifactInfo:
     sha256: str
     kind: str = "artifact"
     step: int | None = None
+    attempt: int | None = None
+    uploaded_at: dt.datetime | None = None  # None: a local file (file:// uri), not in the object store
 
 
 @dataclass
@@ -80,6 +82,19 @@ class RunDetail:
     datasets: list[dict[str, Any]]
     cluster: dict[str, Any]
     ingest: dict[str, Any]
+    # {"complete": bool | None, "pending": int | None}: the sidecar's final upload flush
+    uploads: dict[str, Any] = field(default_factory=dict)
+    resumes: list["ResumeInfo"] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ResumeInfo:
+    """Attempt ``attempt`` started from the checkpoint at ``step`` (saved by ``from_attempt``)."""
+
+    attempt: int
+    step: int
+    from_attempt: int | None
+    uri: str
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,10 @@ class Run(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Set by the sidecar's final flush: every file of artifacts/ and checkpoints/ is in the object
+    # store (True) or ``artifacts_pending`` of them could not be uploaded (False); NULL: not known.
+    artifacts_uploaded: Mapped[bool | None] = mapped_column(Boolean)
+    artifacts_pending: Mapped[int | None] = mapped_column(Integer)
 
 
 class Param(Base):
@@ -122,6 +126,8 @@ class Artifact(Base):
     kind: Mapped[str] = mapped_column(String(32), default="artifact")
     step: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    attempt: Mapped[int | None] = mapped_column(Integer)  # the attempt whose pod produced it
+    uploaded_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))  # NULL: a local file:// row
     __table_args__ = (UniqueConstraint("run_id", "path", name="uq_artifacts_run_path"),)
 
 
@@ -132,7 +138,22 @@ class Dataset(Base):
     uri: Mapped[str] = mapped_column(Text)
     digest: Mapped[str | None] = mapped_column(String(128))
     pinned_digest: Mapped[str | None] = mapped_column(String(128))
+    object_count: Mapped[int | None] = mapped_column(BigInteger)
+    total_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    digested_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     __table_args__ = (UniqueConstraint("run_id", "uri", name="uq_datasets_run_uri"),)
+
+
+class Resume(Base):
+    """An attempt that started from a checkpoint of an earlier attempt (restored by the prepare step)."""
+
+    __tablename__ = "resumes"
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step: Mapped[int] = mapped_column(BigInteger)
+    from_attempt: Mapped[int | None] = mapped_column(Integer)
+    uri: Mapped[str] = mapped_column(Text)  # the checkpoint's prefix in the object store
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Environment(Base):

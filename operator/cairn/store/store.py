@@ -24,6 +24,7 @@ from cairn.store.entities import (
     IngestBatch,
     LatestValue,
     MetricPoint,
+    ResumeInfo,
     RunDetail,
     RunSummary,
 )
@@ -37,6 +38,7 @@ from cairn.store.models import (
     LatestMetric,
     Metric,
     Param,
+    Resume,
     Run,
     Tag,
     utcnow,
@@ -161,16 +163,34 @@ class TrackingStore:
             stmt = self._insert(CodeVersion).values(run_id=_as_uuid(run_id), **values)
             s.execute(stmt.on_conflict_do_update(index_elements=["run_id"], set_=values))
 
-    def record_dataset(self, run_id: str, uri: str, digest: str | None, pinned_digest: str | None = None) -> None:
+    def record_dataset(self, run_id: str, uri: str, digest: str | None, pinned_digest: str | None = None,
+                       object_count: int | None = None, total_bytes: int | None = None) -> None:
+        """Record the dataset a run reads. A ``None`` digest (the operator, before the prepare step
+        has computed it) never erases one already recorded."""
         rid = _as_uuid(run_id)
+        digested_at = utcnow() if digest is not None else None
         with self._session() as s:
-            stmt = self._insert(Dataset).values(run_id=rid, uri=uri, digest=digest, pinned_digest=pinned_digest)
+            stmt = self._insert(Dataset).values(run_id=rid, uri=uri, digest=digest, pinned_digest=pinned_digest,
+                                                object_count=object_count, total_bytes=total_bytes,
+                                                digested_at=digested_at)
+            ex, cur = stmt.excluded, Dataset.__table__.c
             s.execute(
                 stmt.on_conflict_do_update(
                     index_elements=["run_id", "uri"],
-                    set_={"digest": stmt.excluded.digest, "pinned_digest": stmt.excluded.pinned_digest},
+                    set_={"digest": func.coalesce(ex.digest, cur.digest),
+                          "pinned_digest": ex.pinned_digest,
+                          "object_count": func.coalesce(ex.object_count, cur.object_count),
+                          "total_bytes": func.coalesce(ex.total_bytes, cur.total_bytes),
+                          "digested_at": func.coalesce(ex.digested_at, cur.digested_at)},
                 )
             )
+
+    def record_resume(self, run_id: str, attempt: int, step: int, uri: str, from_attempt: int | None = None) -> None:
+        """Attempt ``attempt`` starts from the checkpoint at ``step`` (idempotent per attempt)."""
+        values = {"step": step, "uri": uri, "from_attempt": from_attempt}
+        with self._session() as s:
+            stmt = self._insert(Resume).values(run_id=_as_uuid(run_id), attempt=attempt, created_at=utcnow(), **values)
+            s.execute(stmt.on_conflict_do_update(index_elements=["run_id", "attempt"], set_=values))
 
     def resolve_run_id(self, prefix: str) -> str:
         """A full run id from an unambiguous prefix (as with git commits)."""
@@ -361,14 +381,46 @@ class TrackingStore:
         )
 
     def _upsert_artifact(self, s: Session, rid: uuid.UUID, art: ArtifactInfo) -> None:
-        values = {"uri": art.uri, "size": art.size, "sha256": art.sha256, "kind": art.kind, "step": art.step}
+        values = {"uri": art.uri, "size": art.size, "sha256": art.sha256, "kind": art.kind, "step": art.step,
+                  "attempt": art.attempt, "uploaded_at": art.uploaded_at}
         stmt = self._insert(Artifact).values(run_id=rid, path=art.path, created_at=utcnow(), **values)
         s.execute(stmt.on_conflict_do_update(index_elements=["run_id", "path"], set_=values))
 
     def record_artifacts(self, run_id: str, artifacts: Iterable[ArtifactInfo]) -> None:
+        """Upsert artifacts by (run, path) in one transaction: recording the same file again never
+        adds a row, and the files of one checkpoint appear together or not at all."""
         with self._session() as s:
             for art in artifacts:
                 self._upsert_artifact(s, _as_uuid(run_id), art)
+
+    @staticmethod
+    def _artifact_info(a: Artifact) -> ArtifactInfo:
+        return ArtifactInfo(a.path, a.uri, a.size, a.sha256, a.kind, a.step, a.attempt, a.uploaded_at)
+
+    def list_artifacts(self, run_id: str, kind: str | None = None) -> list[ArtifactInfo]:
+        """A run's artifacts (and checkpoints) ordered by path."""
+        q = select(Artifact).where(Artifact.run_id == _as_uuid(run_id))
+        if kind:
+            q = q.where(Artifact.kind == kind)
+        with self._session() as s:
+            return [self._artifact_info(a) for a in s.execute(q.order_by(Artifact.path)).scalars()]
+
+    def latest_checkpoint(self, run_id: str) -> tuple[int, list[ArtifactInfo]] | None:
+        """The highest step with a checkpoint in the object store, and its files; None when there is none."""
+        rid = _as_uuid(run_id)
+        uploaded = and_(Artifact.run_id == rid, Artifact.kind == "checkpoint", Artifact.step.is_not(None),
+                        Artifact.uploaded_at.is_not(None))
+        with self._session() as s:
+            step = s.execute(select(func.max(Artifact.step)).where(uploaded)).scalar_one_or_none()
+            if step is None:
+                return None
+            rows = s.execute(select(Artifact).where(uploaded, Artifact.step == step).order_by(Artifact.path)).scalars()
+            return step, [self._artifact_info(a) for a in rows]
+
+    def resumes(self, run_id: str) -> list[ResumeInfo]:
+        with self._session() as s:
+            rows = s.execute(select(Resume).where(Resume.run_id == _as_uuid(run_id)).order_by(Resume.attempt))
+            return [ResumeInfo(r.attempt, r.step, r.from_attempt, r.uri) for r in rows.scalars()]
 
     def _advance_progress(self, s: Session, rid: uuid.UUID, source: str, offset: int, lines: int,
                           points: int, rejected: dict[str, int]) -> None:
@@ -453,13 +505,17 @@ class TrackingStore:
             code_row = s.get(CodeVersion, rid)
             code = {c: getattr(code_row, c) for c in ("repository", "commit", "branch", "dirty")} if code_row else {}
             arts = [
-                ArtifactInfo(a.path, a.uri, a.size, a.sha256, a.kind, a.step)
+                self._artifact_info(a)
                 for a in s.execute(select(Artifact).where(Artifact.run_id == rid).order_by(Artifact.path)).scalars()
             ]
             datasets = [
-                {"uri": d.uri, "digest": d.digest, "pinned_digest": d.pinned_digest}
+                {"uri": d.uri, "digest": d.digest, "pinned_digest": d.pinned_digest, "objects": d.object_count,
+                 "bytes": d.total_bytes}
                 for d in s.execute(select(Dataset).where(Dataset.run_id == rid)).scalars()
             ]
+            resumes = [ResumeInfo(r.attempt, r.step, r.from_attempt, r.uri) for r in
+                       s.execute(select(Resume).where(Resume.run_id == rid).order_by(Resume.attempt)).scalars()]
+            uploads = {"complete": run.artifacts_uploaded, "pending": run.artifacts_pending}
             progress = list(s.execute(select(IngestProgress).where(IngestProgress.run_id == rid)).scalars())
             rejected: dict[str, int] = {}
             for p in progress:
@@ -476,7 +532,7 @@ class TrackingStore:
                           "resources", "attempts", "reason")
                 if getattr(run, c) not in (None, 0)
             }
-            return RunDetail(summary, params, tags, env, code, arts, datasets, cluster, ingest)
+            return RunDetail(summary, params, tags, env, code, arts, datasets, cluster, ingest, uploads, resumes)
 
     def list_experiments(self) -> list[ExperimentSummary]:
         with self._session() as s:
