@@ -10,14 +10,17 @@ standard library::
 """
 
 from cairn import sdk as _sdk
-from cairn.sdk import Config, Run, config, finish, init, log, log_artifact
+from cairn.sdk import Config, Resume, Run, config, finish, init, log, log_artifact, save_checkpoint
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "Run", "config", "finish", "init", "log", "log_artifact", "run", "__version__"]
+__all__ = ["Config", "Resume", "Run", "config", "finish", "init", "log", "log_artifact", "resume_from", "run",
+           "save_checkpoint", "__version__"]
 
 
 def __getattr__(name: str):
     if name == "run":  # the active run changes after import, so it is looked up each time
         return _sdk.run
+    if name == "resume_from":  # set by init() when this attempt starts from a restored checkpoint
+        return _sdk.resume_from
     raise AttributeError(name)

@@ -8,6 +8,10 @@ The pod holds two containers sharing an emptyDir run directory:
   every record. It alone receives the database credentials.
 - ``trainer``: the user's image and command, with ``nvidia.com/gpu`` limits and the ``CAIRN_*``
   environment the SDK reads.
+- ``cairn-prepare`` (only when the run names a dataset, or on a retry): a plain init container
+  running ``cairn prepare`` before the sidecar and the trainer. It checks the dataset's digest
+  (exit code 12 when it differs from the pinned one, which fails the run) and restores the latest
+  checkpoint on a retry. It and the sidecar are the only containers given object store credentials.
 """
 
 from __future__ import annotations
@@ -28,6 +32,12 @@ EXPERIMENT_ANNOTATION = "cairn.dev/experiment"
 GPU_RESOURCE = "nvidia.com/gpu"
 TRAINER = "trainer"
 SIDECAR = "cairn-sidecar"
+PREPARE = "cairn-prepare"
+PREPARE_DATASET_MISMATCH_EXIT = 12  # the dataset's digest differs from spec.dataset.sha256
+PREPARE_DATASET_UNAVAILABLE_EXIT = 13  # no object store settings, no such bucket, access denied
+# Keys of the object store Secret (in the run's namespace) and the variables they become.
+OBJECTSTORE_KEYS = (("endpoint", "CAIRN_S3_ENDPOINT"), ("accessKey", "CAIRN_S3_ACCESS_KEY"),
+                    ("secretKey", "CAIRN_S3_SECRET_KEY"), ("bucket", "CAIRN_S3_BUCKET"), ("region", "CAIRN_S3_REGION"))
 METRICS_PORT = 9400  # the sidecar's live run metrics
 RUN_DIR = "/cairn/run"
 RETRY_BASE_S = 5.0
@@ -46,6 +56,9 @@ class PodSettings:
     sidecar_cpu: str = "100m"
     sidecar_memory: str = "256Mi"
     drain_timeout_s: int = 60
+    # Secret in the run's namespace with the object store's endpoint, accessKey, secretKey, bucket
+    # and (optionally) region; optional in the pod: without it artifacts stay in the pod. "": none.
+    objectstore_secret: str = "cairn-objectstore"
 
 
 def pod_name(trainingrun: str, attempt: int) -> str:
@@ -83,6 +96,54 @@ def trainer_env(tr: TrainingRun, attempt: int, run_id: str) -> list[dict[str, An
         ours.append(_env("CAIRN_DATASET_URI", spec.dataset.uri))
     # Later entries win in Kubernetes: the run's identity cannot be overridden by spec.env.
     return user + ours
+
+
+def objectstore_env(settings: PodSettings) -> list[dict[str, Any]]:
+    """Object store credentials from the Secret, for Cairn's own containers only (never the trainer)."""
+    if not settings.objectstore_secret:
+        return []
+    return [{"name": var, "valueFrom": {"secretKeyRef": {"name": settings.objectstore_secret, "key": key,
+                                                         "optional": True}}}
+            for key, var in OBJECTSTORE_KEYS]
+
+
+def _database_env(settings: PodSettings) -> dict[str, Any]:
+    return {"name": "CAIRN_DATABASE_URL", "valueFrom": {"secretKeyRef": {
+        "name": settings.database_secret, "key": settings.database_secret_key}}}
+
+
+def prepare_container(tr: TrainingRun, settings: PodSettings, attempt: int, run_id: str) -> dict[str, Any] | None:
+    """The init step before the sidecar and trainer: dataset digest, checkpoint restore. None when
+    there is nothing to prepare (a first attempt without a dataset)."""
+    spec = tr.spec
+    if spec.dataset is None and attempt <= 1:
+        return None
+    env = [
+        _env("CAIRN_RUN_ID", run_id),
+        _env("CAIRN_RUN_DIR", RUN_DIR),
+        _env("CAIRN_ATTEMPT", str(attempt)),
+        _env("CAIRN_NAMESPACE", tr.namespace),
+        _env("CAIRN_EXPERIMENT", spec.experiment),
+    ]
+    if spec.dataset is not None:
+        env.append(_env("CAIRN_DATASET_URI", spec.dataset.uri))
+        if spec.dataset.sha256:
+            env.append(_env("CAIRN_DATASET_SHA256", spec.dataset.sha256))
+    env += [_database_env(settings), *objectstore_env(settings)]
+    pull = {"imagePullPolicy": settings.image_pull_policy} if settings.image_pull_policy else {}
+    return {
+        "name": PREPARE,
+        "image": settings.sidecar_image,
+        **pull,
+        "command": ["cairn", "prepare"],
+        "env": env,
+        "volumeMounts": [{"name": "run", "mountPath": RUN_DIR}],
+        "resources": {"requests": {"cpu": settings.sidecar_cpu, "memory": settings.sidecar_memory},
+                      "limits": {"memory": settings.sidecar_memory}},
+        "securityContext": _container_security(),
+        # The reason (both digests on a mismatch) lands in the pod status for the operator to show.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
 
 
 def _resources(tr: TrainingRun) -> dict[str, Any]:
@@ -151,6 +212,7 @@ def build_pod(tr: TrainingRun, settings: PodSettings, attempt: int, run_id: str,
             _env("CAIRN_HEADLINE_METRIC", spec.tracking.headline_metric or ""),
             {"name": "CAIRN_DATABASE_URL", "valueFrom": {"secretKeyRef": {
                 "name": settings.database_secret, "key": settings.database_secret_key}}},
+            *objectstore_env(settings),
         ],
         "volumeMounts": mount,
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
@@ -173,7 +235,7 @@ def build_pod(tr: TrainingRun, settings: PodSettings, attempt: int, run_id: str,
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "initContainers": [sidecar],
+        "initContainers": [c for c in (prepare_container(tr, settings, attempt, run_id), sidecar) if c],
         "containers": [trainer],
         "volumes": [{"name": "run", "emptyDir": {}}],
         "automountServiceAccountToken": spec.service_account_name is not None,
@@ -236,6 +298,8 @@ class FailureKind(enum.Enum):
     OOM = "OOMKilled"  # killed for exceeding its memory limit: counts
     INFRASTRUCTURE = "Infrastructure"  # eviction, preemption, node loss: retried without counting
     DEADLINE = "DeadlineExceeded"  # the pod's own deadline: not retried
+    DATASET_MISMATCH = "DatasetMismatch"  # the dataset's digest is not the pinned one: not retried
+    DATASET_UNAVAILABLE = "DatasetUnavailable"  # no object store, bucket or access for the dataset: not retried
 
     @property
     def reason(self) -> str:
@@ -257,9 +321,21 @@ def classify_pod_failure(pod: Mapping[str, Any]) -> tuple[FailureKind, str]:
             return FailureKind.INFRASTRUCTURE, f"{c.get('reason') or 'disrupted'}: {c.get('message') or ''}".strip(": ")
     if reason in INFRASTRUCTURE_REASONS or reason.startswith("OutOf"):
         return FailureKind.INFRASTRUCTURE, f"{reason}: {status.get('message') or ''}".strip(": ")
+    prepare = next((cs for cs in status.get("initContainerStatuses") or [] if cs.get("name") == PREPARE), None)
+    prep_term = ((prepare or {}).get("state") or {}).get("terminated") or {}
+    prep_code = prep_term.get("exitCode")
+    if prep_code in (PREPARE_DATASET_MISMATCH_EXIT, PREPARE_DATASET_UNAVAILABLE_EXIT):
+        kind = (FailureKind.DATASET_MISMATCH if prep_code == PREPARE_DATASET_MISMATCH_EXIT
+                else FailureKind.DATASET_UNAVAILABLE)
+        lines = (prep_term.get("message") or "").strip().splitlines()
+        return kind, (lines[-1][:1000] if lines else f"the prepare step exited with code {prep_code}")
     trainer = next((cs for cs in status.get("containerStatuses") or [] if cs.get("name") == TRAINER), None)
     term = ((trainer or {}).get("state") or {}).get("terminated")
     if term is None:
+        if prep_code:
+            lines = (prep_term.get("message") or "").strip().splitlines()
+            return FailureKind.INFRASTRUCTURE, (f"the prepare step failed (exit code {prep_code})"
+                                                + (f": {lines[-1][:200]}" if lines else ""))
         return FailureKind.INFRASTRUCTURE, status.get("message") or "the pod failed before the trainer ran"
     code = term.get("exitCode")
     if term.get("reason") == "OOMKilled":

@@ -117,6 +117,9 @@ class IngestAgent:
         self.source_prefix = f"attempt-{attempt}/" if attempt is not None else ""
         self.stats = AgentStats()
         self.live = None  # an exporter's LiveState, fed with every parsed batch
+        # The sidecar's uploader, when an object store is configured: artifact records go to it and
+        # it records them with s3:// uris; without it they are recorded here as local file:// rows.
+        self.artifact_sink = None
         self._store = store
         self._offsets: dict[str, tuple[int, int]] = {}
         self._logged: dict[tuple[str, str], int] = {}
@@ -185,9 +188,11 @@ class IngestAgent:
             return None
         parsed = parse_lines(lines, line_no + 1, now_ms=int(time.time() * 1000))
         for rel in parsed.artifact_paths:
-            art = self._artifact(rel)
+            art = self._artifact(rel, describe=self.artifact_sink is None)
             if art is None:
                 parsed.rejections.append(Rejection(line_no, MISSING_ARTIFACT, rel))
+            elif self.artifact_sink is not None:
+                self.artifact_sink(rel)
             else:
                 parsed.batch.artifacts.append(art)
         rejected = parsed.counts()
@@ -216,12 +221,16 @@ class IngestAgent:
             self.stats.finished = True
         return len(parsed.batch.metrics)
 
-    def _artifact(self, rel: str) -> ArtifactInfo | None:
+    def _artifact(self, rel: str, describe: bool = True) -> ArtifactInfo | bool | None:
         path = (self.run_dir / rel).resolve()
         if not path.is_file() or self.run_dir.resolve() not in path.parents:
             return None
-        kind = "checkpoint" if rel.startswith("checkpoints/") else "artifact"
-        return ArtifactInfo(rel, path.as_uri(), path.stat().st_size, sha256_file(path), kind)
+        if not describe:
+            return True
+        from cairn.agent.uploader import artifact_kind, checkpoint_step
+
+        return ArtifactInfo(rel, path.as_uri(), path.stat().st_size, sha256_file(path), artifact_kind(rel),
+                            checkpoint_step(rel))
 
     def _report(self, source: str, rejections: list[Rejection], counts: dict[str, int]) -> None:
         for reason, n in counts.items():

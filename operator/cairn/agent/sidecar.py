@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cairn.agent.ingest import IngestAgent
+from cairn.agent.uploader import start_uploads
 from cairn.sdk import records as R
 
 log = logging.getLogger("cairn.sidecar")
@@ -91,8 +92,12 @@ def run_sidecar(cfg: SidecarConfig, stop: threading.Event | None = None) -> bool
 
         agent.live = LiveState(export_keys(cfg.export_keys, cfg.headline_metric))
         serve(agent.live, cfg.labels, cfg.metrics_port)
+    # Artifacts and checkpoints to the object store, in a thread beside the agent (None without one).
+    uploads = start_uploads(cfg.run_dir, cfg.run_id, cfg.attempt, cfg.database_url, stop, cfg.drain_timeout, agent)
     log.info("tracking run %s attempt %d from %s", cfg.run_id, cfg.attempt, cfg.run_dir)
     ok = agent.run(stop, drain_timeout=cfg.drain_timeout)
+    if uploads is not None:
+        ok = uploads.join(cfg.drain_timeout + 10) and ok
     log.info("ingested %d points from %d lines%s", agent.stats.points, agent.stats.lines,
              f", rejected {agent.stats.rejected}" if agent.stats.rejected else "")
     return ok

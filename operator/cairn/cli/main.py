@@ -148,7 +148,7 @@ def detail_to_dict(d: RunDetail) -> dict[str, Any]:
         "metrics": {k: {"step": v.step, "value": _json_float(v.value), "min": _json_float(v.min_value),
                         "max": _json_float(v.max_value), "count": v.count} for k, v in s.metrics.items()},
         "artifacts": [a.__dict__ for a in d.artifacts], "datasets": d.datasets, "cluster": d.cluster,
-        "ingest": d.ingest,
+        "ingest": d.ingest, "uploads": d.uploads, "resumes": [r.__dict__ for r in d.resumes],
     }
 
 
@@ -182,6 +182,11 @@ def print_run(d: RunDetail, packages: bool = False) -> None:
         head.add_row(k.replace("_", " "), str(v))
     for ds in d.datasets:
         head.add_row("dataset", f"{ds['uri']} sha256:{ds['digest']}")
+    if (d.uploads or {}).get("complete") is not None:
+        head.add_row("uploads", "all in the object store" if d.uploads["complete"]
+                     else f"{d.uploads.get('pending')} file(s) not uploaded")
+    for r in d.resumes:
+        head.add_row("resumed", f"attempt {r.attempt} from checkpoint step {r.step}")
     rejected = d.ingest.get("rejected") or {}
     head.add_row("ingested", f"{d.ingest.get('points', 0)} points"
                  + (f", rejected lines/values: {rejected}" if rejected else ""))
@@ -292,6 +297,170 @@ def runs_history(ctx: click.Context, run_id: str, key: str, points: int) -> None
         click.echo(f"{b.step},{b.value!r},{b.min_value!r},{b.max_value!r},{b.count}")
 
 
+@runs.command("artifacts")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@click.pass_context
+def runs_artifacts(ctx: click.Context, run_id: str, as_json: bool) -> None:
+    """List a run's artifacts and checkpoints: where they are, their size and sha256."""
+    store = _store(ctx)
+    rid = store.resolve_run_id(run_id)
+    detail = store.get_run(rid)
+    arts = detail.artifacts
+    if as_json:
+        click.echo(json.dumps({"run": rid, "uploads": detail.uploads,
+                               "resumes": [r.__dict__ for r in detail.resumes],
+                               "artifacts": [a.__dict__ for a in arts]}, indent=2, default=str))
+        return
+    table = Table(title=f"{len(arts)} artifact(s) of run {rid[:8]}")
+    for col in ("path", "kind", "step", "attempt", "size", "sha256", "uri"):
+        table.add_column(col, justify="right" if col in ("step", "attempt", "size") else "left", overflow="fold")
+    for a in arts:
+        table.add_row(a.path, a.kind, "-" if a.step is None else str(a.step), "-" if a.attempt is None else str(a.attempt),
+                      _fmt_bytes(a.size), a.sha256[:16], a.uri)
+    console.print(table)
+    uploads = detail.uploads or {}
+    if uploads.get("complete") is True:
+        console.print("[green]every file of the run reached the object store[/]")
+    elif uploads.get("complete") is False:
+        console.print(f"[red]{uploads.get('pending')} file(s) could not be uploaded before the pod ended[/]")
+    for r in detail.resumes:
+        console.print(f"attempt {r.attempt} resumed from checkpoint step {r.step}"
+                      + (f" (saved by attempt {r.from_attempt})" if r.from_attempt else ""))
+
+
+def _fmt_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _select_artifacts(arts: list, path: str | None) -> list:  # noqa: ANN001
+    """Artifacts named by PATH: the path itself, a directory of them, or a path below artifacts/."""
+    if not path:
+        return list(arts)
+    path = path.strip("/")
+    for candidate in (path, f"artifacts/{path}"):
+        chosen = [a for a in arts if a.path == candidate or a.path.startswith(candidate + "/")]
+        if chosen:
+            return chosen
+    return []
+
+
+@runs.command("download")
+@click.argument("run_id")
+@click.argument("path", required=False)
+@click.option("-o", "--output", "output", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Directory to write into; files keep their path in the run (artifacts/..., checkpoints/<step>/...).")
+@click.pass_context
+def runs_download(ctx: click.Context, run_id: str, path: str | None, output: str) -> None:
+    """Fetch a run's artifacts (all, or those under PATH) and verify each one's sha256.
+
+    The object store comes from CAIRN_S3_ENDPOINT, CAIRN_S3_ACCESS_KEY and CAIRN_S3_SECRET_KEY
+    (or AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY).
+    """
+    from pathlib import Path
+
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    from cairn import objectstore as S3
+
+    store = _store(ctx)
+    rid = store.resolve_run_id(run_id)
+    arts = _select_artifacts(store.list_artifacts(rid), path)
+    if not arts:
+        raise click.ClickException(f"run {rid[:8]} has no artifact {path!r}" if path else f"run {rid[:8]} has no artifacts")
+    client = None
+    if any(a.uri.startswith("s3://") for a in arts):
+        try:
+            cfg = S3.S3Config.from_env()
+        except S3.ObjectStoreError as exc:
+            raise click.ClickException(str(exc)) from None
+        if cfg is None:
+            raise click.ClickException("the artifacts are in the object store: set CAIRN_S3_ENDPOINT, "
+                                       "CAIRN_S3_ACCESS_KEY and CAIRN_S3_SECRET_KEY")
+        client = cfg.client()
+    out = Path(output)
+    bad = []
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        task = progress.add_task(f"{len(arts)} file(s)", total=sum(a.size for a in arts))
+        advance = lambda n: progress.advance(task, n)  # noqa: E731
+        for a in arts:
+            dest = out / a.path
+            progress.update(task, description=a.path)
+            try:
+                if a.uri.startswith("s3://"):
+                    bucket, key = S3.parse_s3_uri(a.uri)
+                    S3.download_file(client, bucket, key, dest, a.sha256, progress=advance)
+                else:
+                    _copy_local(a.uri, dest, a.sha256, advance)
+            except S3.ChecksumMismatch as exc:
+                bad.append(str(exc))
+            except Exception as exc:  # noqa: BLE001
+                bad.append(f"{a.path}: {type(exc).__name__}: {exc}")
+        progress.update(task, description="done")
+    if bad:
+        for line in bad:
+            err_console.print(f"[red]error:[/red] {line}", highlight=False)
+        sys.exit(1)
+    click.echo(f"downloaded {len(arts)} file(s), {_fmt_bytes(sum(a.size for a in arts))}, sha256 verified, "
+               f"into {out}", err=True)
+
+
+def _copy_local(uri: str, dest, expected: str, advance) -> None:  # noqa: ANN001
+    """A local (file://) artifact, copied with the same verification as a download."""
+    import hashlib
+    import os
+    from pathlib import Path
+    from urllib.parse import unquote, urlsplit
+
+    from cairn.objectstore import CHUNK, ChecksumMismatch
+
+    src = Path(unquote(urlsplit(uri).path))
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    h = hashlib.sha256()
+    with open(src, "rb") as f, open(part, "wb") as o:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            o.write(block)
+            h.update(block)
+            advance(len(block))
+    if h.hexdigest() != expected:
+        part.unlink(missing_ok=True)
+        raise ChecksumMismatch(f"{uri}: sha256 {h.hexdigest()} but the store recorded {expected}")
+    os.replace(part, dest)
+
+
+# -- datasets -----------------------------------------------------------------------------------
+@cli.group()
+def datasets() -> None:
+    """Datasets in the object store."""
+
+
+@datasets.command("digest")
+@click.argument("uri")
+def datasets_digest(uri: str) -> None:
+    """Print the content digest of an s3:// prefix, the value to pin in spec.dataset.sha256."""
+    from cairn import objectstore as S3
+
+    try:
+        cfg = S3.S3Config.from_env()
+        if cfg is None:
+            raise click.ClickException("set CAIRN_S3_ENDPOINT, CAIRN_S3_ACCESS_KEY and CAIRN_S3_SECRET_KEY")
+        found = S3.dataset_digest(cfg.client(), uri)
+    except S3.ObjectStoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(found.digest)
+    click.echo(f"{found.objects} objects, {found.bytes} bytes", err=True)
+
+
 # -- experiments, db ----------------------------------------------------------------------------
 @cli.group()
 def experiments() -> None:
@@ -375,9 +544,12 @@ def agent(ctx: click.Context, run_dir, run_id, metrics_files, once, exit_on_fini
               help="Secret (key 'url') in each run's namespace with the store URL for the sidecar.")
 @click.option("--metrics-port", envvar="CAIRN_METRICS_PORT", type=int, default=9090, show_default=True)
 @click.option("--liveness-port", envvar="CAIRN_LIVENESS_PORT", type=int, default=8080, show_default=True)
+@click.option("--objectstore-secret", envvar="CAIRN_OBJECTSTORE_SECRET",
+              help="Secret (keys endpoint, accessKey, secretKey, bucket, region) in each run's namespace with the "
+                   "object store for artifacts, checkpoints and datasets (default cairn-objectstore).")
 @click.pass_context
 def operator_cmd(ctx: click.Context, namespaces, sidecar_image, image_pull_policy, database_secret,  # noqa: ANN001
-                 metrics_port, liveness_port) -> None:
+                 metrics_port, liveness_port, objectstore_secret) -> None:
     """Run the TrainingRun operator."""
     import os
 
@@ -389,6 +561,8 @@ def operator_cmd(ctx: click.Context, namespaces, sidecar_image, image_pull_polic
                        ("CAIRN_DATABASE_URL", ctx.obj.get("database_url"))):
         if value:
             os.environ[var] = value
+    if objectstore_secret is not None:
+        os.environ["CAIRN_OBJECTSTORE_SECRET"] = objectstore_secret
     import cairn.controller  # noqa: F401  (registers the handlers)
     from cairn.controller.handlers import operator
     from cairn.store import db as store_db
@@ -416,6 +590,25 @@ def sidecar() -> None:
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     sys.exit(0 if run_sidecar(cfg) else 3)
+
+
+@cli.command()
+def prepare() -> None:
+    """The prepare step of a TrainingRun pod: dataset digest check, checkpoint restore on a retry."""
+    from cairn.agent.prepare import PrepareConfig, run_prepare
+    from cairn.objectstore import ObjectStoreError, S3Config
+
+    logging.getLogger("cairn").setLevel(logging.INFO)
+    try:
+        cfg = PrepareConfig.from_env()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        s3 = S3Config.from_env()
+    except ObjectStoreError as exc:
+        logging.getLogger("cairn.prepare").error("object store settings: %s", exc)
+        s3 = None
+    sys.exit(run_prepare(cfg, s3))
 
 
 @cli.command("run", context_settings={"ignore_unknown_options": True})

@@ -22,6 +22,9 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 TRAINER_CONTAINER = "trainer"
 PARAM_KEY_RE = re.compile(PARAM_KEY)
 
+# Failures a new attempt cannot fix: the deadline, a dataset that is not the pinned one or not there.
+NOT_RETRIED = (FailureKind.DEADLINE, FailureKind.DATASET_MISMATCH, FailureKind.DATASET_UNAVAILABLE)
+
 # Store statuses for the TrainingRun phases.
 STORE_STATUS = {PENDING: "PENDING", RUNNING: "RUNNING", SUCCEEDED: "FINISHED", FAILED: "FAILED", SUSPENDED: "PENDING"}
 
@@ -259,8 +262,9 @@ def plan(tr: Mapping[str, Any], pod: Mapping[str, Any] | None, node_labels: Mapp
             failures += 1
             p.status["failures"] = failures
         limit = int(spec.get("backoffLimit", 3))
-        if kind == FailureKind.DEADLINE or (counted and failures > limit):
-            why = message if kind == FailureKind.DEADLINE else f"{message}; backoffLimit {limit} reached"
+        final = kind in NOT_RETRIED
+        if final or (counted and failures > limit):
+            why = message if final else f"{message}; backoffLimit {limit} reached"
             finish(FAILED, kind.reason, why, code)
             return p
         delay = retry_delay(failures if counted else 0)

@@ -30,5 +30,7 @@ class ControllerSettings:
                 image_pull_policy=env.get("CAIRN_IMAGE_PULL_POLICY") or None,
                 database_secret=env.get("CAIRN_DATABASE_SECRET") or pod_defaults.database_secret,
                 database_secret_key=env.get("CAIRN_DATABASE_SECRET_KEY") or pod_defaults.database_secret_key,
+                # Set but empty: no object store at all (artifacts stay in the pod).
+                objectstore_secret=env.get("CAIRN_OBJECTSTORE_SECRET", pod_defaults.objectstore_secret),
             ),
         )

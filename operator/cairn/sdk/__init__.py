@@ -15,6 +15,11 @@ Settings come from the environment, so code written for a laptop runs unchanged 
 ``CAIRN_PARAMS_FILE``   the same, as a file (default ``<run dir>/params.json`` when present)
 ``CAIRN_CODE_REPOSITORY``, ``CAIRN_CODE_COMMIT``  code version, when git is not in the image
 ``CAIRN_MODE=disabled`` every call becomes a no-op
+
+Checkpoints: ``cairn.save_checkpoint(path_or_dir, step=...)`` keeps a copy under
+``checkpoints/<step>/`` of the run directory (the sidecar uploads it). When a retried attempt
+starts, the latest uploaded checkpoint is already restored there and ``cairn.resume_from`` says
+where (``.path``, ``.step``); it is None on a fresh start.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from cairn.sdk import records
 from cairn.sdk.environment import capture_environment, code_version
@@ -65,8 +70,30 @@ class Config(dict):
         super().update(values)
 
 
+class Resume(NamedTuple):
+    """The checkpoint this attempt starts from (restored before the trainer started)."""
+
+    path: str  # what was passed to save_checkpoint, restored: a file or a directory
+    step: int
+    dir: str  # <run dir>/checkpoints/<step>
+    attempt: int | None  # this attempt
+    from_attempt: int | None  # the attempt that saved it
+
+
+def _read_resume(run_dir: str | None) -> Resume | None:
+    if not run_dir:
+        return None
+    try:
+        with open(os.path.join(run_dir, records.RESUME_FILE), encoding="utf-8") as f:
+            doc = json.load(f)
+        return Resume(doc["path"], int(doc["step"]), doc["dir"], doc.get("attempt"), doc.get("from_attempt"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 config = Config()
 run: "Run | None" = None
+resume_from: Resume | None = _read_resume(os.environ.get("CAIRN_RUN_DIR"))
 
 
 def _coerce(value: Any) -> Any:
@@ -217,6 +244,46 @@ class Run:
             self._append(records.ARTIFACT, {"path": os.path.relpath(f, self.dir)})
         return os.path.relpath(target, self.dir)
 
+    def save_checkpoint(self, path: str, step: int | None = None) -> str:
+        """Keep a checkpoint (a file or a directory) of ``step`` (default: the last logged step).
+
+        It is copied to ``<run dir>/checkpoints/<step>/<name>`` — a copy, so the caller may
+        overwrite its file for the next checkpoint — and appears there whole (written under a
+        hidden name, then renamed). Saving a path already inside that directory copies nothing.
+        Returns the checkpoint's path in the run directory.
+        """
+        if self.disabled:
+            return path
+        if step is None:
+            with self._lock:
+                step = max(self._next_step - 1, 0)
+        step = int(step)
+        if step < 0:
+            raise ValueError(f"checkpoint steps are >= 0, not {step}")
+        base = os.path.join(self.dir, records.CHECKPOINTS_DIR)
+        final = os.path.join(base, str(step))
+        source = os.path.abspath(path)
+        name = os.path.basename(os.path.normpath(path))
+        if not os.path.exists(source):
+            raise FileNotFoundError(path)
+        if source != final and not source.startswith(final + os.sep):
+            tmp = os.path.join(base, f".{step}-{uuid.uuid4().hex[:8]}")
+            os.makedirs(tmp)
+            target = os.path.join(tmp, name)
+            if os.path.isdir(source):
+                shutil.copytree(source, target)
+            else:
+                shutil.copyfile(source, target)
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            source = os.path.join(final, name)
+        files = ([os.path.join(dp, f) for dp, _, fs in os.walk(source) for f in fs]
+                 if os.path.isdir(source) else [source])
+        for f in sorted(files):
+            self._append(records.ARTIFACT, {"path": os.path.relpath(f, self.dir)})
+        return os.path.relpath(source, self.dir)
+
     def finish(self, exit_code: int | None = 0, status: str | None = None) -> None:
         if self._closed:
             return
@@ -261,8 +328,11 @@ def init(
     globals()["config"]._replace(params)
 
     run = Run(run_id, os.path.abspath(run_dir), experiment, name, disabled=disabled)
+    globals()["resume_from"] = _read_resume(run.dir)
     if disabled:
         return run
+    if resume_from is not None:
+        run._next_step = resume_from.step + 1  # cairn.log() without a step continues after the checkpoint
     code = code_version() if capture_env else {}
     if os.environ.get("CAIRN_CODE_COMMIT"):
         code = {
@@ -307,6 +377,11 @@ def log(data: Mapping[str, Any], step: int | None = None) -> None:
 
 def log_artifact(path: str, name: str | None = None) -> str:
     return _require_run().log_artifact(path, name)
+
+
+def save_checkpoint(path: str, step: int | None = None) -> str:
+    """Keep a checkpoint of ``step``; a retried attempt finds the latest in ``cairn.resume_from``."""
+    return _require_run().save_checkpoint(path, step)
 
 
 def finish(exit_code: int | None = 0) -> None:

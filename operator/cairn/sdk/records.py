@@ -9,6 +9,8 @@ RECORDS_FILE = "records.jsonl"
 ARTIFACTS_DIR = "artifacts"
 METRICS_DIR = "metrics"
 PARAMS_FILE = "params.json"
+CHECKPOINTS_DIR = "checkpoints"  # checkpoints/<step>/...: uploaded, and restored on a retry
+RESUME_FILE = "resume.json"  # written by the prepare step when an attempt resumes from a checkpoint
 
 # Record types
 RUN = "run"  # run identity, config, environment and code version, written once by init()
