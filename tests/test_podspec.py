@@ -217,7 +217,7 @@ def test_pod_is_owned_labelled_and_locked_down():
     spec = pod["spec"]
     assert spec["restartPolicy"] == "Never" and spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    for c in containers(pod):
+    for c in pod["spec"]["initContainers"] + pod["spec"]["containers"]:  # the prepare step too (a retry)
         assert c["securityContext"]["allowPrivilegeEscalation"] is False
         assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
         assert c["imagePullPolicy"] == "Never"
@@ -277,7 +277,8 @@ def test_only_the_last_line_of_a_long_message_is_kept():
 
 
 def test_failure_kinds_name_the_reasons_in_status():
-    assert {k.reason for k in FailureKind} == {"UserError", "OOMKilled", "Infrastructure", "DeadlineExceeded"}
+    assert {k.reason for k in FailureKind} == {"UserError", "OOMKilled", "Infrastructure", "DeadlineExceeded",
+                                               "DatasetMismatch", "DatasetUnavailable"}
 
 
 @pytest.mark.parametrize("status, phase", [

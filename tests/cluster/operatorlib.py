@@ -102,3 +102,14 @@ def trainingrun(name: str, command: list[str], **spec) -> dict:  # noqa: ANN003
 
 def python_trainer(code: str) -> list[str]:
     return ["python3", "-c", code]
+
+
+def objectstore_secret(kubectl: Kubectl, namespace: str, minio, bucket: str,  # noqa: ANN001 - a servers.MinioServer
+                       name: str = "cairn-objectstore") -> None:
+    """The Secret the operator's pods read the object store from (MinIO must listen on NODE_IP)."""
+    values = {"endpoint": minio.url, "accessKey": minio.access_key, "secretKey": minio.secret_key,
+              "bucket": bucket, "region": minio.region}
+    kubectl.apply({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()},
+    }, namespace=namespace)
