@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests' servers come from (idempotent; well under a second when
-# everything is present). The tests start their own PostgreSQL and Prometheus on loopback, so the
-# packages' system services are stopped and disabled.
+# everything is present). The tests start their own PostgreSQL on loopback, so the package's
+# system service is stopped and disabled.
 #   postgresql: the store in tests and benchmarks
-#   prometheus: scrapes the operator's and the sidecars' /metrics in tests
+# Prometheus is compiled from its Go module (hack/build-prometheus.sh): Debian's package is built
+# without the Kubernetes service discovery the tests scrape pods with.
 set -euo pipefail
-PACKAGES=(postgresql prometheus)
+PACKAGES=(postgresql)
 missing=()
 for p in "${PACKAGES[@]}"; do
   [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" == "install ok installed" ]] || missing+=("$p")

@@ -253,10 +253,15 @@ class MinioServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def prometheus_binary() -> str:
-    path = shutil.which("prometheus") or "/usr/bin/prometheus"
+def prometheus_binary(build: bool = True) -> str:
+    """Prometheus built by hack/build-prometheus.sh (Debian's lacks Kubernetes service discovery)."""
+    script = REPO_ROOT / "hack" / "build-prometheus.sh"
+    path = subprocess.run(["bash", str(script), "--print-bin"], check=True, capture_output=True,
+                          text=True).stdout.strip()
     if not os.access(path, os.X_OK):
-        raise RuntimeError("Prometheus not installed: run hack/install-test-deps.sh (Debian package prometheus)")
+        if not build:
+            raise RuntimeError(f"Prometheus not built: run hack/build-prometheus.sh (expected {path})")
+        subprocess.run(["bash", str(script)], check=True, stdout=subprocess.DEVNULL)
     return path
 
 

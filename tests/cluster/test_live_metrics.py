@@ -1,0 +1,51 @@
+"""A stock Prometheus pod job (kubernetes_sd) finds a running TrainingRun and scrapes its live loss."""
+
+from __future__ import annotations
+
+import pytest
+from operatorlib import trainingrun, wait_phase
+from test_operator import cluster_postgres, running_operator, store_urls  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.cluster
+
+TRAINER = """
+import time, cairn
+cairn.init()
+for s in range(240):
+    cairn.log({"loss": 1.0 / (s + 1), "noise": 0.0}, step=s)
+    time.sleep(0.25)
+"""
+
+
+def pod_job(kubeconfig, namespace: str) -> list[dict]:  # noqa: ANN001
+    return [{
+        "job_name": "kubernetes-pods",
+        "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": str(kubeconfig),
+                                   "namespaces": {"names": [namespace]}}],
+        "relabel_configs": [
+            {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"], "action": "keep",
+             "regex": "true"},
+            {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"], "action": "replace",
+             "target_label": "__metrics_path__", "regex": "(.+)"},
+            {"source_labels": ["__meta_kubernetes_pod_ip", "__meta_kubernetes_pod_annotation_prometheus_io_port"],
+             "action": "replace", "regex": "(.+);(.+)", "replacement": "$1:$2", "target_label": "__address__"},
+        ],
+    }]
+
+
+def test_prometheus_scrapes_a_running_run_and_loses_it_when_it_ends(
+        kubeconfig, kubectl, namespace, running_operator, prometheus_factory):
+    prom = prometheus_factory(pod_job(kubeconfig, namespace))
+    kubectl.apply(trainingrun("live", ["python3", "-c", TRAINER],
+                              tracking={"headlineMetric": "loss", "exportKeys": ["loss"]}), namespace=namespace)
+    tr = wait_phase(kubectl, namespace, "live", ("Running",), timeout=120)
+    query = f'cairn_run_metric{{namespace="{namespace}",trainingrun="live",key="loss"}}'
+    (series,) = prom.wait_for(query, timeout=90)
+    assert series["metric"]["run"] == tr["metadata"]["uid"] and series["metric"]["experiment"] == "default"
+    assert 0 < float(series["value"][1]) <= 1.0
+    later = prom.wait_for(f"max_over_time(cairn_run_step{{trainingrun=\"live\",namespace=\"{namespace}\"}}[1m])",
+                          predicate=lambda r: r and float(r[0]["value"][1]) >= 20, timeout=60)
+    assert later
+    assert prom.query(f'cairn_run_metric{{namespace="{namespace}",key="noise"}}') == []  # not exported
+    wait_phase(kubectl, namespace, "live", ("Succeeded",), timeout=180)
+    prom.wait_for(query, predicate=lambda r: r == [], timeout=60)
