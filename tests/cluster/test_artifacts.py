@@ -70,7 +70,7 @@ for step in range(1, 21):
             f.write(b"checkpoint at %d " % step + bytes(random.getrandbits(8) for _ in range(4096)))
         cairn.save_checkpoint("/tmp/ckpt.bin", step=step)
 with open("/tmp/model.bin", "wb") as f:
-    f.write(os.urandom(7 << 20))  # multipart with the default 16 MiB parts? no: one part; see CAIRN_S3_PART_SIZE
+    f.write(os.urandom(7 << 20))
 cairn.log_artifact("/tmp/model.bin")
 cairn.finish()
 """
@@ -149,7 +149,7 @@ def test_a_pinned_dataset_mismatch_fails_before_the_trainer_starts_and_a_match_t
 
 
 RESUMING = """
-import os, signal, cairn
+import cairn
 cairn.init()
 resume = cairn.resume_from
 start = 1
@@ -167,18 +167,23 @@ for step in range(start, 31):
         cairn.save_checkpoint("/tmp/state.bin", step=step)
     if step == 20 and resume is None:
         cairn.run.flush()
-        os.kill(os.getpid(), signal.SIGKILL)  # killed after its second checkpoint
+        # Killed after its second checkpoint: by the kernel, for memory (the trainer is PID 1 of its
+        # container, so it cannot SIGKILL itself).
+        hog = bytearray(1 << 30)
 cairn.finish()
 """
 
 
 def test_a_run_killed_after_its_second_checkpoint_resumes_from_it(kubectl, namespace, running_operator, store_urls,
                                                                   objectstore):
-    kubectl.apply(trainingrun("resume", python_trainer(RESUMING), backoffLimit=1), namespace=namespace)
+    kubectl.apply(trainingrun("resume", python_trainer(RESUMING), backoffLimit=1, resources={"memory": "128Mi"}),
+                  namespace=namespace)
     tr = wait_phase(kubectl, namespace, "resume", ("Succeeded", "Failed"), timeout=300)
     status = tr["status"]
     assert status["phase"] == "Succeeded", (status, running_operator.log())
     assert status["attempts"] == 2 and status["failures"] == 1
+    first = kubectl.get("pod", "resume-1", namespace)["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert first["reason"] == "OOMKilled"
 
     uid = tr["metadata"]["uid"]
     store = TrackingStore(store_urls[0])
