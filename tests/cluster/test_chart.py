@@ -8,7 +8,10 @@ file order: each builds on the release the previous ones left.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -278,3 +281,92 @@ def test_uninstall_leaves_no_operator_but_keeps_the_crd_runs_and_data(kubectl, r
         tr = kubectl.get("trainingrun", name, ns)
         assert tr["status"]["phase"] == "Succeeded"
         assert store.get_run(tr["metadata"]["uid"]).summary.status == "FINISHED"
+
+
+# -- the bundled PostgreSQL ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def postgres_image(kubeconfig) -> str:
+    """PostgreSQL from Debian packages as an image in the node (hack/build-postgres-image.sh)."""
+    subprocess.run(["bash", str(REPO / "hack" / "build-postgres-image.sh")], check=True, timeout=30 * 60)
+    return "localhost/cairn-postgres:15"
+
+
+@pytest.fixture
+def bundled_namespace(kubectl: Kubectl, helm_bin: Path, kubeconfig: Path):
+    """A namespace, a host-path PersistentVolume bound in advance to the PostgreSQL claim, clean-up."""
+    name = f"cairn-chart-{uuid.uuid4().hex[:8]}"
+    kubectl.run("create", "namespace", name)
+    release = f"cairn-{name.rsplit('-', 1)[1]}"
+    data = Path("/var/tmp") / f"{name}-pv"
+    data.mkdir()
+    os.chown(data, 999, 999)  # the server's uid; a host path gets no fsGroup
+    pv = {
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{name}-pv"},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": name,
+                 "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(data), "type": "Directory"},
+                 "claimRef": {"namespace": name, "name": f"data-{release}-postgresql-0"}},
+    }
+    kubectl.apply(pv)
+    yield name, release
+    subprocess.run([str(helm_bin), "--kubeconfig", str(kubeconfig), "-n", name, "uninstall", release, "--wait"],
+                   capture_output=True, timeout=300)
+    for tr in kubectl.run("-n", name, "get", "trainingruns", "-o", "name", check=False).stdout.split():
+        kubectl.run("-n", name, "patch", tr, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
+    kubectl.run("delete", "namespace", name, "--wait=true", "--timeout=120s", check=False)
+    kubectl.run("delete", "pv", f"{name}-pv", "--wait=false", check=False)
+    shutil.rmtree(data, ignore_errors=True)
+
+
+def test_bundled_postgresql_install_train_upgrade_keeps_credentials_and_data(
+        kubectl, cairn_image, postgres_image, helm_bin, kubeconfig, bundled_namespace, tmp_path):
+    ns, name = bundled_namespace
+    repository, tag = postgres_image.rsplit(":", 1)
+    values = tmp_path / "values.json"
+    values.write_text(json.dumps({
+        "image": {"pullPolicy": "Never"},
+        "trainingPods": {"imagePullPolicy": "Never"},
+        "operator": {"watchNamespaces": [ns]},
+        "rbac": {"clusterWide": False},
+        "postgresql": {"enabled": True, "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+                       "persistence": {"size": "1Gi", "storageClass": ns}},
+    }))
+    rel = Release(name, ns, helm_bin, kubeconfig, values, host_url="")
+    adopt_kept_objects(kubectl, name, ns)
+    t0 = time.monotonic()
+    result = rel.run("install", name, str(CHART), "-f", str(values), "--wait", "--timeout", "4m", check=False)
+    if result.returncode != 0:
+        pytest.fail(f"helm install failed:\n{result.stderr}{result.stdout}\n{diagnose(kubectl, ns)}")
+    TIMINGS["install with PostgreSQL"] = time.monotonic() - t0
+
+    def store() -> TrackingStore:  # the in-cluster server, reached from this host at its pod address
+        secret = kubectl.get("secret", f"{name}-postgresql", ns)["data"]
+        password = base64.b64decode(secret["password"]).decode()
+        ip = kubectl.get("pod", f"{name}-postgresql-0", ns)["status"]["podIP"]
+        return TrackingStore(f"postgresql://cairn:{password}@{ip}:5432/cairn")
+
+    password_before = kubectl.get("secret", f"{name}-postgresql", ns)["data"]["password"]
+    first = train(kubectl, rel, "bundled")
+    assert store().get_run(first["metadata"]["uid"]).summary.metrics["loss"].value == 1.0
+
+    # the upgrade keeps the generated password (read back from the release's Secret) and the data
+    t0 = time.monotonic()
+    result = rel.run("upgrade", name, str(CHART), "-f", str(values), "--set", "operator.resources.limits.memory=600Mi",
+                     "--wait", "--timeout", "4m", check=False)
+    if result.returncode != 0:
+        pytest.fail(f"helm upgrade failed:\n{result.stderr}{result.stdout}\n{diagnose(kubectl, ns)}")
+    TIMINGS["upgrade with PostgreSQL"] = time.monotonic() - t0
+    assert kubectl.get("secret", f"{name}-postgresql", ns)["data"]["password"] == password_before
+    [pod] = operator_pods(kubectl, rel)
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["memory"] == "600Mi"
+    second = train(kubectl, rel, "bundled-again")
+    s = store()
+    assert s.get_run(first["metadata"]["uid"]).summary.status == "FINISHED"
+    assert s.get_run(second["metadata"]["uid"]).summary.status == "FINISHED"
+    out = rel.run("test", name, "--timeout", "3m")
+    assert "Phase:          Succeeded" in out.stdout, out.stdout + out.stderr
+
+    rel.run("uninstall", name, "--wait", "--timeout", "3m")
+    wait_until(lambda: not operator_pods(kubectl, rel), 60, "the operator pods to go")
+    pvc = kubectl.get("persistentvolumeclaim", f"data-{name}-postgresql-0", ns)
+    assert pvc["status"]["phase"] == "Bound"  # the data outlives the release
