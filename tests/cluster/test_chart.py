@@ -283,7 +283,7 @@ def test_uninstall_leaves_no_operator_but_keeps_the_crd_runs_and_data(kubectl, r
         assert store.get_run(tr["metadata"]["uid"]).summary.status == "FINISHED"
 
 
-# -- the bundled PostgreSQL ---------------------------------------------------------------------
+# -- the bundled PostgreSQL and MinIO ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def postgres_image(kubeconfig) -> str:
@@ -292,36 +292,48 @@ def postgres_image(kubeconfig) -> str:
     return "localhost/cairn-postgres:15"
 
 
+@pytest.fixture(scope="module")
+def minio_image(kubeconfig) -> str:
+    """The MinIO server built from its Go module, as an image in the node (hack/build-minio-image.sh)."""
+    out = subprocess.run(["bash", str(REPO / "hack" / "build-minio-image.sh")], check=True, timeout=40 * 60,
+                         stdout=subprocess.PIPE, text=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
 @pytest.fixture
 def bundled_namespace(kubectl: Kubectl, helm_bin: Path, kubeconfig: Path):
-    """A namespace, a host-path PersistentVolume bound in advance to the PostgreSQL claim, clean-up."""
+    """A namespace, host-path PersistentVolumes bound in advance to the stores' claims, clean-up."""
     name = f"cairn-chart-{uuid.uuid4().hex[:8]}"
     kubectl.run("create", "namespace", name)
     release = f"cairn-{name.rsplit('-', 1)[1]}"
-    data = Path("/var/tmp") / f"{name}-pv"
-    data.mkdir()
-    os.chown(data, 999, 999)  # the server's uid; a host path gets no fsGroup
-    pv = {
-        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{name}-pv"},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": name,
-                 "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(data), "type": "Directory"},
-                 "claimRef": {"namespace": name, "name": f"data-{release}-postgresql-0"}},
-    }
-    kubectl.apply(pv)
+    volumes = {}
+    for store, uid in (("postgresql", 999), ("minio", 1000)):
+        data = Path("/var/tmp") / f"{name}-{store}"
+        data.mkdir()
+        os.chown(data, uid, uid)  # the server's uid; a host path gets no fsGroup
+        volumes[f"{name}-{store}"] = data
+        kubectl.apply({
+            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{name}-{store}"},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": name,
+                     "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(data), "type": "Directory"},
+                     "claimRef": {"namespace": name, "name": f"data-{release}-{store}-0"}},
+        })
     yield name, release
     subprocess.run([str(helm_bin), "--kubeconfig", str(kubeconfig), "-n", name, "uninstall", release, "--wait"],
                    capture_output=True, timeout=300)
     for tr in kubectl.run("-n", name, "get", "trainingruns", "-o", "name", check=False).stdout.split():
         kubectl.run("-n", name, "patch", tr, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
     kubectl.run("delete", "namespace", name, "--wait=true", "--timeout=120s", check=False)
-    kubectl.run("delete", "pv", f"{name}-pv", "--wait=false", check=False)
-    shutil.rmtree(data, ignore_errors=True)
+    for pv, data in volumes.items():
+        kubectl.run("delete", "pv", pv, "--wait=false", check=False)
+        shutil.rmtree(data, ignore_errors=True)
 
 
-def test_bundled_postgresql_install_train_upgrade_keeps_credentials_and_data(
-        kubectl, cairn_image, postgres_image, helm_bin, kubeconfig, bundled_namespace, tmp_path):
+def test_bundled_stores_install_train_upgrade_keep_credentials_and_data(
+        kubectl, cairn_image, postgres_image, minio_image, helm_bin, kubeconfig, bundled_namespace, tmp_path):
     ns, name = bundled_namespace
     repository, tag = postgres_image.rsplit(":", 1)
+    minio_repository, minio_tag = minio_image.rsplit(":", 1)
     values = tmp_path / "values.json"
     values.write_text(json.dumps({
         "image": {"pullPolicy": "Never"},
@@ -330,6 +342,8 @@ def test_bundled_postgresql_install_train_upgrade_keeps_credentials_and_data(
         "rbac": {"clusterWide": False},
         "postgresql": {"enabled": True, "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
                        "persistence": {"size": "1Gi", "storageClass": ns}},
+        "minio": {"enabled": True, "image": {"repository": minio_repository, "tag": minio_tag, "pullPolicy": "Never"},
+                  "persistence": {"size": "1Gi", "storageClass": ns}},
     }))
     rel = Release(name, ns, helm_bin, kubeconfig, values, host_url="")
     adopt_kept_objects(kubectl, name, ns)
@@ -337,7 +351,7 @@ def test_bundled_postgresql_install_train_upgrade_keeps_credentials_and_data(
     result = rel.run("install", name, str(CHART), "-f", str(values), "--wait", "--timeout", "4m", check=False)
     if result.returncode != 0:
         pytest.fail(f"helm install failed:\n{result.stderr}{result.stdout}\n{diagnose(kubectl, ns)}")
-    TIMINGS["install with PostgreSQL"] = time.monotonic() - t0
+    TIMINGS["install with PostgreSQL and MinIO"] = time.monotonic() - t0
 
     def store() -> TrackingStore:  # the in-cluster server, reached from this host at its pod address
         secret = kubectl.get("secret", f"{name}-postgresql", ns)["data"]
@@ -345,7 +359,8 @@ def test_bundled_postgresql_install_train_upgrade_keeps_credentials_and_data(
         ip = kubectl.get("pod", f"{name}-postgresql-0", ns)["status"]["podIP"]
         return TrackingStore(f"postgresql://cairn:{password}@{ip}:5432/cairn")
 
-    password_before = kubectl.get("secret", f"{name}-postgresql", ns)["data"]["password"]
+    passwords = {"postgresql": kubectl.get("secret", f"{name}-postgresql", ns)["data"]["password"],
+                 "minio": kubectl.get("secret", f"{name}-minio", ns)["data"]["rootPassword"]}
     first = train(kubectl, rel, "bundled")
     assert store().get_run(first["metadata"]["uid"]).summary.metrics["loss"].value == 1.0
 
@@ -355,8 +370,9 @@ def test_bundled_postgresql_install_train_upgrade_keeps_credentials_and_data(
                      "--wait", "--timeout", "4m", check=False)
     if result.returncode != 0:
         pytest.fail(f"helm upgrade failed:\n{result.stderr}{result.stdout}\n{diagnose(kubectl, ns)}")
-    TIMINGS["upgrade with PostgreSQL"] = time.monotonic() - t0
-    assert kubectl.get("secret", f"{name}-postgresql", ns)["data"]["password"] == password_before
+    TIMINGS["upgrade with PostgreSQL and MinIO"] = time.monotonic() - t0
+    assert kubectl.get("secret", f"{name}-postgresql", ns)["data"]["password"] == passwords["postgresql"]
+    assert kubectl.get("secret", f"{name}-minio", ns)["data"]["rootPassword"] == passwords["minio"]
     [pod] = operator_pods(kubectl, rel)
     assert pod["spec"]["containers"][0]["resources"]["limits"]["memory"] == "600Mi"
     second = train(kubectl, rel, "bundled-again")
@@ -365,8 +381,9 @@ def test_bundled_postgresql_install_train_upgrade_keeps_credentials_and_data(
     assert s.get_run(second["metadata"]["uid"]).summary.status == "FINISHED"
     out = rel.run("test", name, "--timeout", "3m")
     assert "Phase:          Succeeded" in out.stdout, out.stdout + out.stderr
+    assert f"minio http://{name}-minio.{ns}.svc:9000: HTTP 200" in out.stdout + out.stderr
 
     rel.run("uninstall", name, "--wait", "--timeout", "3m")
     wait_until(lambda: not operator_pods(kubectl, rel), 60, "the operator pods to go")
-    pvc = kubectl.get("persistentvolumeclaim", f"data-{name}-postgresql-0", ns)
-    assert pvc["status"]["phase"] == "Bound"  # the data outlives the release
+    for store in ("postgresql", "minio"):  # the data outlives the release
+        assert kubectl.get("persistentvolumeclaim", f"data-{name}-{store}-0", ns)["status"]["phase"] == "Bound"

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Build a MinIO image for the chart's bundled object store, without a registry, and import it into
+# the local cluster's node.
+#
+#   hack/build-minio-image.sh               build (cached), import as localhost/cairn-minio:<commit>
+#   hack/build-minio-image.sh --no-import   only write the OCI archive
+#
+# The server is the static binary hack/build-minio.sh compiles from MinIO's Go module; the image
+# holds only that binary at /usr/bin/minio, /tmp, /data and passwd entries for uid 1000 (the
+# chart's minio.runAsUser). Cached under ${CAIRN_CACHE:-~/.cache/cairn}/minio-image/ keyed by the
+# binary and this script. Prints the image name.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE_ROOT="${CAIRN_CACHE:-$HOME/.cache/cairn}"
+OUT="$CACHE_ROOT/minio-image"
+STATE="${CAIRN_CLUSTER_DIR:-$CACHE_ROOT/cluster}"
+CONTAINERD_SOCK="$STATE/containerd/containerd.sock"
+ARCHIVE="$OUT/cairn-minio.oci.tar"
+DO_IMPORT=1
+[[ "${1:-}" == "--no-import" ]] && DO_IMPORT=0
+
+log() { printf '[build-minio-image %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+bin="$(bash "$HERE/build-minio.sh" | tail -n 1)"
+[[ -x "$bin" ]] || die "hack/build-minio.sh gave no binary"
+# The version's commit names the image: a1b2c3d4e5f6 from v0.0.0-<date>-a1b2c3d4e5f6.
+version="$(basename "$(dirname "$(dirname "$bin")")")"
+NAME="localhost/cairn-minio:${version##*-}"
+
+mkdir -p "$OUT"
+exec 9>"$OUT/.lock"
+flock 9
+key="$( (sha256sum "$bin"; cat "${BASH_SOURCE[0]}") | sha256sum | cut -c1-16)"
+
+import_archive() {
+  [[ $DO_IMPORT -eq 1 ]] || return 0
+  [[ -S "$CONTAINERD_SOCK" ]] || die "the cluster's containerd is not running ($CONTAINERD_SOCK); run hack/cluster.sh up or pass --no-import"
+  local want have
+  want="$(cat "$ARCHIVE.digest")"
+  have="$(ctr --address "$CONTAINERD_SOCK" --namespace k8s.io images ls "name==$NAME" 2>/dev/null | awk 'NR > 1 {print $3}')"
+  if [[ "$have" == "$want" ]]; then
+    log "$NAME ($want) already in the node"
+  else
+    ctr --address "$CONTAINERD_SOCK" --namespace k8s.io images import "$ARCHIVE" >/dev/null
+    log "imported $NAME into the node"
+  fi
+}
+
+if [[ ! -f "$ARCHIVE" || "$(cat "$ARCHIVE.key" 2>/dev/null)" != "$key" ]]; then
+  work="$(mktemp -d "$OUT/build-XXXXXX")"
+  trap 'rm -rf "$work"' EXIT
+  root="$work/root"
+  mkdir -p "$root/usr/bin" "$root/etc" "$root/tmp" "$root/data"
+  chmod 1777 "$root/tmp"
+  cp "$bin" "$root/usr/bin/minio"
+  printf 'root:x:0:0:root:/root:/sbin/nologin\nminio:x:1000:1000:minio:/tmp:/sbin/nologin\n' >"$root/etc/passwd"
+  printf 'root:x:0:\nminio:x:1000:\n' >"$root/etc/group"
+  chown 1000:1000 "$root/data"
+  tar --numeric-owner --sort=name --mtime=@0 -C "$root" -cf "$work/layer.tar" .
+  python3 "$HERE/oci_image.py" pack --out "$work/image.tar" --name "$NAME" --layer "$work/layer.tar" \
+    --env "PATH=/usr/bin" --env HOME=/tmp --entrypoint '["/usr/bin/minio"]' --cmd '["server", "/data"]' \
+    --label "org.opencontainers.image.title=cairn-minio" --label "org.opencontainers.image.version=$version" \
+    >"$work/digest"
+  mv -f "$work/image.tar" "$ARCHIVE"
+  cp "$work/digest" "$ARCHIVE.digest"
+  echo "$key" >"$ARCHIVE.key"
+  log "built $ARCHIVE ($(du -h "$ARCHIVE" | cut -f1))"
+else
+  log "image archive up to date ($ARCHIVE)"
+fi
+import_archive
+echo "$NAME"
