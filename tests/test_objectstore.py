@@ -588,3 +588,100 @@ def test_a_dataset_mismatch_fails_the_run_at_once_with_both_digests():
     assert kind == podspec.FailureKind.INFRASTRUCTURE and "prepare step failed" in why
     plan = reconcile.plan(tr, prepare_failed_pod(1, "x"), None, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
     assert plan.status.get("retryAfter") and plan.status.get("phase") != "Failed"
+
+
+# -- fault behaviour: the object store or the database away while training ---------------------
+SLOW_TRAINER = """
+import time, cairn
+cairn.init()
+started = time.monotonic()
+for step in range(1, 401):
+    cairn.log({"loss": 1.0 / step}, step=step)
+    if step % 100 == 0:
+        with open("state.bin", "wb") as f:
+            f.write(b"%d" % step * 1000)
+        cairn.save_checkpoint("state.bin", step=step)
+    time.sleep(0.02)
+print(time.monotonic() - started)
+cairn.finish()
+"""
+
+
+def sidecar_and_trainer(run_id: str, run_dir: Path, database_url: str, s3_env: dict,
+                        before_sigterm=lambda: None) -> tuple[float, str]:  # noqa: ANN001
+    """A sidecar process and the trainer beside it, as in a pod; (training seconds, sidecar log)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAIRN_", "AWS_"))}
+    sidecar = subprocess.Popen(
+        [sys.executable, "-m", "cairn.cli.main", "sidecar"],
+        env={**env, **s3_env, "CAIRN_RUN_DIR": str(run_dir), "CAIRN_RUN_ID": run_id, "CAIRN_ATTEMPT": "1",
+             "CAIRN_DATABASE_URL": database_url, "CAIRN_NAMESPACE": "ml", "CAIRN_EXPERIMENT": "digits"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    while not (run_dir / ".sidecar-ready").exists():
+        assert time.monotonic() < deadline and sidecar.poll() is None, sidecar.stdout.read()
+        time.sleep(0.05)
+    work = run_dir.parent / f"{run_dir.name}-work"
+    work.mkdir()
+    trained = subprocess.run([sys.executable, "-c", SLOW_TRAINER], cwd=work, check=True, capture_output=True,
+                             text=True, env={**env, "CAIRN_RUN_DIR": str(run_dir), "CAIRN_RUN_ID": run_id})
+    before_sigterm()
+    sidecar.send_signal(signal.SIGTERM)  # the trainer has exited: what the kubelet does next
+    out, _ = sidecar.communicate(timeout=120)
+    assert sidecar.returncode == 0, out
+    return float(trained.stdout.strip()), out
+
+
+def test_minio_down_while_training_costs_the_trainer_nothing_and_the_backlog_drains(
+        minio_factory, pg_store, postgres_url, tmp_path):
+    server = minio_factory()
+    server.client().make_bucket("runs")
+    s3_env = {"CAIRN_S3_ENDPOINT": server.url, "CAIRN_S3_ACCESS_KEY": server.access_key,
+              "CAIRN_S3_SECRET_KEY": server.secret_key, "CAIRN_S3_BUCKET": "runs"}
+    baseline, _ = sidecar_and_trainer(RUN_ID, tmp_path / "up", postgres_url, s3_env)
+
+    other = "8d2f3e4a-5b6c-4d7e-9f0a-1b2c3d4e5f60"
+    pg_store.create_run(experiment="digits", run_id=other, status="RUNNING")
+    server.stop(kill=True)  # away for the whole of training, back just before the pod's end
+    elapsed, out = sidecar_and_trainer(other, tmp_path / "down", postgres_url, s3_env, before_sigterm=server.start)
+    assert "upload failed, retrying" in out, out
+    assert elapsed < baseline * 1.5 + 2, (elapsed, baseline)  # training did not wait for MinIO
+    client = server.client()
+    prefix = f"ml/digits/{other}/"
+    steps = (100, 200, 300, 400)
+    assert keys(client, "runs", prefix) == [f"{prefix}checkpoints/{s}/state.bin" for s in steps]
+    detail = pg_store.get_run(other)
+    assert {a.path: a.sha256 for a in detail.artifacts} == {
+        f"checkpoints/{s}/state.bin": sha(b"%d" % s * 1000) for s in steps}
+    assert detail.uploads == {"complete": True, "pending": 0}
+    assert detail.summary.metrics["loss"].count == 400
+
+
+def test_database_down_uploads_go_on_and_each_row_arrives_once_when_it_returns(minio_server, minio_bucket, tmp_path):
+    from servers import PostgresServer
+
+    from cairn.store import db
+
+    pg = PostgresServer().init().start()
+    try:
+        url = pg.create_database("uploads")
+        db.upgrade(db.get_engine(url))
+        store = TrackingStore(url)
+        store.create_run(experiment="digits", run_id=RUN_ID, status="RUNNING")
+        run_dir = tmp_path / "run"
+        files = {f"artifacts/f{i}.bin": write(run_dir / f"artifacts/f{i}.bin", os.urandom(1000 + i))
+                 for i in range(3)}
+        pg.stop("immediate")
+        up = make_uploader(run_dir, store, s3_config(minio_server, minio_bucket))
+        for _ in range(2):
+            with pytest.raises(Exception):
+                up.upload_available()
+        assert up.stats.uploaded == 3  # every file is in MinIO; only the rows wait for the database
+        assert len(keys(minio_server.client(), minio_bucket)) == 3
+        pg.start()
+        assert up.upload_available() == 0
+        assert up.stats.uploaded == 3  # nothing went twice
+        arts = store.list_artifacts(RUN_ID)
+        assert sorted(a.path for a in arts) == sorted(files)
+        assert all(a.sha256 == sha(files[a.path]) for a in arts)
+    finally:
+        pg.destroy()

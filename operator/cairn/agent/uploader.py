@@ -175,6 +175,7 @@ class ArtifactUploader:
             groups.setdefault(group_of(rel), []).append(rel)
         waiting = 0
         now = time.time()
+        record_error: Exception | None = None
         for rels in groups.values():
             done: list[tuple[str, Uploaded]] = []
             for rel in rels:
@@ -195,8 +196,17 @@ class ArtifactUploader:
                 waiting += len(rels) - sum(1 for _, e in done if e.recorded)
                 continue
             if any(not e.recorded for _, e in done):
-                self._record(done)
+                if record_error is not None:  # one failed write per pass: the database is away
+                    waiting += len(done)
+                    continue
+                try:
+                    self._record(done)
+                except Exception as exc:  # noqa: BLE001 - keep uploading; the rows are written later
+                    waiting += len(done)
+                    record_error = exc
         self.stats.pending = waiting
+        if record_error is not None:
+            raise record_error
         return waiting
 
     def _upload(self, rel: str) -> Uploaded | None:
