@@ -255,6 +255,38 @@ def test_final_flush_records_what_could_not_be_uploaded(minio_factory, pg_store,
     assert pg_store.get_run(RUN_ID).uploads == {"complete": False, "pending": 1}
 
 
+def test_store_keeps_one_row_per_path_the_latest_uploaded_checkpoint_and_resumes(store):
+    import datetime as dt
+
+    from cairn.store.entities import ArtifactInfo
+
+    rid = store.create_run(experiment="digits", run_id=RUN_ID)
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def art(path: str, step: int | None, uploaded: bool = True, digest: str = "a" * 64) -> ArtifactInfo:
+        return ArtifactInfo(path, f"s3://b/{path}" if uploaded else f"file:///{path}", 1, digest, "checkpoint", step,
+                            1, now if uploaded else None)
+
+    store.record_artifacts(rid, [art("checkpoints/10/x", 10), art("checkpoints/10/y", 10)])
+    store.record_artifacts(rid, [art("checkpoints/10/x", 10, digest="b" * 64)])  # again: updated, not added
+    store.record_artifacts(rid, [art("checkpoints/30/x", 30, uploaded=False)])  # local only: not resumable
+    assert len(store.list_artifacts(rid)) == 3 and store.list_artifacts(rid)[0].sha256 == "b" * 64
+    step, files = store.latest_checkpoint(rid)
+    assert step == 10 and [f.path for f in files] == ["checkpoints/10/x", "checkpoints/10/y"]
+    assert files[0].attempt == 1 and files[0].uploaded_at is not None
+
+    store.record_resume(rid, 2, 10, "s3://b/checkpoints/10/", 1)
+    store.record_resume(rid, 2, 10, "s3://b/checkpoints/10/", 1)
+    assert [(r.attempt, r.step, r.from_attempt) for r in store.resumes(rid)] == [(2, 10, 1)]
+
+    store.record_dataset(rid, "s3://d/x", "c" * 64, None, 3, 100)
+    store.record_dataset(rid, "s3://d/x", None, "c" * 64)  # the operator again, without a digest
+    assert store.get_run(rid).datasets == [
+        {"uri": "s3://d/x", "digest": "c" * 64, "pinned_digest": "c" * 64, "objects": 3, "bytes": 100}]
+    store.update_run(rid, artifacts_uploaded=False, artifacts_pending=2)
+    assert store.get_run(rid).uploads == {"complete": False, "pending": 2}
+
+
 # -- downloads -----------------------------------------------------------------------------------
 def cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:  # noqa: ANN003
     base = {k: v for k, v in os.environ.items() if not k.startswith(("CAIRN_S3", "AWS_"))}

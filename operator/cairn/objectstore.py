@@ -242,7 +242,7 @@ def dataset_digest(client, uri: str, workers: int = 4) -> DatasetDigest:  # noqa
                if not (o.object_name.endswith("/") and not o.size)]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         hashes = list(pool.map(lambda o: _object_sha256(client, bucket, o[0]), objects))
-    entries = [(name[len(prefix):], size, sha) for (name, size), sha in zip(objects, hashes)]
+    entries = [(name[len(prefix):], size, sha) for (name, size), sha in zip(objects, hashes, strict=True)]
     return DatasetDigest(uri, digest_entries(entries), len(entries), sum(size for _, size, _ in entries))
 
 

@@ -152,7 +152,8 @@ def restore_checkpoint(cfg: PrepareConfig, s3: S3Config, get_store, deadline: fl
         for art in files:
             bucket, key = parse_s3_uri(art.uri)
             dest = cfg.run_dir / art.path
-            retry(lambda: download_file(client, bucket, key, dest, art.sha256), deadline, f"downloading {art.uri}", log)
+            retry(lambda b=bucket, k=key, d=dest, h=art.sha256: download_file(client, b, k, d, h), deadline,
+                  f"downloading {art.uri}", log)
             st = os.stat(dest)
             state[art.path] = Uploaded(st.st_size, st.st_mtime_ns, st.st_ino, art.sha256, art.uri, art.attempt, True)
             restored.append(art)
