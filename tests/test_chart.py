@@ -31,6 +31,11 @@ TRAININGRUN_RULES = [
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "watch", "delete"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
+CLUSTER_RULES = [
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
+]
+NAMESPACES_RULE = {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}
 BUNDLED = ["postgresql.enabled=true", "postgresql.image.repository=postgres", "postgresql.image.tag=16-bookworm",
            "minio.enabled=true", "minio.image.repository=minio", "minio.image.tag=dev"]
 
@@ -250,15 +255,14 @@ def test_cluster_wide_rbac_grants_exactly_the_operators_verbs(helm):
     objs = render(helm, "externalDatabase.url=postgresql://x:y@db/cairn")
     role = one(objs, "ClusterRole", "cairn-operator")
     assert role["rules"] == TRAININGRUN_RULES
-    nodes = one(objs, "ClusterRole", "cairn-nodes")
-    assert nodes["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]
-    for name in ("cairn-operator", "cairn-nodes"):
+    assert one(objs, "ClusterRole", "cairn-cluster")["rules"] == CLUSTER_RULES  # every namespace: no namespace watch
+    for name in ("cairn-operator", "cairn-cluster"):
         binding = one(objs, "ClusterRoleBinding", name)
         assert binding["roleRef"]["name"] == name
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cairn-operator", "namespace": NS}]
     assert not find(objs, "Role") and not find(objs, "RoleBinding")
     everything = [r for o in find(objs, "ClusterRole") + find(objs, "Role") if o["metadata"]["name"] in
-                  ("cairn-operator", "cairn-nodes") for r in o["rules"]]
+                  ("cairn-operator", "cairn-cluster") for r in o["rules"]]
     for rule in everything:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
         assert not {"secrets", "configmaps"} & set(rule["resources"])
@@ -278,13 +282,16 @@ def test_namespaced_rbac_is_a_role_per_watched_namespace(helm, watch, expected):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cairn-operator", "namespace": NS}]
         assert one(objs, "Secret", "cairn-database", ns)  # the sidecars' Secret in each run namespace
     assert [r["metadata"]["name"] for r in find(objs, "ClusterRole") if "aggregate" not in str(r["metadata"])] == \
-        ["cairn-nodes"]
+        ["cairn-cluster"]
+    # Kopf tracks the namespaces it watches
+    assert one(objs, "ClusterRole", "cairn-cluster")["rules"] == CLUSTER_RULES + [NAMESPACES_RULE]
     assert env_of(operator_container(objs))["CAIRN_NAMESPACES"]["value"] == " ".join(expected)
 
 
 def test_cluster_wide_rbac_can_still_watch_chosen_namespaces(helm):
     objs = render(helm, "externalDatabase.url=postgresql://x:y@db/cairn", "operator.watchNamespaces={ml-a}")
     assert one(objs, "ClusterRole", "cairn-operator") and not find(objs, "Role")
+    assert one(objs, "ClusterRole", "cairn-cluster")["rules"] == CLUSTER_RULES + [NAMESPACES_RULE]
     assert env_of(operator_container(objs))["CAIRN_NAMESPACES"]["value"] == "ml-a"
     assert one(objs, "Secret", "cairn-database", "ml-a") and not find(objs, "Secret", "cairn-database", NS)
 
