@@ -123,7 +123,9 @@ def release(kubeconfig, kubectl, cairn_image, chart_namespace, chart_postgres, h
     t0 = time.monotonic()
     result = rel.run("install", rel.name, str(CHART), "-f", str(values), "--wait", "--timeout", "4m", check=False)
     if result.returncode != 0:
-        pytest.fail(f"helm install failed:\n{result.stderr}{result.stdout}\n{diagnose(kubectl, ns)}")
+        why = diagnose(kubectl, ns)
+        rel.run("uninstall", rel.name, "--wait", check=False)  # a failed release still owns cluster objects
+        pytest.fail(f"helm install failed:\n{result.stderr}{result.stdout}\n{why}")
     TIMINGS["install"] = time.monotonic() - t0
     yield rel
     rel.run("uninstall", rel.name, "--wait", check=False)
