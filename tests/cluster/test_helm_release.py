@@ -51,7 +51,7 @@ class Release:
 
     def run(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         result = subprocess.run([str(self.helm), "--kubeconfig", str(self.kubeconfig), "-n", self.namespace, *args],
-                                capture_output=True, text=True, timeout=timeout)
+                                check=False, capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"helm {' '.join(args)} failed ({result.returncode}):\n{result.stderr}{result.stdout}")
         return result
@@ -330,7 +330,7 @@ def bundled_namespace(kubectl: Kubectl, helm_bin: Path, kubeconfig: Path):
         })
     yield name, release
     subprocess.run([str(helm_bin), "--kubeconfig", str(kubeconfig), "-n", name, "uninstall", release, "--wait"],
-                   capture_output=True, timeout=300)
+                   check=False, capture_output=True, timeout=300)
     for tr in kubectl.run("-n", name, "get", "trainingruns", "-o", "name", check=False).stdout.split():
         kubectl.run("-n", name, "patch", tr, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
     kubectl.run("delete", "namespace", name, "--wait=true", "--timeout=120s", check=False)
