@@ -92,9 +92,13 @@ class S3Config:
 
     def client(self):  # noqa: ANN201 - a minio.Minio
         """A client that gives up quickly when the server is away: callers retry with their own backoff."""
+        import logging
+
         import minio
         import urllib3
 
+        # Our callers log each failed attempt once; urllib3's per-retry warnings would only repeat it.
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=5, read=120),
             maxsize=8,
