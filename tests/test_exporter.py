@@ -99,10 +99,13 @@ def test_sidecar_exports_while_training_and_drops_series_at_the_end(sqlite_url, 
     try:
         wait_for(lambda: (run_dir / ".sidecar-ready").exists())
         prom = prometheus_factory([{"job_name": "run", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}])
-        trainer = subprocess.Popen([sys.executable, "-c", TRAINER, "200", "6"],
+        trainer = subprocess.Popen([sys.executable, "-c", TRAINER, "200", "15"],
                                    env=dict(env, CAIRN_RUN_DIR=str(run_dir), CAIRN_RUN_ID=side_env["CAIRN_RUN_ID"]))
-        result = prom.wait_for('cairn_run_metric{key="loss",trainingrun="digits"}', timeout=30)
-        assert float(result[0]["value"][1]) == pytest.approx(1 / 200)
+        # The trainer holds its last value (step 199) for 15 s before finishing: Prometheus sees it.
+        result = prom.wait_for('cairn_run_metric{key="loss",trainingrun="digits"}',
+                               predicate=lambda r: r and float(r[0]["value"][1]) == pytest.approx(1 / 200),
+                               timeout=40)
+        assert result[0]["metric"]["namespace"] == "ml" and result[0]["metric"]["experiment"] == "digits"
         text = scrape(port)
         assert 'key="grad_norm"' not in text  # not exported
         assert "cairn_run_steps_per_second" in text and "cairn_run_ingest_backlog_bytes" in text
