@@ -270,6 +270,69 @@ def test_database_outage_keeps_backlog_and_drains_it(own_postgres, tmp_path):
     assert TrackingStore(url).get_run(run.id).summary.status == "FINISHED"
 
 
+# Each step waits 5 ms, as a trainer waits for its GPU, then logs three values; it prints the
+# wall-clock time of every step.
+PACED_TRAINER = """
+import json, sys, time
+import cairn
+cairn.init()
+stamps, step, end = [], 0, time.time() + float(sys.argv[1])
+while time.time() < end:
+    time.sleep(0.005)
+    cairn.log({"loss": 1.0 / (step + 1), "acc": step / 1e6, "lr": 0.1}, step=step)
+    stamps.append(time.time())
+    step += 1
+cairn.finish()
+json.dump(stamps, sys.stdout)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_database_away_for_a_minute_mid_run_costs_the_trainer_nothing_and_every_point_arrives_once(
+        own_postgres, tmp_path):
+    url = own_postgres.create_database("minute")
+    db.upgrade(db.get_engine(url))
+    run_dir, run_id = tmp_path / "run", "3f9a1c2e-7b4d-4e6f-8a0b-1c2d3e4f5a6b"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
+    sidecar = subprocess.Popen([sys.executable, "-m", "cairn.cli.main", "sidecar"],
+                               env={**env, "CAIRN_RUN_DIR": str(run_dir), "CAIRN_RUN_ID": run_id,
+                                    "CAIRN_ATTEMPT": "1", "CAIRN_DATABASE_URL": url},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: (run_dir / ".sidecar-ready").exists() or sidecar.poll() is not None, timeout=30)
+        assert sidecar.poll() is None, sidecar.stdout.read()
+        trainer = subprocess.Popen([sys.executable, "-c", PACED_TRAINER, "80"], stdout=subprocess.PIPE, text=True,
+                                   env={**env, "CAIRN_RUN_DIR": str(run_dir), "CAIRN_RUN_ID": run_id})
+        wait_for(lambda: point_counts(url, run_id), timeout=30)  # points are flowing
+        time.sleep(5)
+        down = time.time()
+        own_postgres.stop("immediate")
+        time.sleep(60)
+        own_postgres.start()
+        up = time.time()
+        stamps = json.loads(trainer.communicate(timeout=120)[0])
+        assert trainer.returncode == 0
+        sidecar.send_signal(signal.SIGTERM)  # what the kubelet does once the trainer has exited
+        out, _ = sidecar.communicate(timeout=120)
+    finally:
+        for proc in (sidecar,):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert sidecar.returncode == 0, out[-3000:]
+    assert "store unavailable, retrying" in out, out[-3000:]
+
+    def rate(start: float, end: float) -> float:
+        return sum(start <= t < end for t in stamps) / (end - start)
+
+    before, during = rate(stamps[0], down), rate(down, up)
+    assert during >= 0.9 * before, f"{during:.1f} steps/s with the database away, {before:.1f} before"
+    counts = point_counts(url, run_id)
+    assert len(counts) == 3 * len(stamps) and set(counts.values()) == {1}
+    assert TrackingStore(url).get_run(run_id).summary.status == "FINISHED"
+
+
 @pytest.mark.postgres
 def test_agent_started_while_database_is_down_catches_up(own_postgres, tmp_path):
     url = own_postgres.create_database("late")
