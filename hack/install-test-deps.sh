@@ -3,10 +3,11 @@
 # everything is present). The tests start their own PostgreSQL on loopback, so the package's
 # system service is stopped and disabled.
 #   postgresql: the store in tests and benchmarks
+#   openssl: a throwaway CA and certificate for the object store over TLS
 # Prometheus is compiled from its Go module (hack/build-prometheus.sh): Debian's package is built
 # without the Kubernetes service discovery the tests scrape pods with.
 set -euo pipefail
-PACKAGES=(postgresql)
+PACKAGES=(postgresql openssl)
 missing=()
 for p in "${PACKAGES[@]}"; do
   [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" == "install ok installed" ]] || missing+=("$p")

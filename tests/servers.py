@@ -118,25 +118,29 @@ class PostgresServer:
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _http(method: str, url: str, timeout: float = 5.0, data: bytes | None = None) -> tuple[int, bytes]:
+def _http(method: str, url: str, timeout: float = 5.0, data: bytes | None = None,
+          cafile: Path | None = None) -> tuple[int, bytes]:
+    import ssl
     import urllib.error
     import urllib.request
 
     req = urllib.request.Request(url, method=method, data=data)
+    context = ssl.create_default_context(cafile=str(cafile)) if cafile else None
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
 
 
-def _wait_http_ok(url: str, proc: subprocess.Popen, log: Path, what: str, timeout: float) -> None:
+def _wait_http_ok(url: str, proc: subprocess.Popen, log: Path, what: str, timeout: float,
+                  cafile: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}:\n{_tail(log)}")
         try:
-            if _http("GET", url, timeout=1.0)[0] == 200:
+            if _http("GET", url, timeout=1.0, cafile=cafile)[0] == 200:
                 return
         except OSError:
             pass
@@ -181,8 +185,9 @@ def minio_binary(build: bool = True) -> str:
 class MinioServer:
     """A single-drive MinIO server with generated credentials; stop() and start() keep port and data."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, tls: bool = False) -> None:
         self.binary = minio_binary()
+        self.tls = tls
         self.host = host
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="cairn-minio-"))
@@ -200,7 +205,30 @@ class MinioServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.endpoint}"
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
+
+    @property
+    def ca_pem(self) -> str:
+        """With ``tls``: the PEM of the throwaway CA that signed the server's certificate."""
+        return (self.dir / "ca.crt").read_text()
+
+    def _make_certificates(self) -> None:
+        """A CA and a server certificate for the loopback address, as MinIO's certs dir wants them."""
+        certs = self.dir / "certs"
+        if (certs / "public.crt").exists():
+            return
+        certs.mkdir(parents=True, exist_ok=True)
+
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=self.dir)
+
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+                "-subj", "/CN=cairn test CA", "-keyout", "ca.key", "-out", "ca.crt")
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-subj", f"/CN={self.host}", "-keyout", "certs/private.key", "-out", "server.csr")
+        (self.dir / "san.ext").write_text(f"subjectAltName=IP:{self.host},DNS:localhost\n")
+        openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "2", "-extfile", "san.ext", "-out", "certs/public.crt")
 
     @property
     def running(self) -> bool:
@@ -210,6 +238,8 @@ class MinioServer:
         if self.running:
             return self
         self.data.mkdir(parents=True, exist_ok=True)
+        if self.tls:
+            self._make_certificates()
         env = dict(
             os.environ,
             MINIO_ROOT_USER=self.access_key,
@@ -226,7 +256,8 @@ class MinioServer:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             )
         try:
-            _wait_http_ok(f"{self.url}/minio/health/ready", self.proc, self.log, "MinIO", timeout)
+            _wait_http_ok(f"{self.url}/minio/health/ready", self.proc, self.log, "MinIO", timeout,
+                          cafile=self.dir / "ca.crt" if self.tls else None)
         except BaseException:
             _terminate(self.proc, kill=True)
             raise
@@ -240,7 +271,13 @@ class MinioServer:
         """A ``minio.Minio`` client; ``kwargs`` go to it (e.g. ``http_client`` to set retries)."""
         import minio
 
-        kwargs = {"secure": False, "region": self.region, **kwargs}
+        if self.tls and "http_client" not in kwargs:
+            import ssl
+
+            import urllib3
+
+            kwargs["http_client"] = urllib3.PoolManager(ssl_context=ssl.create_default_context(cadata=self.ca_pem))
+        kwargs = {"secure": self.tls, "region": self.region, **kwargs}
         return minio.Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, **kwargs)
 
     def env(self) -> dict[str, str]:

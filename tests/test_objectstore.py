@@ -156,6 +156,31 @@ def test_artifacts_and_checkpoints_upload_with_sha256_and_s3_uris(minio_server, 
     assert len(pg_store.list_artifacts(RUN_ID)) == 4 and len(keys(client, minio_bucket)) == 4
 
 
+def test_https_endpoint_signed_by_the_sites_ca_and_a_bucket_made_on_first_upload(minio_factory, pg_store, tmp_path):
+    server = minio_factory(tls=True)  # a certificate from a CA no trust store knows
+    env = {"CAIRN_S3_ENDPOINT": server.url, "CAIRN_S3_ACCESS_KEY": server.access_key,
+           "CAIRN_S3_SECRET_KEY": server.secret_key, "CAIRN_S3_BUCKET": "runs"}
+    assert server.url.startswith("https://")
+    untrusting = S3.S3Config.from_env(env).client()
+    with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
+        untrusting.bucket_exists("runs")
+    with pytest.raises(S3.ObjectStoreError, match="CAIRN_S3_CA_BUNDLE"):
+        S3.S3Config.from_env({**env, "CAIRN_S3_CA_BUNDLE": "not a certificate"}).client()
+    ca_file = tmp_path / "site-ca.pem"
+    ca_file.write_text(server.ca_pem)
+    assert S3.S3Config.from_env({**server.env(), "AWS_CA_BUNDLE": str(ca_file)}).ca_bundle == server.ca_pem
+
+    cfg = S3.S3Config.from_env({**env, "CAIRN_S3_CA_BUNDLE": server.ca_pem})
+    run_dir = tmp_path / "run"
+    data = write(run_dir / "artifacts/model.bin", os.urandom(10_000))
+    up = make_uploader(run_dir, pg_store, cfg)
+    assert up.upload_available() == 0  # the bucket did not exist: the uploader made it
+    [art] = pg_store.list_artifacts(RUN_ID)
+    assert art.uri == f"s3://runs/ml/digits/{RUN_ID}/artifacts/model.bin" and art.sha256 == sha(data)
+    assert sha(get_object(server.client(), "runs", f"ml/digits/{RUN_ID}/artifacts/model.bin")) == sha(data)
+    assert S3.ensure_bucket(cfg.client(), "runs") is False  # already there: nothing to do, no error
+
+
 def test_large_file_goes_multipart_in_small_parts(minio_server, minio_bucket, pg_store, tmp_path):
     run_dir = tmp_path / "run"
     data = write(run_dir / "artifacts/weights.bin", os.urandom(12 * MiB + 123))
@@ -577,7 +602,7 @@ def test_object_store_credentials_reach_only_cairns_containers():
         refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"] if e["name"].startswith("CAIRN_S3_")}
         assert refs["CAIRN_S3_SECRET_KEY"] == {"name": "s3", "key": "secretKey", "optional": True}
         assert set(refs) == {"CAIRN_S3_ENDPOINT", "CAIRN_S3_ACCESS_KEY", "CAIRN_S3_SECRET_KEY", "CAIRN_S3_BUCKET",
-                             "CAIRN_S3_REGION"}
+                             "CAIRN_S3_REGION", "CAIRN_S3_CA_BUNDLE"}
     assert not any(e["name"].startswith("CAIRN_S3_") or "valueFrom" in e for e in trainer["env"])
     env = {e["name"]: e.get("value") for e in prepare["env"]}
     assert env["CAIRN_DATASET_URI"] == "s3://data/mnist" and env["CAIRN_DATASET_SHA256"] == "a" * 64

@@ -12,9 +12,11 @@ Every upload hashes the bytes as it reads them; the sha256 goes into the store w
 
 Settings come from the environment (the operator fills them from a Secret, only into its own
 containers): ``CAIRN_S3_ENDPOINT`` (``http://host:port`` or ``https://...``),
-``CAIRN_S3_ACCESS_KEY``, ``CAIRN_S3_SECRET_KEY``, ``CAIRN_S3_BUCKET``, ``CAIRN_S3_REGION``. The
-usual ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY`` and ``AWS_REGION``
-are read when the ``CAIRN_`` ones are absent.
+``CAIRN_S3_ACCESS_KEY``, ``CAIRN_S3_SECRET_KEY``, ``CAIRN_S3_BUCKET``, ``CAIRN_S3_REGION`` and
+``CAIRN_S3_CA_BUNDLE`` (PEM text of the CA certificates that sign an ``https`` endpoint's
+certificate, for a site CA that is not in the image's trust store). The usual
+``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION`` and
+``AWS_CA_BUNDLE`` (a file) are read when the ``CAIRN_`` ones are absent.
 
 Dataset digest (``dataset_digest``): for every object under the dataset's prefix, except
 zero-byte "folder" markers whose key ends in ``/``, take its key relative to the prefix, its size
@@ -33,7 +35,7 @@ import hashlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 from urllib.parse import urlsplit
@@ -64,6 +66,7 @@ class S3Config:
     secret_key: str | None
     bucket: str | None
     region: str | None = None
+    ca_bundle: str | None = field(default=None, repr=False)  # PEM text
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "S3Config | None":
@@ -88,6 +91,7 @@ class S3Config:
             secret_key=get("CAIRN_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"),
             bucket=get("CAIRN_S3_BUCKET"),
             region=get("CAIRN_S3_REGION", "AWS_REGION"),
+            ca_bundle=get("CAIRN_S3_CA_BUNDLE") or _read_ca_file(get("AWS_CA_BUNDLE")),
         )
 
     def client(self):  # noqa: ANN201 - a minio.Minio
@@ -99,13 +103,46 @@ class S3Config:
 
         # Our callers log each failed attempt once; urllib3's per-retry warnings would only repeat it.
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+        tls = {}
+        if self.secure and self.ca_bundle:
+            import ssl
+
+            try:
+                tls["ssl_context"] = ssl.create_default_context(cadata=self.ca_bundle)
+            except ssl.SSLError as exc:
+                raise ObjectStoreError(f"CAIRN_S3_CA_BUNDLE holds no valid PEM certificate: {exc}") from None
         http = urllib3.PoolManager(
+            **tls,
             timeout=urllib3.Timeout(connect=5, read=120),
             maxsize=8,
             retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
         )
         return minio.Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key,
                            secure=self.secure, region=self.region, http_client=http)
+
+
+def _read_ca_file(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        return Path(path).read_text()
+    except OSError as exc:
+        raise ObjectStoreError(f"AWS_CA_BUNDLE {path!r} cannot be read: {exc.strerror}") from None
+
+
+def ensure_bucket(client, bucket: str) -> bool:  # noqa: ANN001
+    """Make ``bucket`` unless it exists; True when this call made it. Safe when many race to make it."""
+    from minio.error import S3Error
+
+    if client.bucket_exists(bucket):
+        return False
+    try:
+        client.make_bucket(bucket)
+    except S3Error as exc:
+        if exc.code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            return False
+        raise
+    return True
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:

@@ -37,7 +37,8 @@ PREPARE_DATASET_MISMATCH_EXIT = 12  # the dataset's digest differs from spec.dat
 PREPARE_DATASET_UNAVAILABLE_EXIT = 13  # no object store settings, no such bucket, access denied
 # Keys of the object store Secret (in the run's namespace) and the variables they become.
 OBJECTSTORE_KEYS = (("endpoint", "CAIRN_S3_ENDPOINT"), ("accessKey", "CAIRN_S3_ACCESS_KEY"),
-                    ("secretKey", "CAIRN_S3_SECRET_KEY"), ("bucket", "CAIRN_S3_BUCKET"), ("region", "CAIRN_S3_REGION"))
+                    ("secretKey", "CAIRN_S3_SECRET_KEY"), ("bucket", "CAIRN_S3_BUCKET"), ("region", "CAIRN_S3_REGION"),
+                    ("caBundle", "CAIRN_S3_CA_BUNDLE"))
 METRICS_PORT = 9400  # the sidecar's live run metrics
 RUN_DIR = "/cairn/run"
 RETRY_BASE_S = 5.0

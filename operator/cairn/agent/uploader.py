@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping
 
-from cairn.objectstore import (DEFAULT_PART_SIZE, FileChanged, ObjectStoreError, S3Config, run_prefix, s3_uri,
-                               upload_file)
+from cairn.objectstore import (DEFAULT_PART_SIZE, FileChanged, ObjectStoreError, S3Config, ensure_bucket, run_prefix,
+                               s3_uri, upload_file)
 from cairn.sdk import records as R
 from cairn.store.entities import ArtifactInfo
 
@@ -135,7 +135,12 @@ class ArtifactUploader:
     @property
     def client(self):  # noqa: ANN201
         if self._client is None:
-            self._client = self.s3.client()
+            client = self.s3.client()
+            # A fresh install's store has no bucket yet; the first sidecar makes it (raises, and the
+            # caller backs off, when these credentials may not).
+            if ensure_bucket(client, self.bucket):
+                log.info("made bucket %s", self.bucket)
+            self._client = client
         return self._client
 
     def key(self, rel: str) -> str:
