@@ -434,6 +434,51 @@ def test_given_passwords_are_used(helm):
     assert base64.b64decode(one(objs, "Secret", "cairn-minio")["data"]["rootPassword"]) == b"given-too"
 
 
+def s3_settings(secret: dict) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+def test_bundled_minio_settings_reach_every_run_namespace_by_reference(helm):
+    objs = render(helm, *BUNDLED, "operator.watchNamespaces={ml-a,ml-b}", "minio.bucket=models")
+    root_password = base64.b64decode(one(objs, "Secret", "cairn-minio", NS)["data"]["rootPassword"]).decode()
+    for ns in ("ml-a", "ml-b"):
+        assert s3_settings(one(objs, "Secret", "cairn-objectstore", ns)) == {
+            "endpoint": f"http://cairn-minio.{NS}.svc:9000", "accessKey": "cairn", "secretKey": root_password,
+            "bucket": "models"}
+    assert not find(objs, "Secret", "cairn-objectstore", NS)  # the release namespace runs nothing here
+    # the operator is told the Secret's name and hands it to the pods it makes; it never holds the keys
+    env = env_of(operator_container(objs))
+    assert env["CAIRN_OBJECTSTORE_SECRET"] == {"name": "CAIRN_OBJECTSTORE_SECRET", "value": "cairn-objectstore"}
+    for o in objs:
+        if o["kind"] != "Secret":
+            assert root_password not in yaml.safe_dump(o), f"{o['kind']} {o['metadata']['name']} holds the key"
+
+
+def test_external_s3_over_tls_with_the_sites_ca(helm, tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    objs = render(helm, "externalDatabase.host=db", "externalS3.endpoint=https://s3.internal:9443",
+                  "externalS3.accessKey=AK", "externalS3.secretKey=SK", "externalS3.region=site-1",
+                  "trainingPods.objectStoreSecret.name=s3", extra=("--set-file", f"externalS3.caBundle={ca}"))
+    assert s3_settings(one(objs, "Secret", "s3", NS)) == {
+        "endpoint": "https://s3.internal:9443", "accessKey": "AK", "secretKey": "SK", "bucket": "cairn",
+        "region": "site-1", "caBundle": ca.read_text()}
+    assert env_of(operator_container(objs))["CAIRN_OBJECTSTORE_SECRET"]["value"] == "s3"
+
+
+def test_existing_s3_secret_is_named_and_none_written(helm):
+    objs = render(helm, "externalDatabase.host=db", "externalS3.existingSecret=corp-s3",
+                  "externalS3.endpoint=https://ignored")
+    assert env_of(operator_container(objs))["CAIRN_OBJECTSTORE_SECRET"]["value"] == "corp-s3"
+    assert not [o for o in find(objs, "Secret") if "endpoint" in o.get("data", {})]
+
+
+def test_without_an_object_store_runs_get_no_s3_settings(helm):
+    objs = render(helm, "externalDatabase.host=db")
+    assert env_of(operator_container(objs))["CAIRN_OBJECTSTORE_SECRET"]["value"] == ""
+    assert not find(objs, "Secret", "cairn-objectstore")
+
+
 # -- monitoring -------------------------------------------------------------------------------
 
 def test_monitors_only_where_the_prometheus_operator_api_exists(helm):
@@ -487,6 +532,11 @@ def test_network_policies_limit_egress(helm):
              for rule in runs["spec"]["egress"] for peer in rule.get("to", [])]
     assert peers == ["postgresql", "minio"]
     assert one(objs, "NetworkPolicy", "cairn-postgresql", NS)["spec"]["ingress"][0]["ports"][0]["port"] == 5432
+    # an external object store without known addresses: its port, to anywhere
+    external = render(helm, "externalDatabase.host=db", "externalS3.endpoint=https://s3.internal",
+                      "networkPolicy.enabled=true", "networkPolicy.externalS3Port=443")
+    rules = one(external, "NetworkPolicy", "cairn-trainingruns", NS)["spec"]["egress"]
+    assert {"ports": [{"port": 443, "protocol": "TCP"}]} in rules
 
 
 # -- names ------------------------------------------------------------------------------------
@@ -520,6 +570,9 @@ BAD_VALUES = {  # --set values, and what the error must say
     "not a PostgreSQL URL": (["externalDatabase.url=mysql://x@db/cairn"], "at '/externalDatabase/url'"),
     "bad PVC size": (["postgresql.persistence.size=lots"], "at '/postgresql/persistence/size'"),
     "tag as a number": (["image.tag=16"], "at '/image/tag': got number, want string"),
+    "S3 endpoint without a scheme": (["externalS3.endpoint=s3.internal:9000"], "at '/externalS3/endpoint'"),
+    "bucket name S3 refuses": (["minio.bucket=My_Bucket"], "at '/minio/bucket'"),
+    "CA bundle that is not PEM": (["externalS3.caBundle=/etc/ssl/ca.pem"], "at '/externalS3/caBundle'"),
 }
 
 

@@ -9,6 +9,7 @@ file order: each builds on the release the previous ones left.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from minio import Minio
 from clusterlib import Kubectl, wait_until
 from operatorlib import NODE_IP, python_trainer, trainingrun, wait_phase
 
@@ -33,6 +35,10 @@ pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "cairn"
 TRAINER = python_trainer("import cairn; cairn.init(); cairn.log({'loss': 1.0}, step=0); cairn.finish()")
+# Writes a model file: with an object store it must end up there, checksummed.
+MODEL_TRAINER = python_trainer(
+    "import cairn; cairn.init(); cairn.log({'loss': 1.0}, step=0); "
+    "open('/tmp/model.bin', 'wb').write(b'weights' * 1000); cairn.log_artifact('/tmp/model.bin'); cairn.finish()")
 # Cluster-scoped objects of the CRD file: kept by `helm uninstall`, so a later release adopts them.
 KEPT = (("customresourcedefinition", "trainingruns.cairn.dev"),
         ("validatingadmissionpolicy", "trainingrun-params.cairn.dev"),
@@ -165,8 +171,8 @@ def operator_metrics(kubectl: Kubectl, rel: Release) -> str:
     return kubectl.run("get", "--raw", path).stdout
 
 
-def train(kubectl: Kubectl, rel: Release, name: str) -> dict:
-    kubectl.apply(trainingrun(name, TRAINER), namespace=rel.namespace)
+def train(kubectl: Kubectl, rel: Release, name: str, trainer: list[str] = TRAINER) -> dict:
+    kubectl.apply(trainingrun(name, trainer), namespace=rel.namespace)
     t0 = time.monotonic()
     tr = wait_phase(kubectl, rel.namespace, name, ("Succeeded", "Failed"), timeout=240)
     TIMINGS[f"train {name}"] = time.monotonic() - t0
@@ -371,8 +377,22 @@ def test_bundled_stores_install_train_upgrade_keep_credentials_and_data(
 
     passwords = {"postgresql": kubectl.get("secret", f"{name}-postgresql", ns)["data"]["password"],
                  "minio": kubectl.get("secret", f"{name}-minio", ns)["data"]["rootPassword"]}
-    first = train(kubectl, rel, "bundled")
-    assert store().get_run(first["metadata"]["uid"]).summary.metrics["loss"].value == 1.0
+    first = train(kubectl, rel, "bundled", MODEL_TRAINER)
+    detail = store().get_run(first["metadata"]["uid"])
+    assert detail.summary.metrics["loss"].value == 1.0
+    # the model went to the bundled MinIO (bucket made by the sidecar), checksummed in the store
+    [model] = detail.artifacts
+    expected = hashlib.sha256(b"weights" * 1000).hexdigest()
+    assert model.uri == f"s3://cairn/{ns}/default/{first['metadata']['uid']}/artifacts/model.bin", model.uri
+    assert model.sha256 == expected and detail.uploads == {"complete": True, "pending": 0}
+    minio = Minio(f"{kubectl.get('pod', f'{name}-minio-0', ns)['status']['podIP']}:9000", secure=False,
+                  access_key="cairn", secret_key=base64.b64decode(passwords["minio"]).decode())
+    obj = minio.get_object("cairn", model.uri.removeprefix("s3://cairn/"))
+    try:
+        assert hashlib.sha256(obj.read()).hexdigest() == expected
+    finally:
+        obj.close()
+        obj.release_conn()
 
     # the upgrade keeps the generated password (read back from the release's Secret) and the data
     t0 = time.monotonic()

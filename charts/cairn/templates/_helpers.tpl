@@ -161,6 +161,23 @@ Call with (list $ "postgresql"|"minio").
 {{- if and (not .Values.postgresql.enabled) .Values.externalDatabase.existingSecret }}true{{ end }}
 {{- end }}
 
+{{/* The runs' object store: "minio" (bundled), "external" (externalS3.endpoint), "existing"
+(externalS3.existingSecret) or empty (none: artifacts stay in the pod). */}}
+{{- define "cairn.objectStore" -}}
+{{- if .Values.minio.enabled }}minio
+{{- else if .Values.externalS3.existingSecret }}existing
+{{- else if .Values.externalS3.endpoint }}external
+{{- end }}
+{{- end }}
+
+{{/* The Secret in each run namespace with the object store settings; empty without a store. */}}
+{{- define "cairn.objectStoreSecretName" -}}
+{{- $store := include "cairn.objectStore" . }}
+{{- if eq $store "existing" }}{{ .Values.externalS3.existingSecret }}
+{{- else if $store }}{{ .Values.trainingPods.objectStoreSecret.name }}
+{{- end }}
+{{- end }}
+
 {{/* Container security shared by every container the chart runs. */}}
 {{- define "cairn.containerSecurityContext" -}}
 allowPrivilegeEscalation: false
