@@ -46,6 +46,20 @@ def test_nan_and_infinity_round_trip(store):
     assert latest.value == 1.5 and latest.count == 4
 
 
+def test_history_is_one_series_whole_in_step_then_arrival_order(store):
+    rid = store.create_run("exp")
+    first = [MetricPoint("loss", s, 1_700_000_000_000 + s, 1.0 / (s + 1)) for s in (5, 1, 3)]
+    again = [MetricPoint("loss", 3, 1_800_000_000_000, -2.5), MetricPoint("acc", 3, 7, 0.5)]
+    store.ingest_batch(rid, "f", IngestBatch(metrics=first), 10, 1)
+    store.ingest_batch(rid, "f", IngestBatch(metrics=again), 20, 2)
+    assert store.metric_history(rid, "loss") == [
+        ("loss", 1, 1_700_000_000_001, 0.5), ("loss", 3, 1_700_000_000_003, 0.25),
+        ("loss", 3, 1_800_000_000_000, -2.5), ("loss", 5, 1_700_000_000_005, 1.0 / 6)]
+    assert store.metric_history(rid, "acc") == [("acc", 3, 7, 0.5)]
+    assert store.metric_history(rid, "missing") == []
+    assert store.metric_history(store.create_run("exp"), "loss") == []
+
+
 def test_offset_and_rows_commit_together_and_never_move_back(store):
     rid = store.create_run("exp")
     store.ingest_batch(rid, "f", IngestBatch(metrics=points("a", [0])), 50, 1, {"bad_json": 2})
