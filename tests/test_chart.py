@@ -195,7 +195,9 @@ def test_defaults_render_the_operator_hardened_with_one_replica(helm):
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     c = operator_container(objs)
-    assert c["image"] == "cairn:dev" and c["imagePullPolicy"] == "IfNotPresent"
+    # the image of this very version, not a floating tag
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    assert c["image"] == f"cairn:{app_version}" and c["imagePullPolicy"] == "IfNotPresent"
     assert c["command"] == ["cairn", "operator"]
     assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                     "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
@@ -205,7 +207,7 @@ def test_defaults_render_the_operator_hardened_with_one_replica(helm):
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
     env = env_of(c)
     assert env["CAIRN_NAMESPACES"]["value"] == ""  # every namespace
-    assert env["CAIRN_SIDECAR_IMAGE"]["value"] == "cairn:dev"
+    assert env["CAIRN_SIDECAR_IMAGE"]["value"] == c["image"]
     assert env["CAIRN_DATABASE_SECRET"]["value"] == "cairn-database"
     assert env["CAIRN_METRICS_PORT"]["value"] == "9090" and env["CAIRN_LIVENESS_PORT"]["value"] == "8080"
     assert "CAIRN_IMAGE_PULL_POLICY" not in env

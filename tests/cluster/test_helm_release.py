@@ -352,7 +352,7 @@ def test_bundled_stores_install_train_upgrade_keep_credentials_and_data(
     minio_repository, minio_tag = minio_image.rsplit(":", 1)
     values = tmp_path / "values.json"
     values.write_text(json.dumps({
-        "image": {"pullPolicy": "Never"},
+        "image": {"tag": "dev", "pullPolicy": "Never"},
         "trainingPods": {"imagePullPolicy": "Never"},
         "operator": {"watchNamespaces": [ns]},
         "rbac": {"clusterWide": False},

@@ -74,7 +74,9 @@ public default: an empty repository fails the render with the value to set.
 {{- $registry := $root.Values.global.imageRegistry | trimSuffix "/" }}
 {{- if $registry }}{{ $repository = printf "%s/%s" $registry $repository }}{{ end }}
 {{- $ref := $repository }}
-{{- if $image.tag }}{{ $ref = printf "%s:%s" $ref $image.tag }}{{ end }}
+{{- $tag := $image.tag }}
+{{- if and (not $tag) (eq $path "image") }}{{ $tag = $root.Chart.AppVersion }}{{ end }}
+{{- if $tag }}{{ $ref = printf "%s:%s" $ref $tag }}{{ end }}
 {{- if $image.digest }}{{ $ref = printf "%s@%s" $ref $image.digest }}{{ end }}
 {{- $ref }}
 {{- end }}
