@@ -181,6 +181,25 @@ def test_https_endpoint_signed_by_the_sites_ca_and_a_bucket_made_on_first_upload
     assert S3.ensure_bucket(cfg.client(), "runs") is False  # already there: nothing to do, no error
 
 
+def test_write_only_credentials_upload_into_a_bucket_they_cannot_list(minio_server, minio_bucket, pg_store, tmp_path):
+    from minio import MinioAdmin
+    from minio.credentials import StaticProvider
+
+    admin = MinioAdmin(endpoint=minio_server.endpoint, secure=False,
+                       credentials=StaticProvider(minio_server.access_key, minio_server.secret_key))
+    user, secret = f"writer-{minio_bucket}", os.urandom(16).hex()
+    admin.user_add(user, secret)
+    admin.policy_add(f"put-{minio_bucket}", policy={"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:PutObject"], "Resource": [f"arn:aws:s3:::{minio_bucket}/*"]}]})
+    admin.attach_policy([f"put-{minio_bucket}"], user=user)
+    cfg = S3.S3Config(minio_server.endpoint, False, user, secret, minio_bucket, minio_server.region)
+    run_dir = tmp_path / "run"
+    data = write(run_dir / "artifacts/model.bin", b"weights")
+    up = make_uploader(run_dir, pg_store, cfg)
+    assert up.upload_available() == 0  # no HEAD/list right: the uploads go ahead all the same
+    assert get_object(minio_server.client(), minio_bucket, f"ml/digits/{RUN_ID}/artifacts/model.bin") == data
+
+
 def test_large_file_goes_multipart_in_small_parts(minio_server, minio_bucket, pg_store, tmp_path):
     run_dir = tmp_path / "run"
     data = write(run_dir / "artifacts/weights.bin", os.urandom(12 * MiB + 123))

@@ -131,11 +131,20 @@ def _read_ca_file(path: str | None) -> str | None:
 
 
 def ensure_bucket(client, bucket: str) -> bool:  # noqa: ANN001
-    """Make ``bucket`` unless it exists; True when this call made it. Safe when many race to make it."""
+    """Make ``bucket`` unless it exists; True when this call made it. Safe when many race to make it.
+
+    Credentials that may write objects but not list the bucket (403 on HEAD) are left to the
+    uploads themselves: the bucket is then someone else's to make.
+    """
     from minio.error import S3Error
 
-    if client.bucket_exists(bucket):
-        return False
+    try:
+        if client.bucket_exists(bucket):
+            return False
+    except S3Error as exc:
+        if exc.code == "AccessDenied":
+            return False
+        raise
     try:
         client.make_bucket(bucket)
     except S3Error as exc:
