@@ -76,7 +76,7 @@ FULL_SPEC = {
     "ttlSecondsAfterFinished": 3600,
     "suspend": True,
     "code": {"repository": "https://git.local/ml.git", "commit": "0123456789abcdef"},
-    "dataset": {"uri": "s3://datasets/mnist/v3", "sha256": "f" * 64},
+    "dataset": {"uri": "s3://datasets/mnist/v3", "sha256": "f" * 64, "stage": True},
     "tracking": {"headlineMetric": "val_acc", "exportKeys": ["loss", "val_acc"]},
 }
 
@@ -143,6 +143,8 @@ def test_bounds_patterns_and_enums_are_in_the_schema():
     assert spec["command"]["minItems"] == 1 and spec["image"]["minLength"] == 1
     assert spec["dataset"]["properties"]["sha256"]["pattern"] == "^[0-9a-f]{64}$"
     assert spec["dataset"]["properties"]["uri"]["pattern"].startswith("^s3://")
+    assert spec["dataset"]["properties"]["stage"] == {
+        "type": "boolean", "default": False, "description": spec["dataset"]["properties"]["stage"]["description"]}
     assert spec["tolerations"]["items"]["properties"]["effect"]["enum"] == ["NoSchedule", "PreferNoSchedule",
                                                                            "NoExecute"]
     assert spec["tracking"]["properties"]["exportKeys"]["x-kubernetes-list-type"] == "set"
@@ -202,7 +204,7 @@ def test_full_manifest_parses_into_types():
     assert isinstance(spec.resources, T.Resources) and spec.resources.gpu_type == "NVIDIA-H100-80GB-HBM3"
     assert isinstance(spec.tolerations[0], T.Toleration) and spec.tolerations[0].toleration_seconds == 30
     assert spec.env[1].value_from == {"fieldRef": {"fieldPath": "metadata.name"}}
-    assert spec.dataset == T.Dataset(uri="s3://datasets/mnist/v3", sha256="f" * 64)
+    assert spec.dataset == T.Dataset(uri="s3://datasets/mnist/v3", sha256="f" * 64, stage=True)
     assert spec.tracking.export_keys == ["loss", "val_acc"] and spec.params["nesterov"] is True
     assert to_dict(spec) == FULL_SPEC
 

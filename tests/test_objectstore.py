@@ -460,6 +460,36 @@ def test_prepare_fails_a_mismatched_dataset_with_both_digests_and_records_a_matc
         podspec.PREPARE_DATASET_UNAVAILABLE_EXIT
 
 
+def test_prepare_stages_the_very_dataset_it_digests(
+        minio_server, minio_bucket, pg_store, postgres_url, tmp_path):
+    client = minio_server.client()
+    for key, data in DATA.items():
+        put(client, minio_bucket, f"mnist/{key}", data)
+    put(client, minio_bucket, "mnist-other/x", b"not in the dataset")
+    uri = f"s3://{minio_bucket}/mnist"
+    digest = S3.digest_entries([(k, len(v), sha(v)) for k, v in DATA.items()])
+    cfg = s3_config(minio_server, None)
+    run_dir = tmp_path / "run"
+    stage = run_dir / "dataset"
+    (stage / "old").mkdir(parents=True)
+    (stage / "old/leftover.bin").write_bytes(b"from an earlier try")
+
+    code = run_prepare(prepare_cfg(run_dir, postgres_url, dataset_uri=uri, dataset_sha256=digest,
+                                   dataset_dir=stage), cfg)
+    assert code == 0
+    staged = {p.relative_to(stage).as_posix(): p.read_bytes() for p in stage.rglob("*") if p.is_file()}
+    assert staged == DATA  # every object at its key, byte for byte, and nothing else
+    assert json.loads((run_dir / "dataset.json").read_text())["sha256"] == digest
+    assert S3.dataset_digest(client, uri).digest == digest  # staging does not change the digest
+
+    # MinIO refuses such keys; other S3 stores keep them, and none may lead out of the directory
+    # or make two objects one file.
+    assert S3.staged_path(stage, "train/0.csv") == stage / "train" / "0.csv"
+    for key in ("../../etc/passwd", "train/../../x", "/abs", "a//b", "./a", ""):
+        with pytest.raises(S3.ObjectStoreError, match="no safe path"):
+            S3.staged_path(stage, key)
+
+
 def test_prepare_restores_the_latest_checkpoint_and_the_sdk_resumes_from_it(
         minio_server, minio_bucket, pg_store, postgres_url, tmp_path):
     first = tmp_path / "attempt1"

@@ -80,6 +80,18 @@ def test_trainer_env_tells_the_sdk_everything():
     assert values["CAIRN_CODE_COMMIT"] == "abcdef1" and values["CAIRN_DATASET_URI"] == "s3://data/x"
 
 
+def test_a_staged_dataset_is_named_to_the_prepare_step_and_the_trainer_inside_the_run_volume():
+    pod = build_pod(tr(dataset={"uri": "s3://data/x", "stage": True}), PodSettings(), 1, "r")
+    prepare = pod["spec"]["initContainers"][0]
+    trainer = pod["spec"]["containers"][0]
+    assert prepare["name"] == "cairn-prepare"
+    assert env_of(prepare)["CAIRN_DATASET_DIR"] == env_of(trainer)["CAIRN_DATASET_DIR"] == "/cairn/run/dataset"
+    assert any(m["mountPath"] == "/cairn/run" for m in prepare["volumeMounts"])
+    unstaged = build_pod(tr(dataset={"uri": "s3://data/x"}), PodSettings(), 1, "r")
+    assert not any("CAIRN_DATASET_DIR" in env_of(c)
+                   for c in unstaged["spec"]["initContainers"] + unstaged["spec"]["containers"])
+
+
 def test_gpus_become_limits_node_selection_and_a_toleration():
     pod = build_pod(tr(resources={"gpus": 2, "gpuType": "NVIDIA-A100", "cpu": "4", "memory": "16Gi"},
                        nodeSelector={"zone": "a"}), PodSettings(), 1, "r")

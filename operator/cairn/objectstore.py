@@ -273,26 +273,48 @@ def dataset_prefix(uri: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-def _object_sha256(client, bucket: str, key: str) -> str:  # noqa: ANN001
+def _object_sha256(client, bucket: str, key: str) -> tuple[int, str]:  # noqa: ANN001
     h = hashlib.sha256()
+    size = 0
     resp = client.get_object(bucket, key)
     try:
         for chunk in resp.stream(CHUNK):
             h.update(chunk)
+            size += len(chunk)
     finally:
         resp.close()
         resp.release_conn()
-    return h.hexdigest()
+    return size, h.hexdigest()
 
 
-def dataset_digest(client, uri: str, workers: int = 4) -> DatasetDigest:  # noqa: ANN001
-    """The content digest of every object under ``uri`` (formula in the module docstring)."""
+def staged_path(root: Path, rel: str) -> Path:
+    """Where the object ``rel`` (its key below the dataset prefix) is staged under ``root``."""
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ObjectStoreError(f"dataset object {rel!r} has no safe path to stage it at")
+    return root.joinpath(*parts)
+
+
+def dataset_digest(client, uri: str, workers: int = 4, stage_to: Path | None = None) -> DatasetDigest:  # noqa: ANN001
+    """The content digest of every object under ``uri`` (formula in the module docstring).
+
+    With ``stage_to`` every object is also written below that directory at its relative key, and
+    the digest is of the bytes written: what the trainer reads is what was checked.
+    """
     bucket, prefix = dataset_prefix(uri)
-    objects = [(o.object_name, o.size) for o in client.list_objects(bucket, prefix=prefix or None, recursive=True)
-               if not (o.object_name.endswith("/") and not o.size)]
+    names = [o.object_name for o in client.list_objects(bucket, prefix=prefix or None, recursive=True)
+             if not (o.object_name.endswith("/") and not o.size)]
+    if stage_to is None:
+        def fetch(name: str) -> tuple[int, str]:
+            return _object_sha256(client, bucket, name)
+    else:
+        targets = {name: staged_path(stage_to, name[len(prefix):]) for name in names}
+
+        def fetch(name: str) -> tuple[int, str]:
+            return download_file(client, bucket, name, targets[name])
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        hashes = list(pool.map(lambda o: _object_sha256(client, bucket, o[0]), objects))
-    entries = [(name[len(prefix):], size, sha) for (name, size), sha in zip(objects, hashes, strict=True)]
+        fetched = list(pool.map(fetch, names))
+    entries = [(name[len(prefix):], size, sha) for name, (size, sha) in zip(names, fetched, strict=True)]
     return DatasetDigest(uri, digest_entries(entries), len(entries), sum(size for _, size, _ in entries))
 
 

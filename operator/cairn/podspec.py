@@ -10,7 +10,8 @@ The pod holds two containers sharing an emptyDir run directory:
   environment the SDK reads.
 - ``cairn-prepare`` (only when the run names a dataset, or on a retry): a plain init container
   running ``cairn prepare`` before the sidecar and the trainer. It checks the dataset's digest
-  (exit code 12 when it differs from the pinned one, which fails the run) and restores the latest
+  (exit code 12 when it differs from the pinned one, which fails the run), copies the dataset into
+  the run directory when ``spec.dataset.stage`` asks for it, and restores the latest
   checkpoint on a retry. It and the sidecar are the only containers given object store credentials.
 """
 
@@ -24,6 +25,7 @@ from typing import Any, Mapping
 
 from cairn.api import GROUP, KIND, VERSION, TrainingRun
 from cairn.api.types import GPU_PRODUCT_LABEL
+from cairn.sdk.records import DATASET_DIR as DATASET_SUBDIR
 
 TRAININGRUN_LABEL = "cairn.dev/trainingrun"
 RUN_ID_LABEL = "cairn.dev/run-id"
@@ -41,6 +43,7 @@ OBJECTSTORE_KEYS = (("endpoint", "CAIRN_S3_ENDPOINT"), ("accessKey", "CAIRN_S3_A
                     ("caBundle", "CAIRN_S3_CA_BUNDLE"))
 METRICS_PORT = 9400  # the sidecar's live run metrics
 RUN_DIR = "/cairn/run"
+DATASET_DIR = f"{RUN_DIR}/{DATASET_SUBDIR}"  # spec.dataset.stage: where the prepare step copies it
 RETRY_BASE_S = 5.0
 RETRY_CAP_S = 300.0
 
@@ -95,6 +98,8 @@ def trainer_env(tr: TrainingRun, attempt: int, run_id: str) -> list[dict[str, An
             ours.append(_env("CAIRN_CODE_REPOSITORY", spec.code.repository))
     if spec.dataset is not None:
         ours.append(_env("CAIRN_DATASET_URI", spec.dataset.uri))
+        if spec.dataset.stage:
+            ours.append(_env("CAIRN_DATASET_DIR", DATASET_DIR))
     # Later entries win in Kubernetes: the run's identity cannot be overridden by spec.env.
     return user + ours
 
@@ -130,6 +135,8 @@ def prepare_container(tr: TrainingRun, settings: PodSettings, attempt: int, run_
         env.append(_env("CAIRN_DATASET_URI", spec.dataset.uri))
         if spec.dataset.sha256:
             env.append(_env("CAIRN_DATASET_SHA256", spec.dataset.sha256))
+        if spec.dataset.stage:
+            env.append(_env("CAIRN_DATASET_DIR", DATASET_DIR))
     env += [_database_env(settings), *objectstore_env(settings)]
     pull = {"imagePullPolicy": settings.image_pull_policy} if settings.image_pull_policy else {}
     return {

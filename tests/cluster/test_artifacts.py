@@ -112,9 +112,24 @@ def test_a_run_keeps_its_model_and_two_checkpoints_in_minio(kubectl, namespace, 
 
 
 DATASET = {"train/part-0.csv": b"x,y\n1,2\n", "train/part-1.csv": b"x,y\n3,4\n", "meta.json": b'{"rows": 2}'}
+# Reads the staged copy and checks it is the data whose digest was pinned (same formula).
+STAGED_TRAINER = """
+import hashlib, os
+import cairn
+cairn.init()
+root, h, files = cairn.dataset_dir, hashlib.sha256(), []
+for d, _, names in os.walk(root):
+    files += [os.path.relpath(os.path.join(d, n), root) for n in names]
+for rel in sorted(files, key=str.encode):
+    data = open(os.path.join(root, rel), "rb").read()
+    h.update(b"%s\\0%d\\0%s\\n" % (rel.encode(), len(data), hashlib.sha256(data).hexdigest().encode()))
+assert h.hexdigest() == cairn.config.digest, (root, files)
+cairn.log({"files": len(files)}, step=0)
+cairn.finish()
+"""
 
 
-def test_a_pinned_dataset_mismatch_fails_before_the_trainer_starts_and_a_match_trains(
+def test_a_pinned_dataset_mismatch_fails_before_the_trainer_starts_and_a_match_trains_on_its_staged_copy(
         kubectl, namespace, running_operator, store_urls, objectstore):
     client = objectstore.client()
     for key, data in DATASET.items():
@@ -124,7 +139,8 @@ def test_a_pinned_dataset_mismatch_fails_before_the_trainer_starts_and_a_match_t
     stale = sha(b"last month's data")
     trainer = python_trainer("import cairn; cairn.init(); cairn.log({'loss': 1.0}, step=0); cairn.finish()")
     kubectl.apply(trainingrun("pinned-wrong", trainer, dataset={"uri": uri, "sha256": stale}, backoffLimit=3),
-                  trainingrun("pinned-right", trainer, dataset={"uri": uri, "sha256": digest}),
+                  trainingrun("pinned-right", python_trainer(STAGED_TRAINER), params={"digest": digest},
+                              dataset={"uri": uri, "sha256": digest, "stage": True}),
                   namespace=namespace)
 
     tr = wait_phase(kubectl, namespace, "pinned-wrong", ("Failed", "Succeeded"), timeout=180)
@@ -146,6 +162,8 @@ def test_a_pinned_dataset_mismatch_fails_before_the_trainer_starts_and_a_match_t
     assert ok["status"]["phase"] == "Succeeded", ok["status"]
     right = store.get_run(ok["metadata"]["uid"])
     assert right.datasets[0]["digest"] == digest == right.datasets[0]["pinned_digest"]
+    # staged: the trainer found every object in its pod, byte for byte, under cairn.dataset_dir
+    assert right.summary.metrics["files"].value == len(DATASET)
 
 
 RESUMING = """

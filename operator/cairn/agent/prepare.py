@@ -4,7 +4,9 @@
    (``cairn.objectstore.dataset_digest``) and record it. If ``dataset.sha256`` is pinned and
    differs, write both digests to the termination message and exit 12: the operator fails the
    run (reason ``DatasetMismatch``) before the trainer ever starts. No object store settings, no
-   such bucket or no access exits 13 (``DatasetUnavailable``), also not retried.
+   such bucket or no access exits 13 (``DatasetUnavailable``), also not retried. With
+   ``dataset.stage`` every object is written to ``CAIRN_DATASET_DIR`` (``dataset/`` in the run
+   directory) as it is hashed, so the digest is of the very bytes the trainer reads.
 2. **Resume.** On a retry (attempt > 1), download the latest checkpoint the store knows of
    (highest step whose files were all uploaded) into ``checkpoints/<step>/`` of the fresh run
    directory, verifying each file's sha256, write ``resume.json`` for the SDK
@@ -22,13 +24,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 from cairn.agent.uploader import Uploaded, load_state, save_state
-from cairn.objectstore import S3Config, dataset_digest, download_file, is_permanent, parse_s3_uri, retry
+from cairn.objectstore import (DatasetDigest, S3Config, dataset_digest, download_file, is_permanent, parse_s3_uri,
+                               retry)
 from cairn.podspec import PREPARE_DATASET_MISMATCH_EXIT, PREPARE_DATASET_UNAVAILABLE_EXIT
 from cairn.sdk import records as R
 
@@ -47,6 +51,7 @@ class PrepareConfig:
     database_url: str | None
     dataset_uri: str | None = None
     dataset_sha256: str | None = None
+    dataset_dir: Path | None = None  # stage the dataset here (spec.dataset.stage)
     timeout_s: float = 300.0
     termination_log: str = "/dev/termination-log"
 
@@ -65,6 +70,7 @@ class PrepareConfig:
             database_url=env.get("CAIRN_DATABASE_URL") or None,
             dataset_uri=env.get("CAIRN_DATASET_URI") or None,
             dataset_sha256=(env.get("CAIRN_DATASET_SHA256") or "").lower() or None,
+            dataset_dir=Path(env["CAIRN_DATASET_DIR"]) if env.get("CAIRN_DATASET_DIR") else None,
             timeout_s=float(env.get("CAIRN_PREPARE_TIMEOUT") or 300.0),
             termination_log=env.get("CAIRN_TERMINATION_LOG") or "/dev/termination-log",
         )
@@ -114,14 +120,20 @@ def check_dataset(cfg: PrepareConfig, s3: S3Config | None, get_store, deadline: 
                             f"dataset {uri}: no object store is configured (the cairn-objectstore Secret)")
     client = s3.client()
     started = time.monotonic()
+
+    def digest() -> DatasetDigest:
+        if cfg.dataset_dir is not None:  # a fresh copy on every try: nothing left of an object since removed
+            shutil.rmtree(cfg.dataset_dir, ignore_errors=True)
+        return dataset_digest(client, uri, stage_to=cfg.dataset_dir)
+
     try:
-        found = retry(lambda: dataset_digest(client, uri), deadline, f"digest of {uri}", log)
+        found = retry(digest, deadline, f"digest of {uri}", log)
     except Exception as exc:  # noqa: BLE001
         if is_permanent(exc):
             raise PrepareFailed(PREPARE_DATASET_UNAVAILABLE_EXIT, f"dataset {uri}: {_one_line(exc)}") from None
         raise PrepareFailed(TRANSIENT_EXIT, f"dataset {uri}: object store unavailable: {_one_line(exc)}") from None
-    log.info("dataset %s: %d objects, %d bytes, digest %s (%.1fs)", uri, found.objects, found.bytes, found.digest,
-             time.monotonic() - started)
+    log.info("dataset %s: %d objects, %d bytes, digest %s (%.1fs)%s", uri, found.objects, found.bytes, found.digest,
+             time.monotonic() - started, f", staged in {cfg.dataset_dir}" if cfg.dataset_dir else "")
     if found.objects == 0:
         log.warning("dataset %s has no objects", uri)
     try:

@@ -107,6 +107,10 @@ class Dataset:
     sha256: str | None = field(
         "Expected content digest (64 hex digits); the run fails before training when the data differs.",
         pattern=SHA256)
+    stage: bool = field(
+        "Copy the dataset into the pod before training, at $CAIRN_DATASET_DIR; the digest is then computed "
+        "from the copied bytes, so the trainer reads exactly the data that was checked. The copy lives in "
+        "the pod's run volume (node disk).", False)
 
 
 @dataclass(kw_only=True)

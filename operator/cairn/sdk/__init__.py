@@ -20,6 +20,9 @@ Checkpoints: ``cairn.save_checkpoint(path_or_dir, step=...)`` keeps a copy under
 ``checkpoints/<step>/`` of the run directory (the sidecar uploads it). When a retried attempt
 starts, the latest uploaded checkpoint is already restored there and ``cairn.resume_from`` says
 where (``.path``, ``.step``); it is None on a fresh start.
+
+Datasets: with ``spec.dataset.stage`` the dataset is already copied in when the trainer starts,
+and ``cairn.dataset_dir`` names the directory (``CAIRN_DATASET_DIR``); None otherwise.
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ def _read_resume(run_dir: str | None) -> Resume | None:
 config = Config()
 run: "Run | None" = None
 resume_from: Resume | None = _read_resume(os.environ.get("CAIRN_RUN_DIR"))
+dataset_dir: str | None = os.environ.get("CAIRN_DATASET_DIR") or None
 
 
 def _coerce(value: Any) -> Any:

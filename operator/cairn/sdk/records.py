@@ -10,6 +10,7 @@ ARTIFACTS_DIR = "artifacts"
 METRICS_DIR = "metrics"
 PARAMS_FILE = "params.json"
 CHECKPOINTS_DIR = "checkpoints"  # checkpoints/<step>/...: uploaded, and restored on a retry
+DATASET_DIR = "dataset"  # spec.dataset.stage: the dataset, copied in by the prepare step (not uploaded)
 RESUME_FILE = "resume.json"  # written by the prepare step when an attempt resumes from a checkpoint
 
 # Record types
