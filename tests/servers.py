@@ -182,6 +182,16 @@ def minio_binary(build: bool = True) -> str:
     return path
 
 
+def read_object(client, bucket: str, key: str) -> bytes:  # noqa: ANN001 - a minio.Minio
+    """The whole object, with the connection handed back to the client's pool."""
+    resp = client.get_object(bucket, key)
+    try:
+        return resp.read()
+    finally:
+        resp.close()
+        resp.release_conn()
+
+
 class MinioServer:
     """A single-drive MinIO server with generated credentials; stop() and start() keep port and data."""
 

@@ -27,6 +27,7 @@ from cairn.agent.uploader import STATE_FILE, ArtifactUploader, checkpoint_step, 
 from cairn.api import from_manifest
 from cairn.controller import reconcile
 from cairn.store.store import TrackingStore
+from servers import read_object
 
 RUN_ID = "7c1e2d3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f"
 MiB = 1 << 20
@@ -38,15 +39,6 @@ def sha(data: bytes) -> str:
 
 def s3_config(server, bucket: str | None) -> S3.S3Config:
     return S3.S3Config(server.endpoint, False, server.access_key, server.secret_key, bucket, server.region)
-
-
-def get_object(client, bucket: str, key: str) -> bytes:  # noqa: ANN001
-    resp = client.get_object(bucket, key)
-    try:
-        return resp.read()
-    finally:
-        resp.close()
-        resp.release_conn()
 
 
 def keys(client, bucket: str, prefix: str = "") -> list[str]:  # noqa: ANN001
@@ -141,7 +133,7 @@ def test_artifacts_and_checkpoints_upload_with_sha256_and_s3_uris(minio_server, 
     for path, data in files.items():
         a = arts[path]
         assert a.uri == f"s3://{minio_bucket}/{prefix}{path}" and a.size == len(data) and a.sha256 == sha(data)
-        assert sha(get_object(client, minio_bucket, prefix + path)) == a.sha256
+        assert sha(read_object(client, minio_bucket, prefix + path)) == a.sha256
         assert a.attempt == 1 and a.uploaded_at is not None
     assert (arts["checkpoints/20/ckpt.bin"].kind, arts["checkpoints/20/ckpt.bin"].step) == ("checkpoint", 20)
     assert (arts["artifacts/model.npz"].kind, arts["artifacts/model.npz"].step) == ("artifact", None)
@@ -177,7 +169,7 @@ def test_https_endpoint_signed_by_the_sites_ca_and_a_bucket_made_on_first_upload
     assert up.upload_available() == 0  # the bucket did not exist: the uploader made it
     [art] = pg_store.list_artifacts(RUN_ID)
     assert art.uri == f"s3://runs/ml/digits/{RUN_ID}/artifacts/model.bin" and art.sha256 == sha(data)
-    assert sha(get_object(server.client(), "runs", f"ml/digits/{RUN_ID}/artifacts/model.bin")) == sha(data)
+    assert sha(read_object(server.client(), "runs", f"ml/digits/{RUN_ID}/artifacts/model.bin")) == sha(data)
     assert S3.ensure_bucket(cfg.client(), "runs") is False  # already there: nothing to do, no error
 
 
@@ -197,7 +189,7 @@ def test_write_only_credentials_upload_into_a_bucket_they_cannot_list(minio_serv
     data = write(run_dir / "artifacts/model.bin", b"weights")
     up = make_uploader(run_dir, pg_store, cfg)
     assert up.upload_available() == 0  # no HEAD/list right: the uploads go ahead all the same
-    assert get_object(minio_server.client(), minio_bucket, f"ml/digits/{RUN_ID}/artifacts/model.bin") == data
+    assert read_object(minio_server.client(), minio_bucket, f"ml/digits/{RUN_ID}/artifacts/model.bin") == data
 
 
 def test_large_file_goes_multipart_in_small_parts(minio_server, minio_bucket, pg_store, tmp_path):
@@ -209,7 +201,7 @@ def test_large_file_goes_multipart_in_small_parts(minio_server, minio_bucket, pg
     stat = minio_server.client().stat_object(minio_bucket, key)
     assert stat.size == len(data) and stat.etag.endswith("-3")  # three parts: 5 + 5 + 2 MiB
     (art,) = pg_store.list_artifacts(RUN_ID)
-    assert art.sha256 == sha(data) == sha(get_object(minio_server.client(), minio_bucket, key))
+    assert art.sha256 == sha(data) == sha(read_object(minio_server.client(), minio_bucket, key))
 
 
 def test_a_file_still_being_written_waits_and_a_checkpoint_is_recorded_whole(minio_server, minio_bucket, pg_store,
@@ -275,7 +267,7 @@ def test_minio_stopped_mid_upload_then_restarted_every_artifact_arrives_exactly_
     arts = pg_store.list_artifacts(RUN_ID)
     assert sorted(a.path for a in arts) == sorted(files)  # one row per file
     for a in arts:
-        assert a.sha256 == sha(files[a.path]) == sha(get_object(client, "runs", prefix + a.path))
+        assert a.sha256 == sha(files[a.path]) == sha(read_object(client, "runs", prefix + a.path))
     assert pg_store.get_run(RUN_ID).uploads == {"complete": True, "pending": 0}
 
     # A restarted sidecar that lost its state uploads again: still one object and one row per file.

@@ -10,16 +10,7 @@ import time
 
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
-from servers import free_port
-
-
-def _get(client, bucket: str, key: str) -> bytes:
-    resp = client.get_object(bucket, key)
-    try:
-        return resp.read()
-    finally:
-        resp.close()
-        resp.release_conn()
+from servers import free_port, read_object
 
 
 def test_minio_stores_and_returns_bytes(minio_server, minio_bucket, tmp_path):
@@ -31,8 +22,8 @@ def test_minio_stores_and_returns_bytes(minio_server, minio_bucket, tmp_path):
     big.write_bytes(os.urandom(12 * 1024 * 1024))
     client.fput_object(minio_bucket, "a/big.bin", str(big), part_size=5 * 1024 * 1024)
 
-    assert _get(client, minio_bucket, "a/small.bin") == small
-    assert hashlib.sha256(_get(client, minio_bucket, "a/big.bin")).digest() == hashlib.sha256(big.read_bytes()).digest()
+    assert read_object(client, minio_bucket, "a/small.bin") == small
+    assert hashlib.sha256(read_object(client, minio_bucket, "a/big.bin")).digest() == hashlib.sha256(big.read_bytes()).digest()
     assert client.stat_object(minio_bucket, "a/big.bin").size == 12 * 1024 * 1024
     assert sorted(o.object_name for o in client.list_objects(minio_bucket, prefix="a/")) == ["a/big.bin", "a/small.bin"]
 
@@ -52,7 +43,7 @@ def test_minio_keeps_data_across_stop_and_start(minio_factory, kill):
 
     server.start()
     assert server.port == port
-    assert _get(server.client(), "keep", "obj") == data
+    assert read_object(server.client(), "keep", "obj") == data
 
 
 def test_prometheus_scrapes_an_exporter_and_the_series_goes_stale(prometheus_factory):

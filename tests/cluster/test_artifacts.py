@@ -19,7 +19,7 @@ from operatorlib import NODE_IP, objectstore_secret, python_trainer, trainingrun
 from test_operator import cluster_postgres, running_operator, store_urls  # noqa: F401  (fixtures)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from servers import MinioServer  # noqa: E402
+from servers import MinioServer, read_object  # noqa: E402
 
 from cairn import objectstore as S3  # noqa: E402
 from cairn.store.store import TrackingStore  # noqa: E402
@@ -44,15 +44,6 @@ def objectstore(kubectl, namespace, cluster_minio):
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def get_object(client, key: str) -> bytes:  # noqa: ANN001
-    resp = client.get_object(BUCKET, key)
-    try:
-        return resp.read()
-    finally:
-        resp.close()
-        resp.release_conn()
 
 
 def object_keys(client, prefix: str) -> list[str]:  # noqa: ANN001
@@ -92,7 +83,7 @@ def test_a_run_keeps_its_model_and_two_checkpoints_in_minio(kubectl, namespace, 
     assert [a.path for a in detail.artifacts] == expected
     for a in detail.artifacts:
         assert a.uri == f"s3://{BUCKET}/{prefix}{a.path}"
-        data = get_object(client, prefix + a.path)
+        data = read_object(client, BUCKET, prefix + a.path)
         assert sha(data) == a.sha256 and len(data) == a.size and a.attempt == 1
     assert {a.path: a.step for a in detail.artifacts if a.kind == "checkpoint"} == {
         "checkpoints/10/ckpt.bin": 10, "checkpoints/20/ckpt.bin": 20}
@@ -108,7 +99,7 @@ def test_a_run_keeps_its_model_and_two_checkpoints_in_minio(kubectl, namespace, 
                           uid[:8], "-o", str(out)], env=env, capture_output=True, text=True, timeout=120)
     assert got.returncode == 0, got.stderr
     for a in detail.artifacts:
-        assert (out / a.path).read_bytes() == get_object(client, prefix + a.path)
+        assert (out / a.path).read_bytes() == read_object(client, BUCKET, prefix + a.path)
 
 
 DATASET = {"train/part-0.csv": b"x,y\n1,2\n", "train/part-1.csv": b"x,y\n3,4\n", "meta.json": b'{"rows": 2}'}

@@ -26,7 +26,7 @@ from clusterlib import Kubectl, wait_until
 from operatorlib import NODE_IP, python_trainer, trainingrun, wait_phase
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from servers import PostgresServer  # noqa: E402
+from servers import PostgresServer, read_object  # noqa: E402
 
 from cairn.store import db  # noqa: E402
 from cairn.store.store import TrackingStore  # noqa: E402
@@ -387,12 +387,7 @@ def test_bundled_stores_install_train_upgrade_keep_credentials_and_data(
     assert model.sha256 == expected and detail.uploads == {"complete": True, "pending": 0}
     minio = Minio(f"{kubectl.get('pod', f'{name}-minio-0', ns)['status']['podIP']}:9000", secure=False,
                   access_key="cairn", secret_key=base64.b64decode(passwords["minio"]).decode())
-    obj = minio.get_object("cairn", model.uri.removeprefix("s3://cairn/"))
-    try:
-        assert hashlib.sha256(obj.read()).hexdigest() == expected
-    finally:
-        obj.close()
-        obj.release_conn()
+    assert hashlib.sha256(read_object(minio, "cairn", model.uri.removeprefix("s3://cairn/"))).hexdigest() == expected
 
     # the upgrade keeps the generated password (read back from the release's Secret) and the data
     t0 = time.monotonic()
