@@ -30,6 +30,8 @@ DO_IMPORT=1
 
 log() { printf '[build-image %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+# shellcheck source=hack/node-image.sh
+source "$HERE/node-image.sh"
 [[ $EUID -eq 0 ]] || die "must run as root (debootstrap, chroot)"
 for t in debootstrap chroot python3 tar sha256sum; do command -v "$t" >/dev/null || die "missing $t (apt-get install debootstrap)"; done
 
@@ -119,24 +121,9 @@ ARCHIVE="$IMG_CACHE/cairn.oci.tar"
 app_key="$( (echo "$deps_key"; cd "$REPO" && find operator examples pyproject.toml -type f ! -path '*/__pycache__/*' \
   ! -path '*.egg-info/*' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum) | sha)"
 
-import_archive() {
-  [[ $DO_IMPORT -eq 1 ]] || return 0
-  [[ -S "$CONTAINERD_SOCK" ]] || die "the cluster's containerd is not running ($CONTAINERD_SOCK); run hack/cluster.sh up or pass --no-import"
-  local want have t1=$SECONDS
-  want="$(cat "$ARCHIVE.digest")"
-  have="$(ctr --address "$CONTAINERD_SOCK" --namespace k8s.io images ls "name==docker.io/library/cairn:dev" 2>/dev/null |
-    awk 'NR > 1 {print $3}')"
-  if [[ "$have" == "$want" ]]; then
-    log "cairn:dev ($want) already in the node"
-    return 0
-  fi
-  ctr --address "$CONTAINERD_SOCK" --namespace k8s.io images import "$ARCHIVE" >/dev/null
-  log "imported cairn:dev and localhost/cairn:$version into the node in $((SECONDS - t1))s"
-}
-
 if [[ -f "$ARCHIVE" && -f "$ARCHIVE.digest" && "$(cat "$ARCHIVE.key" 2>/dev/null)" == "$app_key" ]]; then
   log "image archive up to date with the sources ($ARCHIVE)"
-  import_archive
+  import_archive "$ARCHIVE" docker.io/library/cairn:dev
   exit 0
 fi
 work="$(mktemp -d "$IMG_CACHE/app-XXXXXX")"
@@ -169,4 +156,4 @@ python3 "$HERE/oci_image.py" pack --out "$ARCHIVE" \
 cp "$work/digest" "$ARCHIVE.digest"
 echo "$app_key" >"$ARCHIVE.key"
 log "image archive $ARCHIVE (manifest $(cat "$work/digest")) built in $((SECONDS - t0))s"
-import_archive
+import_archive "$ARCHIVE" docker.io/library/cairn:dev

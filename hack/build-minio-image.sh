@@ -22,6 +22,8 @@ DO_IMPORT=1
 
 log() { printf '[build-minio-image %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+# shellcheck source=hack/node-image.sh
+source "$HERE/node-image.sh"
 
 bin="$(bash "$HERE/build-minio.sh" | tail -n 1)"
 [[ -x "$bin" ]] || die "hack/build-minio.sh gave no binary"
@@ -33,20 +35,6 @@ mkdir -p "$OUT"
 exec 9>"$OUT/.lock"
 flock 9
 key="$( (sha256sum "$bin"; cat "${BASH_SOURCE[0]}") | sha256sum | cut -c1-16)"
-
-import_archive() {
-  [[ $DO_IMPORT -eq 1 ]] || return 0
-  [[ -S "$CONTAINERD_SOCK" ]] || die "the cluster's containerd is not running ($CONTAINERD_SOCK); run hack/cluster.sh up or pass --no-import"
-  local want have
-  want="$(cat "$ARCHIVE.digest")"
-  have="$(ctr --address "$CONTAINERD_SOCK" --namespace k8s.io images ls "name==$NAME" 2>/dev/null | awk 'NR > 1 {print $3}')"
-  if [[ "$have" == "$want" ]]; then
-    log "$NAME ($want) already in the node"
-  else
-    ctr --address "$CONTAINERD_SOCK" --namespace k8s.io images import "$ARCHIVE" >/dev/null
-    log "imported $NAME into the node"
-  fi
-}
 
 if [[ ! -f "$ARCHIVE" || "$(cat "$ARCHIVE.key" 2>/dev/null)" != "$key" ]]; then
   work="$(mktemp -d "$OUT/build-XXXXXX")"
@@ -70,5 +58,5 @@ if [[ ! -f "$ARCHIVE" || "$(cat "$ARCHIVE.key" 2>/dev/null)" != "$key" ]]; then
 else
   log "image archive up to date ($ARCHIVE)"
 fi
-import_archive
+import_archive "$ARCHIVE" "$NAME"
 echo "$NAME"

@@ -29,6 +29,8 @@ DO_IMPORT=1
 
 log() { printf '[build-postgres-image %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+# shellcheck source=hack/node-image.sh
+source "$HERE/node-image.sh"
 [[ $EUID -eq 0 ]] || die "must run as root (debootstrap, chroot)"
 for t in debootstrap chroot python3 tar sha256sum flock; do command -v "$t" >/dev/null || die "missing $t"; done
 
@@ -38,23 +40,9 @@ flock 9
 
 key="$( (printf '%s\n' "$SUITE" "$PACKAGES"; cat "${BASH_SOURCE[0]}") | sha256sum | cut -c1-16)"
 
-import_archive() {
-  [[ $DO_IMPORT -eq 1 ]] || return 0
-  [[ -S "$CONTAINERD_SOCK" ]] || die "the cluster's containerd is not running ($CONTAINERD_SOCK); run hack/cluster.sh up or pass --no-import"
-  local want have
-  want="$(cat "$ARCHIVE.digest")"
-  have="$(ctr --address "$CONTAINERD_SOCK" --namespace k8s.io images ls "name==$NAME" 2>/dev/null | awk 'NR > 1 {print $3}')"
-  if [[ "$have" == "$want" ]]; then
-    log "$NAME ($want) already in the node"
-  else
-    ctr --address "$CONTAINERD_SOCK" --namespace k8s.io images import "$ARCHIVE" >/dev/null
-    log "imported $NAME into the node"
-  fi
-}
-
 if [[ -f "$ARCHIVE" && "$(cat "$ARCHIVE.key" 2>/dev/null)" == "$key" ]]; then
   log "image archive up to date ($ARCHIVE)"
-  import_archive
+  import_archive "$ARCHIVE" "$NAME"
   echo "$ARCHIVE"
   exit 0
 fi
@@ -127,5 +115,5 @@ mv -f "$work/image.tar" "$ARCHIVE"
 cp "$work/digest" "$ARCHIVE.digest"
 echo "$key" >"$ARCHIVE.key"
 log "built $ARCHIVE ($(du -h "$ARCHIVE" | cut -f1), manifest $(cat "$work/digest")) in $((SECONDS - t0))s"
-import_archive
+import_archive "$ARCHIVE" "$NAME"
 echo "$ARCHIVE"

@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -180,6 +181,28 @@ def minio_binary(build: bool = True) -> str:
         # Progress goes to stderr, which pytest shows with -s or when the fixture fails.
         subprocess.run(["bash", str(script)], check=True, stdout=subprocess.DEVNULL)
     return path
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without CAIRN_* and AWS_* settings, plus ``extra``: what a fresh
+    container of a pod starts from."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith(("CAIRN_", "AWS_"))}, **extra}
+
+
+def start_sidecar(run_dir: Path, env: dict[str, str], timeout: float = 30) -> subprocess.Popen:
+    """``cairn sidecar`` for ``run_dir`` as in a pod (``env`` on top of ``clean_env()``), returned
+    once it has prepared the run directory, as the kubelet's startup probe waits for it."""
+    proc = subprocess.Popen([sys.executable, "-m", "cairn.cli.main", "sidecar"],
+                            env=clean_env(**env, CAIRN_RUN_DIR=str(run_dir)),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout
+    while not (Path(run_dir) / ".sidecar-ready").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+            raise AssertionError(f"the sidecar did not get ready:\n{proc.communicate()[0]}")
+        time.sleep(0.05)
+    return proc
 
 
 def read_object(client, bucket: str, key: str) -> bytes:  # noqa: ANN001 - a minio.Minio

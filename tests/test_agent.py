@@ -21,7 +21,7 @@ from cairn import sdk
 from cairn.agent.ingest import IngestAgent, sha256_file
 from cairn.store import db
 from cairn.store.store import TrackingStore
-from servers import PostgresServer
+from servers import PostgresServer, clean_env, start_sidecar
 
 RUN_ID = "0b6f7d2e-6a55-4c1e-9d0b-1f1b2b3c4d5e"
 
@@ -294,16 +294,10 @@ def test_database_away_for_a_minute_mid_run_costs_the_trainer_nothing_and_every_
     url = own_postgres.create_database("minute")
     db.upgrade(db.get_engine(url))
     run_dir, run_id = tmp_path / "run", "3f9a1c2e-7b4d-4e6f-8a0b-1c2d3e4f5a6b"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
-    sidecar = subprocess.Popen([sys.executable, "-m", "cairn.cli.main", "sidecar"],
-                               env={**env, "CAIRN_RUN_DIR": str(run_dir), "CAIRN_RUN_ID": run_id,
-                                    "CAIRN_ATTEMPT": "1", "CAIRN_DATABASE_URL": url},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sidecar = start_sidecar(run_dir, {"CAIRN_RUN_ID": run_id, "CAIRN_ATTEMPT": "1", "CAIRN_DATABASE_URL": url})
     try:
-        wait_for(lambda: (run_dir / ".sidecar-ready").exists() or sidecar.poll() is not None, timeout=30)
-        assert sidecar.poll() is None, sidecar.stdout.read()
         trainer = subprocess.Popen([sys.executable, "-c", PACED_TRAINER, "80"], stdout=subprocess.PIPE, text=True,
-                                   env={**env, "CAIRN_RUN_DIR": str(run_dir), "CAIRN_RUN_ID": run_id})
+                                   env=clean_env(CAIRN_RUN_DIR=str(run_dir), CAIRN_RUN_ID=run_id))
         wait_for(lambda: point_counts(url, run_id), timeout=30)  # points are flowing
         time.sleep(5)
         down = time.time()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from cairn.agent.exporter import MAX_KEYS, LiveState, RunCollector, export_keys
-from servers import free_port
+from servers import clean_env, free_port, start_sidecar
 
 LABELS = {"namespace": "ml", "experiment": "digits", "run": "r1", "trainingrun": "digits"}
 
@@ -88,16 +87,14 @@ cairn.finish()
 def test_sidecar_exports_while_training_and_drops_series_at_the_end(sqlite_url, tmp_path, prometheus_factory):
     port = free_port()
     run_dir = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
-    side_env = dict(env, CAIRN_RUN_DIR=str(run_dir), CAIRN_RUN_ID="6a1f0c52-1d5e-4a8e-9c3d-2e4f6a8b0c1d",
+    env = clean_env()
+    side_env = dict(CAIRN_RUN_ID="6a1f0c52-1d5e-4a8e-9c3d-2e4f6a8b0c1d",
                     CAIRN_DATABASE_URL=sqlite_url, CAIRN_METRICS_PORT=str(port), CAIRN_EXPORT_KEYS="loss",
                     CAIRN_NAMESPACE="ml", CAIRN_EXPERIMENT="digits", CAIRN_RUN_NAME="digits",
                     CAIRN_PARAMS=json.dumps({}))
-    sidecar = subprocess.Popen([sys.executable, "-m", "cairn.cli.main", "sidecar"], env=side_env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sidecar = start_sidecar(run_dir, side_env)
     trainer = None
     try:
-        wait_for(lambda: (run_dir / ".sidecar-ready").exists())
         prom = prometheus_factory([{"job_name": "run", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}])
         trainer = subprocess.Popen([sys.executable, "-c", TRAINER, "200", "15"],
                                    env=dict(env, CAIRN_RUN_DIR=str(run_dir), CAIRN_RUN_ID=side_env["CAIRN_RUN_ID"]))

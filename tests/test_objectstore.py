@@ -27,7 +27,7 @@ from cairn.agent.uploader import STATE_FILE, ArtifactUploader, checkpoint_step, 
 from cairn.api import from_manifest
 from cairn.controller import reconcile
 from cairn.store.store import TrackingStore
-from servers import read_object
+from servers import clean_env, read_object, start_sidecar
 
 RUN_ID = "7c1e2d3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f"
 MiB = 1 << 20
@@ -592,19 +592,13 @@ cairn.finish()
 def test_sidecar_uploads_everything_when_the_trainer_exits(minio_server, minio_bucket, pg_store, postgres_url,
                                                            tmp_path):
     run_dir = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAIRN_", "AWS_"))}
+    env = clean_env()
     s3_env = {"CAIRN_S3_ENDPOINT": minio_server.url, "CAIRN_S3_ACCESS_KEY": minio_server.access_key,
               "CAIRN_S3_SECRET_KEY": minio_server.secret_key, "CAIRN_S3_BUCKET": minio_bucket,
               "CAIRN_S3_PART_SIZE": str(5 * MiB)}
-    sidecar = subprocess.Popen(
-        [sys.executable, "-m", "cairn.cli.main", "sidecar"],
-        env={**env, **s3_env, "CAIRN_RUN_DIR": str(run_dir), "CAIRN_RUN_ID": RUN_ID, "CAIRN_ATTEMPT": "1",
-             "CAIRN_DATABASE_URL": postgres_url, "CAIRN_NAMESPACE": "ml", "CAIRN_EXPERIMENT": "digits"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 30
-    while not (run_dir / ".sidecar-ready").exists():
-        assert time.monotonic() < deadline and sidecar.poll() is None, sidecar.stdout.read()
-        time.sleep(0.05)
+    sidecar = start_sidecar(run_dir, {**s3_env, "CAIRN_RUN_ID": RUN_ID, "CAIRN_ATTEMPT": "1",
+                                      "CAIRN_DATABASE_URL": postgres_url, "CAIRN_NAMESPACE": "ml",
+                                      "CAIRN_EXPERIMENT": "digits"})
     work = tmp_path / "work"
     work.mkdir()
     subprocess.run([sys.executable, "-c", TRAINER], cwd=work, check=True,
@@ -708,16 +702,10 @@ cairn.finish()
 def sidecar_and_trainer(run_id: str, run_dir: Path, database_url: str, s3_env: dict,
                         before_sigterm=lambda: None) -> tuple[float, str]:  # noqa: ANN001
     """A sidecar process and the trainer beside it, as in a pod; (training seconds, sidecar log)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAIRN_", "AWS_"))}
-    sidecar = subprocess.Popen(
-        [sys.executable, "-m", "cairn.cli.main", "sidecar"],
-        env={**env, **s3_env, "CAIRN_RUN_DIR": str(run_dir), "CAIRN_RUN_ID": run_id, "CAIRN_ATTEMPT": "1",
-             "CAIRN_DATABASE_URL": database_url, "CAIRN_NAMESPACE": "ml", "CAIRN_EXPERIMENT": "digits"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 30
-    while not (run_dir / ".sidecar-ready").exists():
-        assert time.monotonic() < deadline and sidecar.poll() is None, sidecar.stdout.read()
-        time.sleep(0.05)
+    env = clean_env()
+    sidecar = start_sidecar(run_dir, {**s3_env, "CAIRN_RUN_ID": run_id, "CAIRN_ATTEMPT": "1",
+                                      "CAIRN_DATABASE_URL": database_url, "CAIRN_NAMESPACE": "ml",
+                                      "CAIRN_EXPERIMENT": "digits"})
     work = run_dir.parent / f"{run_dir.name}-work"
     work.mkdir()
     trained = subprocess.run([sys.executable, "-c", SLOW_TRAINER], cwd=work, check=True, capture_output=True,

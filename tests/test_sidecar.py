@@ -7,11 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from cairn.store.store import TrackingStore
+from servers import clean_env, start_sidecar
 
 RUN_ID = "5d0c6f2a-1b7e-4a8e-9c3d-2e4f6a8b0c1d"
 
@@ -25,24 +25,13 @@ cairn.finish()
 """
 
 
-def start_sidecar(run_dir, url, attempt: int) -> subprocess.Popen:
-    env = dict(os.environ, CAIRN_RUN_DIR=str(run_dir), CAIRN_RUN_ID=RUN_ID, CAIRN_ATTEMPT=str(attempt),
-               CAIRN_PARAMS=json.dumps({"lr": 0.3}), CAIRN_DATABASE_URL=url)
-    return subprocess.Popen([sys.executable, "-m", "cairn.cli.main", "sidecar"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 def run_attempt(tmp_path, url: str, attempt: int, steps: int) -> str:
     run_dir = tmp_path / f"attempt{attempt}"
-    sidecar = start_sidecar(run_dir, url, attempt)
-    deadline = time.monotonic() + 30
-    while not (run_dir / ".sidecar-ready").exists():
-        assert time.monotonic() < deadline and sidecar.poll() is None, sidecar.stdout.read()
-        time.sleep(0.05)
+    sidecar = start_sidecar(run_dir, {"CAIRN_RUN_ID": RUN_ID, "CAIRN_ATTEMPT": str(attempt),
+                                      "CAIRN_PARAMS": json.dumps({"lr": 0.3}), "CAIRN_DATABASE_URL": url})
     assert json.loads((run_dir / "params.json").read_text()) == {"lr": 0.3}
-    trainer_env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
-    trainer_env.update(CAIRN_RUN_DIR=str(run_dir), CAIRN_RUN_ID=RUN_ID)
-    subprocess.run([sys.executable, "-c", TRAINER, str(steps)], env=trainer_env, check=True)
+    subprocess.run([sys.executable, "-c", TRAINER, str(steps)], env=clean_env(CAIRN_RUN_DIR=str(run_dir),
+                                                                              CAIRN_RUN_ID=RUN_ID), check=True)
     sidecar.send_signal(signal.SIGTERM)  # what the kubelet does once the trainer has exited
     out, _ = sidecar.communicate(timeout=60)
     assert sidecar.returncode == 0, out

@@ -635,7 +635,7 @@ def run_cmd(ctx: click.Context, experiment: str, name: str | None, params: tuple
     print_run(store.get_run(result.run_id))
     if not result.ingested_all:
         err_console.print("[yellow]warning:[/yellow] some records were not ingested yet; "
-                          f"`cairn agent --once --run-dir` on the run directory finishes the job")
+                          "`cairn agent --once --run-dir` on the run directory finishes the job")
     sys.exit(result.exit_code if result.exit_code >= 0 else 128 - result.exit_code)
 
 
