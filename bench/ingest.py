@@ -335,7 +335,7 @@ def read_history(url: str, run_id: str, points: int, repeats: int, results) -> N
     The bench process has MLflow and everything before loaded; every garbage collection pass
     while a million points are built would walk all of that too.
     """
-    from cairn.store.store import TrackingStore
+    from cairn.store import TrackingStore
 
     store = TrackingStore(url)
     full, down = [], []
@@ -471,7 +471,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from cairn.store.store import TrackingStore
+    from cairn.store import TrackingStore
 
     workdir = Path(tempfile.mkdtemp(prefix="cairn-bench-"))
     pg = PostgresServer()

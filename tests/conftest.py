@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from servers import PostgresServer  # noqa: E402
 
 from cairn.store import db  # noqa: E402
-from cairn.store.store import TrackingStore  # noqa: E402
+from cairn.store import TrackingStore  # noqa: E402
 
 _db_counter = itertools.count()
 

@@ -19,8 +19,7 @@ from sqlalchemy import text
 
 from cairn import sdk
 from cairn.agent.ingest import IngestAgent, sha256_file
-from cairn.store import db
-from cairn.store.store import TrackingStore
+from cairn.store import TrackingStore, db
 from servers import PostgresServer, clean_env, start_sidecar
 
 RUN_ID = "0b6f7d2e-6a55-4c1e-9d0b-1f1b2b3c4d5e"
@@ -69,7 +68,7 @@ def test_sdk_run_arrives_complete(store, tmp_path):
     assert d.summary.status == "FINISHED" and d.summary.exit_code == 0
     assert d.summary.experiment == "digits" and d.summary.name == "baseline"
     assert d.params == {"lr": 0.1, "layers": 3}
-    assert d.environment["python_version"].startswith("3.") and d.environment["packages"]
+    assert d.environment.python_version.startswith("3.") and d.environment.packages
     assert d.summary.metrics["loss"].step == 199 and d.summary.metrics["loss"].count == 200
     assert d.summary.metrics["acc"].max_value == pytest.approx(199 / 200)
     assert [p.step for p in store.metric_history(run.id, "loss")] == list(range(200))
@@ -127,7 +126,7 @@ def test_metrics_file_from_a_program_without_the_sdk(store, tmp_path):
     assert [p.step for p in history] == [0, 1, 5, 6]
     assert history[2].value != history[2].value  # NaN kept as NaN
     assert history[3].timestamp_ms == 1700000000500
-    rejected = store.get_run(RUN_ID).ingest["rejected"]
+    rejected = store.get_run(RUN_ID).ingest.rejected
     assert rejected == {"bad_json": 1, "bad_step": 1, "non_numeric": 1, "empty_key": 1}, rejected
 
 
@@ -149,7 +148,7 @@ def test_missing_artifact_is_reported_not_fatal(store, tmp_path):
     sdk.finish()
     ingest_once(run_dir, store)
     d = store.get_run(run.id)
-    assert d.ingest["rejected"] == {"missing_artifact": 1}
+    assert d.ingest.rejected == {"missing_artifact": 1}
     assert d.summary.metrics["x"].count == 1 and d.summary.status == "FINISHED"
 
 

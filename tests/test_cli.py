@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cairn.store.store import TrackingStore
+from cairn.store import TrackingStore
 
 TRAIN = textwrap.dedent(
     """

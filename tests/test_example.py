@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cairn.store.store import TrackingStore
+from cairn.store import TrackingStore
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "train_digits.py"
 

@@ -26,7 +26,8 @@ from cairn.agent.prepare import PrepareConfig, run_prepare
 from cairn.agent.uploader import STATE_FILE, ArtifactUploader, checkpoint_step, group_of
 from cairn.api import from_manifest
 from cairn.controller import reconcile
-from cairn.store.store import TrackingStore
+from cairn.store import TrackingStore
+from cairn.store.entities import DatasetRecord, Uploads
 from servers import clean_env, read_object, start_sidecar
 
 RUN_ID = "7c1e2d3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f"
@@ -268,7 +269,7 @@ def test_minio_stopped_mid_upload_then_restarted_every_artifact_arrives_exactly_
     assert sorted(a.path for a in arts) == sorted(files)  # one row per file
     for a in arts:
         assert a.sha256 == sha(files[a.path]) == sha(read_object(client, "runs", prefix + a.path))
-    assert pg_store.get_run(RUN_ID).uploads == {"complete": True, "pending": 0}
+    assert pg_store.get_run(RUN_ID).uploads == Uploads(complete=True, pending=0)
 
     # A restarted sidecar that lost its state uploads again: still one object and one row per file.
     (run_dir / STATE_FILE).unlink()
@@ -288,7 +289,7 @@ def test_final_flush_records_what_could_not_be_uploaded(minio_factory, pg_store,
     started = time.monotonic()
     assert up.flush(time.monotonic() + 3) is False
     assert time.monotonic() - started < 20
-    assert pg_store.get_run(RUN_ID).uploads == {"complete": False, "pending": 1}
+    assert pg_store.get_run(RUN_ID).uploads == Uploads(complete=False, pending=1)
 
 
 def test_store_keeps_one_row_per_path_the_latest_uploaded_checkpoint_and_resumes(store):
@@ -317,10 +318,9 @@ def test_store_keeps_one_row_per_path_the_latest_uploaded_checkpoint_and_resumes
 
     store.record_dataset(rid, "s3://d/x", "c" * 64, None, 3, 100)
     store.record_dataset(rid, "s3://d/x", None, "c" * 64)  # the operator again, without a digest
-    assert store.get_run(rid).datasets == [
-        {"uri": "s3://d/x", "digest": "c" * 64, "pinned_digest": "c" * 64, "objects": 3, "bytes": 100}]
+    assert store.get_run(rid).datasets == [DatasetRecord("s3://d/x", "c" * 64, "c" * 64, 3, 100)]
     store.update_run(rid, artifacts_uploaded=False, artifacts_pending=2)
-    assert store.get_run(rid).uploads == {"complete": False, "pending": 2}
+    assert store.get_run(rid).uploads == Uploads(complete=False, pending=2)
 
 
 # -- downloads -----------------------------------------------------------------------------------
@@ -435,15 +435,15 @@ def test_prepare_fails_a_mismatched_dataset_with_both_digests_and_records_a_matc
     message = (tmp_path / "term.log").read_text()
     assert digest in message and wrong in message and uri in message
     assert pg_store.get_run(RUN_ID).datasets == [
-        {"uri": uri, "digest": digest, "pinned_digest": wrong, "objects": 4, "bytes": sum(map(len, DATA.values()))}]
+        DatasetRecord(uri, digest, pinned_digest=wrong, object_count=4, total_bytes=sum(map(len, DATA.values())))]
 
     code = run_prepare(prepare_cfg(tmp_path / "r2", postgres_url, dataset_uri=uri, dataset_sha256=digest), cfg)
     assert code == 0
     assert json.loads((tmp_path / "r2/dataset.json").read_text())["sha256"] == digest
-    assert pg_store.get_run(RUN_ID).datasets[0]["pinned_digest"] == digest
+    assert pg_store.get_run(RUN_ID).datasets[0].pinned_digest == digest
     # The operator records the dataset again (no digest) when it restarts: the digest stays.
     pg_store.record_dataset(RUN_ID, uri, None, digest)
-    assert pg_store.get_run(RUN_ID).datasets[0]["digest"] == digest
+    assert pg_store.get_run(RUN_ID).datasets[0].digest == digest
 
     assert run_prepare(prepare_cfg(tmp_path / "r3", postgres_url, dataset_uri=uri), None) == \
         podspec.PREPARE_DATASET_UNAVAILABLE_EXIT
@@ -616,7 +616,7 @@ def test_sidecar_uploads_everything_when_the_trainer_exits(minio_server, minio_b
     detail = pg_store.get_run(RUN_ID)
     assert {a.path: a.sha256 for a in detail.artifacts} == {p: sha(d) for p, d in expected.items()}
     assert all(a.uri == f"s3://{minio_bucket}/{prefix}{a.path}" for a in detail.artifacts)
-    assert detail.uploads == {"complete": True, "pending": 0}
+    assert detail.uploads == Uploads(complete=True, pending=0)
     assert detail.summary.metrics["loss"].count == 30 and detail.summary.status == "FINISHED"
 
 
@@ -738,7 +738,7 @@ def test_minio_down_while_training_costs_the_trainer_nothing_and_the_backlog_dra
     detail = pg_store.get_run(other)
     assert {a.path: a.sha256 for a in detail.artifacts} == {
         f"checkpoints/{s}/state.bin": sha(b"%d" % s * 1000) for s in steps}
-    assert detail.uploads == {"complete": True, "pending": 0}
+    assert detail.uploads == Uploads(complete=True, pending=0)
     assert detail.summary.metrics["loss"].count == 400
 
 

@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from cairn.agent import records as r
 from cairn.agent.records import OversizeLine, parse_lines
+from cairn.rundir import RunStatus
+from cairn.store.entities import RunFinish
 
 NOW = 1_700_000_000_000
 
@@ -93,7 +95,7 @@ def test_run_params_tags_artifact_and_finish_records():
     assert out.batch.params == {"bs": 32}
     assert out.batch.tags == {"team": "7"}
     assert out.artifact_paths == ["artifacts/model.bin"]
-    assert out.batch.finish["status"] == "FINISHED"
+    assert out.batch.finish == RunFinish(RunStatus.FINISHED, 0)
 
 
 json_values = st.recursive(

@@ -5,9 +5,9 @@ import uuid
 
 import pytest
 
-from cairn.store import db
-from cairn.store.entities import ArtifactInfo, IngestBatch, MetricPoint
-from cairn.store.store import RunNotFound, TrackingStore
+from cairn.rundir import RunStatus
+from cairn.store import RunNotFound, TrackingStore, db
+from cairn.store.entities import ArtifactInfo, CodeVersion, IngestBatch, MetricPoint, RunFinish
 
 
 def points(key, steps, value=lambda s: float(s), ts=1_700_000_000_000):
@@ -36,14 +36,18 @@ def test_ingest_batch_keeps_latest_min_max_and_count_across_batches(store):
     assert len(store.metric_history(rid, "loss")) == 11
 
 
-def test_nan_and_infinity_round_trip(store):
+def test_nan_infinity_negative_values_and_large_steps_round_trip(store):
     rid = store.create_run("exp")
-    vals = [math.nan, math.inf, -math.inf, 1.5]
-    store.ingest_batch(rid, "f", IngestBatch(metrics=[MetricPoint("x", i, 0, v) for i, v in enumerate(vals)]), 1, 1)
-    got = [p.value for p in store.metric_history(rid, "x")]
-    assert math.isnan(got[0]) and got[1:] == [math.inf, -math.inf, 1.5]
-    latest = store.get_run(rid).summary.metrics["x"]
-    assert latest.value == 1.5 and latest.count == 4
+    vals = [math.nan, math.inf, -math.inf, -2.5, -1e-300, 1.5]
+    max_step = (1 << 63) - 1
+    steps = [0, 1, 2, 3, max_step - 1, max_step]
+    sent = [MetricPoint("x\ty", step, 1 << 50, v) for step, v in zip(steps, vals)]
+    store.ingest_batch(rid, "f", IngestBatch(metrics=sent), 1, 1)
+    got = store.metric_history(rid, "x\ty")
+    assert [p[:3] for p in got] == [p[:3] for p in sent]
+    assert math.isnan(got[0].value) and [p.value for p in got[1:]] == vals[1:]
+    latest = store.get_run(rid).summary.metrics["x\ty"]
+    assert (latest.step, latest.value, latest.min_value, latest.count) == (max_step, 1.5, -2.5, 6)
 
 
 def test_history_is_one_series_whole_in_step_then_arrival_order(store):
@@ -67,7 +71,7 @@ def test_offset_and_rows_commit_together_and_never_move_back(store):
     with pytest.raises(db.StoreError, match="move back"):
         store.ingest_batch(rid, "f", IngestBatch(metrics=points("a", [1])), 10, 3)
     assert len(store.metric_history(rid, "a")) == 1  # the refused batch left nothing behind
-    assert store.get_run(rid).ingest["rejected"] == {"bad_json": 3, "non_numeric": 1}
+    assert store.get_run(rid).ingest.rejected == {"bad_json": 3, "non_numeric": 1}
 
 
 def test_run_record_environment_code_artifacts_and_finish(store):
@@ -80,20 +84,20 @@ def test_run_record_environment_code_artifacts_and_finish(store):
     }
     art = ArtifactInfo("artifacts/m.bin", "file:///m.bin", 10, "0" * 64)
     store.ingest_batch(rid, "records.jsonl", IngestBatch(run_info=info, artifacts=[art],
-                                                         finish={"status": "FINISHED", "exit_code": 0, "ts": 1.7e9 + 60}), 10, 1)
+                                                         finish=RunFinish(RunStatus.FINISHED, 0, 1.7e9 + 60)), 10, 1)
     d = store.get_run(rid)
     assert d.summary.experiment == "offline" and d.summary.status == "FINISHED" and d.summary.duration_s == 60
     assert d.params == {"lr": 1} and d.tags == {"t": "v"}
-    assert d.environment["gpu_model"] == "NVIDIA H100" and d.environment["packages"] == {"numpy": "2.0"}
-    assert d.code == {"repository": "git@x:y.git", "commit": "abc123", "branch": None, "dirty": True}
+    assert d.environment.gpu_model == "NVIDIA H100" and d.environment.packages == {"numpy": "2.0"}
+    assert d.code == CodeVersion("git@x:y.git", "abc123", None, True)
     assert d.artifacts == [art]
 
 
 def test_finish_from_the_sdk_does_not_override_a_terminal_status(store):
     rid = store.create_run("exp")
-    store.finish_run(rid, "KILLED", None)
-    store.ingest_batch(rid, "f", IngestBatch(finish={"status": "FINISHED", "exit_code": 0}), 1, 1)
-    assert store.get_run(rid).summary.status == "KILLED"
+    store.finish_run(rid, RunStatus.KILLED, None)
+    store.ingest_batch(rid, "f", IngestBatch(finish=RunFinish(RunStatus.FINISHED, 0)), 1, 1)
+    assert store.get_run(rid).summary.status is RunStatus.KILLED
 
 
 def test_list_runs_filters_and_sorts_by_a_metric(store):

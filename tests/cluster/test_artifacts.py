@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from servers import MinioServer, read_object  # noqa: E402
 
 from cairn import objectstore as S3  # noqa: E402
-from cairn.store.store import TrackingStore  # noqa: E402
+from cairn.store import TrackingStore  # noqa: E402
+from cairn.store.entities import DatasetRecord, Uploads  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 BUCKET = "cairn-runs"
@@ -87,7 +88,7 @@ def test_a_run_keeps_its_model_and_two_checkpoints_in_minio(kubectl, namespace, 
         assert sha(data) == a.sha256 and len(data) == a.size and a.attempt == 1
     assert {a.path: a.step for a in detail.artifacts if a.kind == "checkpoint"} == {
         "checkpoints/10/ckpt.bin": 10, "checkpoints/20/ckpt.bin": 20}
-    assert detail.uploads == {"complete": True, "pending": 0}
+    assert detail.uploads == Uploads(complete=True, pending=0)
     assert detail.summary.metrics["loss"].count == 20
 
     # `cairn runs download` on this machine gets the same bytes back, verified.
@@ -145,14 +146,14 @@ def test_a_pinned_dataset_mismatch_fails_before_the_trainer_starts_and_a_match_t
     assert not trainer_status.get("lastState", {}).get("terminated")  # the trainer never ran
     store = TrackingStore(store_urls[0])
     wrong = store.get_run(tr["metadata"]["uid"])
-    assert wrong.datasets == [{"uri": uri, "digest": digest, "pinned_digest": stale, "objects": 3,
-                               "bytes": sum(map(len, DATASET.values()))}]
-    assert wrong.summary.status == "FAILED" and "DatasetMismatch" in wrong.cluster["reason"]
+    assert wrong.datasets == [DatasetRecord(uri, digest, pinned_digest=stale, object_count=3,
+                                            total_bytes=sum(map(len, DATASET.values())))]
+    assert wrong.summary.status == "FAILED" and "DatasetMismatch" in wrong.cluster.reason
 
     ok = wait_phase(kubectl, namespace, "pinned-right", ("Failed", "Succeeded"), timeout=180)
     assert ok["status"]["phase"] == "Succeeded", ok["status"]
     right = store.get_run(ok["metadata"]["uid"])
-    assert right.datasets[0]["digest"] == digest == right.datasets[0]["pinned_digest"]
+    assert right.datasets[0].digest == digest == right.datasets[0].pinned_digest
     # staged: the trainer found every object in its pod, byte for byte, under cairn.dataset_dir
     assert right.summary.metrics["files"].value == len(DATASET)
 
@@ -203,7 +204,7 @@ def test_a_run_killed_after_its_second_checkpoint_resumes_from_it(kubectl, names
     assert loss_steps == list(range(1, 31))  # 1-20 from attempt 1, 21-30 from attempt 2: nothing twice
     assert {a.path: a.attempt for a in detail.artifacts} == {"checkpoints/10/state.bin": 1,
                                                               "checkpoints/20/state.bin": 1}
-    assert detail.uploads == {"complete": True, "pending": 0}
+    assert detail.uploads == Uploads(complete=True, pending=0)
 
     def pods_done():  # noqa: ANN202
         out = kubectl.run("-n", namespace, "get", "pods", "-l", "cairn.dev/trainingrun=resume", "-o", "name").stdout

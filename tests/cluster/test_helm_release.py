@@ -28,8 +28,8 @@ from operatorlib import NODE_IP, python_trainer, trainingrun, wait_phase
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from servers import PostgresServer, read_object  # noqa: E402
 
-from cairn.store import db  # noqa: E402
-from cairn.store.store import TrackingStore  # noqa: E402
+from cairn.store import TrackingStore, db  # noqa: E402
+from cairn.store.entities import Uploads  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]
@@ -384,7 +384,7 @@ def test_bundled_stores_install_train_upgrade_keep_credentials_and_data(
     [model] = detail.artifacts
     expected = hashlib.sha256(b"weights" * 1000).hexdigest()
     assert model.uri == f"s3://cairn/{ns}/default/{first['metadata']['uid']}/artifacts/model.bin", model.uri
-    assert model.sha256 == expected and detail.uploads == {"complete": True, "pending": 0}
+    assert model.sha256 == expected and detail.uploads == Uploads(complete=True, pending=0)
     minio = Minio(f"{kubectl.get('pod', f'{name}-minio-0', ns)['status']['podIP']}:9000", secure=False,
                   access_key="cairn", secret_key=base64.b64decode(passwords["minio"]).decode())
     assert hashlib.sha256(read_object(minio, "cairn", model.uri.removeprefix("s3://cairn/"))).hexdigest() == expected

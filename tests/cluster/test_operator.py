@@ -14,8 +14,7 @@ from operatorlib import (NODE_IP, OperatorProcess, database_secret, install_crd,
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from servers import PostgresServer  # noqa: E402
 
-from cairn.store import db  # noqa: E402
-from cairn.store.store import TrackingStore  # noqa: E402
+from cairn.store import TrackingStore, db  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "trainingrun.yaml"
@@ -78,9 +77,9 @@ def test_sample_trainingrun_is_trained_and_tracked(kubectl, namespace, running_o
     run = store.get_run(tr["metadata"]["uid"])
     assert run.summary.status == "FINISHED" and run.summary.exit_code == 0
     assert run.params["lr"] == 0.2 and run.params["epochs"] == 4
-    assert run.cluster["node_name"] == "cairn-node" and run.cluster["gpu_product"] == "NVIDIA-H100-80GB-HBM3"
-    assert run.cluster["image_digest"] == status["imageDigest"]
-    assert run.environment["python_version"].startswith("3.11")
+    assert run.cluster.node_name == "cairn-node" and run.cluster.gpu_product == "NVIDIA-H100-80GB-HBM3"
+    assert run.cluster.image_digest == status["imageDigest"]
+    assert run.environment.python_version.startswith("3.11")
     assert run.summary.metrics["val_acc"].count == 4 and run.summary.metrics["val_acc"].value > 0.8
     assert run.summary.metrics["loss"].count == 4 * (1347 // 64)
     assert [a.path for a in run.artifacts] == ["artifacts/model.npz"]
@@ -119,7 +118,7 @@ def test_failing_trainer_is_retried_up_to_backoff_limit_then_failed(kubectl, nam
     assert {"PodCreated", "UserError"} <= set(events(kubectl, namespace, "flaky"))
     run = TrackingStore(store_urls[0]).get_run(tr["metadata"]["uid"])
     assert run.summary.status == "FAILED" and run.summary.exit_code == 3
-    assert "UserError" in run.cluster.get("reason", "") or run.cluster.get("attempts") == 2
+    assert "UserError" in (run.cluster.reason or "") or run.cluster.attempts == 2
 
 
 def test_out_of_memory_is_reported_as_such(kubectl, namespace, running_operator):

@@ -127,7 +127,7 @@ class IngestAgent:
     @property
     def store(self):  # noqa: ANN201
         if self._store is None:
-            from cairn.store.store import TrackingStore
+            from cairn.store import TrackingStore
 
             self._store = TrackingStore(self.database_url)
         return self._store
@@ -278,9 +278,8 @@ class IngestAgent:
     def _run_over(self) -> bool:
         """Whether the finish record is in: ingested by this agent or by an earlier one that died."""
         if not self.stats.finished and self.run_id is not None:
-            from cairn.store.store import TERMINAL_STATUSES
-
-            self.stats.finished = self.store.run_status(self.run_id) in TERMINAL_STATUSES
+            status = self.store.run_status(self.run_id)
+            self.stats.finished = status is not None and status.is_final
         return self.stats.finished
 
 

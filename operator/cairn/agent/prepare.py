@@ -93,7 +93,7 @@ def run_prepare(cfg: PrepareConfig, s3: S3Config | None, store=None) -> int:  # 
 
     def get_store():  # noqa: ANN202
         if store_box[0] is None:
-            from cairn.store.store import TrackingStore
+            from cairn.store import TrackingStore
 
             store_box[0] = TrackingStore(cfg.database_url)
         return store_box[0]

@@ -17,12 +17,14 @@ import json
 from dataclasses import dataclass, field
 from functools import partial
 
+from cairn.rundir import RunStatus
 from cairn.sdk import records as R
-from cairn.store.entities import IngestBatch, MetricPoint
+from cairn.store.entities import IngestBatch, MetricPoint, RunFinish
 
 MAX_LINE_BYTES = 1 << 20
 MAX_STEP = (1 << 63) - 1
 TIME_FIELDS = ("ts", "timestamp", "time")
+MAX_EXIT = 1 << 31  # exit codes are stored as 32-bit integers
 
 # Rejection reasons, as counted on the run.
 BAD_JSON = "bad_json"
@@ -151,12 +153,32 @@ def parse_lines(lines: list[bytes], first_line_no: int, now_ms: int) -> ParsedLi
         elif kind == R.ARTIFACT and isinstance(rec.get("path"), str) and rec["path"]:
             out.artifact_paths.append(rec["path"])
         elif kind == R.FINISH:
-            batch.finish = rec
+            finish = _finish(rec)
+            if finish is None:
+                reject(Rejection(line_no, BAD_RECORD, _excerpt(raw)))
+            else:
+                batch.finish = finish
         elif kind in (R.PARAMS, R.TAGS, R.ARTIFACT):
             reject(Rejection(line_no, BAD_RECORD, _excerpt(raw)))
         else:
             reject(Rejection(line_no, UNKNOWN_TYPE, _excerpt(raw)))
     return out
+
+
+def _finish(rec: dict) -> RunFinish | None:
+    """The finish record, or None when its status is not a final one or a field has the wrong type."""
+    try:
+        status = RunStatus(rec.get("status", RunStatus.FINISHED))
+    except ValueError:
+        return None
+    exit_code, ts = rec.get("exit_code"), rec.get("ts")
+    if not status.is_final:
+        return None
+    if exit_code is not None and not (type(exit_code) is int and -MAX_EXIT <= exit_code < MAX_EXIT):
+        return None
+    if ts is not None and not (_is_number(ts) and 0 <= ts < 1e11):
+        return None
+    return RunFinish(status, exit_code, ts)
 
 
 def _valid_keys(values: dict, line_no: int, reject) -> dict:  # noqa: ANN001

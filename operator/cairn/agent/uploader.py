@@ -127,7 +127,7 @@ class ArtifactUploader:
     @property
     def store(self):  # noqa: ANN201
         if self._store is None:
-            from cairn.store.store import TrackingStore
+            from cairn.store import TrackingStore
 
             self._store = TrackingStore(self.database_url)
         return self._store

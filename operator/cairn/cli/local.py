@@ -12,17 +12,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from cairn.agent.ingest import IngestAgent
+from cairn.rundir import RunStatus
 from cairn.sdk import records as R
 from cairn.store.db import cairn_home
 from cairn.store.models import utcnow
-from cairn.store.store import TrackingStore
+from cairn.store import TrackingStore
 
 
 @dataclass
 class LocalRunResult:
     run_id: str
     exit_code: int
-    status: str
+    status: RunStatus
     duration_s: float
     ingested_all: bool
 
@@ -64,7 +65,7 @@ def run_locally(
     except OSError as exc:
         stop.set()
         agent_thread.join()
-        store.finish_run(run_id, "FAILED", 127)
+        store.finish_run(run_id, RunStatus.FAILED, 127)
         store.update_run(run_id, reason=f"could not start {command[0]!r}: {exc.strerror}")
         raise
 
@@ -84,10 +85,10 @@ def run_locally(
     stop.set()
     agent_thread.join()
     if exit_code == 0:
-        status = "FINISHED"
+        status = RunStatus.FINISHED
     elif interrupted or exit_code < 0:
-        status = "KILLED"
+        status = RunStatus.KILLED
     else:
-        status = "FAILED"
+        status = RunStatus.FAILED
     store.finish_run(run_id, status, exit_code, end_time=utcnow())
     return LocalRunResult(run_id, exit_code, status, duration, outcome.get("ok", False))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -35,7 +36,7 @@ class CairnGroup(click.Group):
 
 
 def _store(ctx: click.Context):  # noqa: ANN202
-    from cairn.store.store import TrackingStore
+    from cairn.store import TrackingStore
 
     obj = ctx.find_object(dict)
     if "store" not in obj:
@@ -144,11 +145,14 @@ def detail_to_dict(d: RunDetail) -> dict[str, Any]:
     return {
         "id": s.id, "name": s.name, "experiment": s.experiment, "status": s.status,
         "start_time": s.start_time, "end_time": s.end_time, "duration_s": s.duration_s, "exit_code": s.exit_code,
-        "params": d.params, "tags": d.tags, "environment": d.environment, "code": d.code,
+        "params": d.params, "tags": d.tags,
+        "environment": dataclasses.asdict(d.environment) if d.environment else {},
+        "code": dataclasses.asdict(d.code) if d.code else {},
         "metrics": {k: {"step": v.step, "value": _json_float(v.value), "min": _json_float(v.min_value),
                         "max": _json_float(v.max_value), "count": v.count} for k, v in s.metrics.items()},
-        "artifacts": [a.__dict__ for a in d.artifacts], "datasets": d.datasets, "cluster": d.cluster,
-        "ingest": d.ingest, "uploads": d.uploads, "resumes": [r.__dict__ for r in d.resumes],
+        "artifacts": [a.__dict__ for a in d.artifacts], "datasets": [dataclasses.asdict(ds) for ds in d.datasets],
+        "cluster": d.cluster.recorded(), "ingest": dataclasses.asdict(d.ingest),
+        "uploads": dataclasses.asdict(d.uploads), "resumes": [r.__dict__ for r in d.resumes],
     }
 
 
@@ -170,25 +174,24 @@ def print_run(d: RunDetail, packages: bool = False) -> None:
     ):
         head.add_row(label, value)
     if d.code:
-        head.add_row("code", f"{d.code.get('repository') or '?'} @ {d.code.get('commit')}"
-                     + (" (dirty)" if d.code.get("dirty") else ""))
+        head.add_row("code", f"{d.code.repository or '?'} @ {d.code.commit}" + (" (dirty)" if d.code.dirty else ""))
     env = d.environment
     if env:
-        gpu = f"{env.get('gpu_count') or 0} x {env.get('gpu_model')}" if env.get("gpu_model") else "none"
-        head.add_row("environment", f"python {env.get('python_version')} on {env.get('hostname')}, GPU: {gpu}"
-                     + (f", CUDA {env['cuda_version']}" if env.get("cuda_version") else "")
-                     + f", {len(env.get('packages') or {})} packages")
-    for k, v in d.cluster.items():
+        gpu = f"{env.gpu_count or 0} x {env.gpu_model}" if env.gpu_model else "none"
+        head.add_row("environment", f"python {env.python_version} on {env.hostname}, GPU: {gpu}"
+                     + (f", CUDA {env.cuda_version}" if env.cuda_version else "")
+                     + f", {len(env.packages)} packages")
+    for k, v in d.cluster.recorded().items():
         head.add_row(k.replace("_", " "), str(v))
     for ds in d.datasets:
-        head.add_row("dataset", f"{ds['uri']} sha256:{ds['digest']}")
-    if (d.uploads or {}).get("complete") is not None:
-        head.add_row("uploads", "all in the object store" if d.uploads["complete"]
-                     else f"{d.uploads.get('pending')} file(s) not uploaded")
+        head.add_row("dataset", f"{ds.uri} sha256:{ds.digest}")
+    if d.uploads.complete is not None:
+        head.add_row("uploads", "all in the object store" if d.uploads.complete
+                     else f"{d.uploads.pending} file(s) not uploaded")
     for r in d.resumes:
         head.add_row("resumed", f"attempt {r.attempt} from checkpoint step {r.step}")
-    rejected = d.ingest.get("rejected") or {}
-    head.add_row("ingested", f"{d.ingest.get('points', 0)} points"
+    rejected = d.ingest.rejected
+    head.add_row("ingested", f"{d.ingest.points} points"
                  + (f", rejected lines/values: {rejected}" if rejected else ""))
     console.print(head)
     if d.params:
@@ -212,8 +215,8 @@ def print_run(d: RunDetail, packages: bool = False) -> None:
         for a in d.artifacts:
             t.add_row(a.path, str(a.size), a.sha256[:16], a.uri)
         console.print(t)
-    if packages and env.get("packages"):
-        console.print("packages: " + ", ".join(f"{k}=={v}" for k, v in env["packages"].items()))
+    if packages and env and env.packages:
+        console.print("packages: " + ", ".join(f"{k}=={v}" for k, v in env.packages.items()))
 
 
 @runs.command("compare")
@@ -308,7 +311,7 @@ def runs_artifacts(ctx: click.Context, run_id: str, as_json: bool) -> None:
     detail = store.get_run(rid)
     arts = detail.artifacts
     if as_json:
-        click.echo(json.dumps({"run": rid, "uploads": detail.uploads,
+        click.echo(json.dumps({"run": rid, "uploads": dataclasses.asdict(detail.uploads),
                                "resumes": [r.__dict__ for r in detail.resumes],
                                "artifacts": [a.__dict__ for a in arts]}, indent=2, default=str))
         return
@@ -319,11 +322,10 @@ def runs_artifacts(ctx: click.Context, run_id: str, as_json: bool) -> None:
         table.add_row(a.path, a.kind, "-" if a.step is None else str(a.step), "-" if a.attempt is None else str(a.attempt),
                       _fmt_bytes(a.size), a.sha256[:16], a.uri)
     console.print(table)
-    uploads = detail.uploads or {}
-    if uploads.get("complete") is True:
+    if detail.uploads.complete is True:
         console.print("[green]every file of the run reached the object store[/]")
-    elif uploads.get("complete") is False:
-        console.print(f"[red]{uploads.get('pending')} file(s) could not be uploaded before the pod ended[/]")
+    elif detail.uploads.complete is False:
+        console.print(f"[red]{detail.uploads.pending} file(s) could not be uploaded before the pod ended[/]")
     for r in detail.resumes:
         console.print(f"attempt {r.attempt} resumed from checkpoint step {r.step}"
                       + (f" (saved by attempt {r.from_attempt})" if r.from_attempt else ""))

@@ -28,7 +28,7 @@ class Operator:
     """Everything the handlers share: settings, API clients, the store, metrics, per-run locks."""
 
     def __init__(self, settings: ControllerSettings) -> None:
-        from cairn.store.store import TrackingStore
+        from cairn.store import TrackingStore
 
         self.settings = settings
         api = _api_client()

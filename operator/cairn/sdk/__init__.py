@@ -37,6 +37,7 @@ import time
 import uuid
 from typing import Any, Mapping, NamedTuple
 
+from cairn.rundir import RunStatus
 from cairn.sdk import records
 from cairn.sdk.environment import capture_environment, code_version
 
@@ -288,11 +289,17 @@ class Run:
             self._append(records.ARTIFACT, {"path": os.path.relpath(f, self.dir)})
         return os.path.relpath(source, self.dir)
 
-    def finish(self, exit_code: int | None = 0, status: str | None = None) -> None:
+    def finish(self, exit_code: int | None = 0, status: RunStatus | str | None = None) -> None:
+        """Record how the run ended: FINISHED for exit code 0 (or None), FAILED otherwise, unless
+        ``status`` (a final one) says so."""
         if self._closed:
             return
-        status = status or ("FINISHED" if not exit_code else "FAILED")
-        self._append(records.FINISH, {"status": status, "exit_code": exit_code, "ts": time.time()})
+        if status is None:
+            status = RunStatus.FINISHED if not exit_code else RunStatus.FAILED
+        status = RunStatus(status)
+        if not status.is_final:
+            raise ValueError(f"a run finishes as FINISHED, FAILED or KILLED, not {status}")
+        self._append(records.FINISH, {"status": status.value, "exit_code": exit_code, "ts": time.time()})
         self._closed = True
         self._wake.set()
         if self._flusher is not None:

@@ -6,6 +6,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from cairn.rundir import RunStatus
+
 
 class MetricPoint(NamedTuple):
     """One point of a series (a tuple: the ingest path makes millions of these)."""
@@ -28,6 +30,15 @@ class ArtifactInfo:
     uploaded_at: dt.datetime | None = None  # None: a local file (file:// uri), not in the object store
 
 
+@dataclass(frozen=True)
+class RunFinish:
+    """The SDK's finish record: how the training process ended."""
+
+    status: RunStatus
+    exit_code: int | None = None
+    ts: float | None = None  # seconds since the epoch; None: when the record is committed
+
+
 @dataclass
 class IngestBatch:
     """Everything read from one stretch of a source file, committed in one transaction."""
@@ -37,7 +48,7 @@ class IngestBatch:
     tags: dict[str, str] = field(default_factory=dict)
     run_info: dict[str, Any] | None = None  # the SDK's "run" record: experiment, name, environment, code
     artifacts: list[ArtifactInfo] = field(default_factory=list)
-    finish: dict[str, Any] | None = None
+    finish: RunFinish | None = None
 
     def is_empty(self) -> bool:
         return not (self.metrics or self.params or self.tags or self.run_info or self.artifacts or self.finish)
@@ -58,7 +69,7 @@ class RunSummary:
     id: str
     name: str | None
     experiment: str
-    status: str
+    status: RunStatus
     start_time: dt.datetime | None
     end_time: dt.datetime | None
     exit_code: int | None
@@ -72,18 +83,93 @@ class RunSummary:
 
 
 @dataclass(frozen=True)
+class Environment:
+    """Where the training process ran, as the SDK captured it."""
+
+    python_version: str | None = None
+    platform: str | None = None
+    hostname: str | None = None
+    cuda_version: str | None = None
+    driver_version: str | None = None
+    gpu_model: str | None = None
+    gpu_count: int | None = None
+    packages: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CodeVersion:
+    repository: str | None
+    commit: str
+    branch: str | None = None
+    dirty: bool = False
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """A dataset a run reads: ``digest`` as computed in the pod, ``pinned_digest`` as the spec demands."""
+
+    uri: str
+    digest: str | None
+    pinned_digest: str | None = None
+    object_count: int | None = None
+    total_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """Where a TrainingRun's run ran in the cluster; all empty for a local run."""
+
+    namespace: str | None = None
+    k8s_uid: str | None = None
+    image: str | None = None
+    image_digest: str | None = None
+    node_name: str | None = None
+    gpu_product: str | None = None
+    resources: dict[str, Any] | None = None
+    attempts: int = 0
+    reason: str | None = None
+
+    def recorded(self) -> dict[str, Any]:
+        """The fields that hold something, by name."""
+        return {name: value for name, value in vars(self).items() if value not in (None, 0)}
+
+
+@dataclass(frozen=True)
+class SourceProgress:
+    """How far ingest has read one source file of a run."""
+
+    offset: int
+    lines: int
+    points: int
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    sources: dict[str, SourceProgress] = field(default_factory=dict)
+    points: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)  # rejected lines and values per reason
+
+
+@dataclass(frozen=True)
+class Uploads:
+    """The sidecar's final upload flush; both None until it has reported."""
+
+    complete: bool | None = None
+    pending: int | None = None
+
+
+@dataclass(frozen=True)
 class RunDetail:
     summary: RunSummary
     params: dict[str, Any]
     tags: dict[str, str]
-    environment: dict[str, Any]
-    code: dict[str, Any]
+    environment: Environment | None
+    code: CodeVersion | None
     artifacts: list[ArtifactInfo]
-    datasets: list[dict[str, Any]]
-    cluster: dict[str, Any]
-    ingest: dict[str, Any]
-    # {"complete": bool | None, "pending": int | None}: the sidecar's final upload flush
-    uploads: dict[str, Any] = field(default_factory=dict)
+    datasets: list[DatasetRecord]
+    cluster: ClusterInfo
+    ingest: IngestSummary
+    uploads: Uploads = field(default_factory=Uploads)
     resumes: list["ResumeInfo"] = field(default_factory=list)
 
 

@@ -3,37 +3,42 @@
 from __future__ import annotations
 
 import datetime as dt
-import gc
-import io
 import json
 import math
-import struct
 import uuid
 from operator import itemgetter
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import and_, case, func, insert, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Uuid, and_, bindparam, case, func, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from cairn.rundir import RunStatus
 from cairn.store import db
+from cairn.store.backends import Backend, backend_for, nan_if_null
 from cairn.store.entities import (
     ArtifactInfo,
+    ClusterInfo,
+    CodeVersion,
+    DatasetRecord,
+    Environment,
     ExperimentSummary,
     HistoryBucket,
     IngestBatch,
+    IngestSummary,
     LatestValue,
     MetricPoint,
     ResumeInfo,
     RunDetail,
     RunSummary,
+    SourceProgress,
+    Uploads,
 )
+from cairn.store.models import CodeVersion as CodeVersionRow
+from cairn.store.models import Environment as EnvironmentRow
 from cairn.store.models import (
     Artifact,
-    CodeVersion,
     Dataset,
-    Environment,
     Experiment,
     IngestProgress,
     LatestMetric,
@@ -45,9 +50,7 @@ from cairn.store.models import (
     utcnow,
 )
 
-TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
-SQLITE_INSERT_CHUNK = 5000
-COPY_CHUNK_CHARS = 1 << 20  # psycopg2 reads 8 KiB per call by default: one call per ~100 rows
+FINAL_STATUSES = tuple(status.value for status in RunStatus if status.is_final)
 
 
 class RunNotFound(db.StoreError):
@@ -75,52 +78,18 @@ def _param_value(text_value: str) -> Any:
         return text_value
 
 
-def _from_db_float(value: float | None) -> float:
-    return math.nan if value is None else value
+def _environment(row: EnvironmentRow) -> Environment:
+    return Environment(row.python_version, row.platform, row.hostname, row.cuda_version, row.driver_version,
+                       row.gpu_model, row.gpu_count, row.packages or {})
 
 
-# One row of COPY's binary format for (step bigint, timestamp_ms bigint, value float8): the field
-# count, then each field's length and big-endian bytes.
-_HISTORY_ROW = struct.Struct(">hiqiqid")
-_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
-
-
-def _copy_history_out(dbapi_conn, run_id: uuid.UUID, key: str) -> list[MetricPoint]:  # noqa: ANN001
-    """One series through ``COPY ... (FORMAT binary)``: no text parsing, no per-row Python call.
-
-    About twice as fast as a cursor's ``fetchall`` on 1M points. ``value`` is never NULL on
-    PostgreSQL (NaN is stored as NaN); COALESCE keeps every row the same size regardless.
-    """
-    buf = io.BytesIO()
-    with dbapi_conn.cursor() as cur:
-        query = cur.mogrify(
-            "SELECT step, timestamp_ms, COALESCE(value, 'NaN'::float8) FROM metrics"
-            " WHERE run_id = %s AND key = %s ORDER BY step, id", (str(run_id), key)).decode()
-        cur.copy_expert(f"COPY ({query}) TO STDOUT (FORMAT binary)", buf)
-    data = buf.getbuffer()
-    if bytes(data[:11]) != _COPY_SIGNATURE:
-        raise db.StoreError("unexpected COPY output from the server")
-    start = 19 + int.from_bytes(data[15:19], "big")  # signature, flags, header extension
-    body = data[start:len(data) - 2]  # the trailer is a field count of -1
-    if len(body) % _HISTORY_ROW.size:
-        raise db.StoreError("unexpected COPY row layout from the server")
-    # Building a million tuples would trigger a few hundred full GC passes over them; none of
-    # them can form a cycle, so collection is paused meanwhile.
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        new = tuple.__new__  # MetricPoint's own __new__ is a Python call per point
-        return [new(MetricPoint, (key, step, ts, value))
-                for _, _, step, _, ts, _, value in _HISTORY_ROW.iter_unpack(body)]
-    finally:
-        del body, data
-        buf.close()
-        if gc_was_enabled:
-            gc.enable()
-
-
-def _copy_text(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+def _ingest_summary(progress: Iterable[IngestProgress]) -> IngestSummary:
+    sources, rejected = {}, {}
+    for p in progress:
+        sources[p.source] = SourceProgress(p.offset, p.lines, p.points)
+        for reason, n in (p.rejected or {}).items():
+            rejected[reason] = rejected.get(reason, 0) + n
+    return IngestSummary(sources, sum(s.points for s in sources.values()), rejected)
 
 
 class TrackingStore:
@@ -129,18 +98,15 @@ class TrackingStore:
     def __init__(self, url: str | None = None, engine: Engine | None = None, check_schema: bool = True) -> None:
         self.engine = engine or db.get_engine(url)
         self.url = str(self.engine.url)
+        self.backend: Backend = backend_for(self.engine)
         if check_schema:
             db.ensure_schema(self.engine)
-
-    @property
-    def is_postgres(self) -> bool:
-        return self.engine.dialect.name == "postgresql"
 
     def _session(self):  # noqa: ANN202
         return db.session_scope(self.engine)
 
     def _insert(self, table):  # noqa: ANN001, ANN202
-        return (postgresql.insert if self.is_postgres else sqlite.insert)(table)
+        return self.backend.insert(table)
 
     # -- experiments and runs -------------------------------------------------------------------
     def _experiment_id(self, session: Session, name: str) -> int:
@@ -154,7 +120,7 @@ class TrackingStore:
         run_id: str | uuid.UUID | None = None,
         params: dict[str, Any] | None = None,
         tags: dict[str, str] | None = None,
-        status: str = "RUNNING",
+        status: RunStatus = RunStatus.RUNNING,
         start_time: dt.datetime | None = None,
         **cluster_fields: Any,
     ) -> str:
@@ -169,7 +135,7 @@ class TrackingStore:
                     name=name,
                     experiment_id=exp_id,
                     status=status,
-                    start_time=start_time if start_time is not None else (utcnow() if status == "RUNNING" else None),
+                    start_time=start_time if start_time is not None else (utcnow() if status == RunStatus.RUNNING else None),
                     created_at=utcnow(),
                     attempts=0,
                     **cluster_fields,
@@ -190,18 +156,19 @@ class TrackingStore:
             if done.rowcount == 0:
                 raise RunNotFound(run_id)
 
-    def run_status(self, run_id: str) -> str | None:
+    def run_status(self, run_id: str) -> RunStatus | None:
         """The run's status, or None when the store has no such run yet."""
         with self._session() as s:
-            return s.execute(select(Run.status).where(Run.id == _as_uuid(run_id))).scalar_one_or_none()
+            status = s.execute(select(Run.status).where(Run.id == _as_uuid(run_id))).scalar_one_or_none()
+        return None if status is None else RunStatus(status)
 
-    def finish_run(self, run_id: str, status: str, exit_code: int | None, end_time: dt.datetime | None = None) -> None:
+    def finish_run(self, run_id: str, status: RunStatus, exit_code: int | None, end_time: dt.datetime | None = None) -> None:
         self.update_run(run_id, status=status, exit_code=exit_code, end_time=end_time or utcnow())
 
     def record_code(self, run_id: str, repository: str | None, commit: str, dirty: bool = False) -> None:
         values = {"repository": repository, "commit": commit, "dirty": dirty}
         with self._session() as s:
-            stmt = self._insert(CodeVersion).values(run_id=_as_uuid(run_id), **values)
+            stmt = self._insert(CodeVersionRow).values(run_id=_as_uuid(run_id), **values)
             s.execute(stmt.on_conflict_do_update(index_elements=["run_id"], set_=values))
 
     def record_dataset(self, run_id: str, uri: str, digest: str | None, pinned_digest: str | None = None,
@@ -296,7 +263,7 @@ class TrackingStore:
             elif s.get(Run, rid) is None:
                 s.execute(
                     self._insert(Run)
-                    .values(id=rid, experiment_id=self._experiment_id(s, "default"), status="RUNNING",
+                    .values(id=rid, experiment_id=self._experiment_id(s, "default"), status=RunStatus.RUNNING,
                             start_time=utcnow(), created_at=utcnow(), attempts=0)
                     .on_conflict_do_nothing()
                 )
@@ -305,17 +272,17 @@ class TrackingStore:
             if batch.tags:
                 self._upsert_tags(s, rid, batch.tags)
             if batch.metrics:
-                self._write_metrics(s, rid, batch.metrics)
+                self.backend.write_metrics(s, rid, batch.metrics)
                 self._update_latest(s, rid, batch.metrics)
             for art in batch.artifacts:
                 self._upsert_artifact(s, rid, art)
             if batch.finish is not None:
                 fin = batch.finish
-                end = dt.datetime.fromtimestamp(fin["ts"], dt.timezone.utc) if fin.get("ts") else utcnow()
+                end = dt.datetime.fromtimestamp(fin.ts, dt.timezone.utc) if fin.ts else utcnow()
                 s.execute(
                     update(Run)
-                    .where(Run.id == rid, Run.status.notin_(TERMINAL_STATUSES))
-                    .values(status=fin.get("status", "FINISHED"), exit_code=fin.get("exit_code"), end_time=end)
+                    .where(Run.id == rid, Run.status.notin_(FINAL_STATUSES))
+                    .values(status=fin.status, exit_code=fin.exit_code, end_time=end)
                 )
             self._advance_progress(s, rid, source, offset, lines, len(batch.metrics), rejected or {})
 
@@ -324,7 +291,7 @@ class TrackingStore:
         start = dt.datetime.fromtimestamp(info["ts"], dt.timezone.utc) if info.get("ts") else utcnow()
         s.execute(
             self._insert(Run)
-            .values(id=rid, name=info.get("name"), experiment_id=exp_id, status="RUNNING",
+            .values(id=rid, name=info.get("name"), experiment_id=exp_id, status=RunStatus.RUNNING,
                     start_time=start, created_at=utcnow(), attempts=0)
             .on_conflict_do_nothing()
         )
@@ -347,32 +314,13 @@ class TrackingStore:
                 "gpu_count": env.get("gpu_count"),
                 "captured_at": utcnow(),
             }
-            stmt = self._insert(Environment).values(run_id=rid, **values)
+            stmt = self._insert(EnvironmentRow).values(run_id=rid, **values)
             s.execute(stmt.on_conflict_do_update(index_elements=["run_id"], set_=values))
         code = info.get("code") or {}
         if code.get("commit"):
             values = {k: code.get(k) for k in ("repository", "commit", "branch", "dirty")}
-            stmt = self._insert(CodeVersion).values(run_id=rid, **values)
+            stmt = self._insert(CodeVersionRow).values(run_id=rid, **values)
             s.execute(stmt.on_conflict_do_update(index_elements=["run_id"], set_=values))
-
-    def _write_metrics(self, s: Session, rid: uuid.UUID, points: Sequence[MetricPoint]) -> None:
-        if self.is_postgres:
-            # The run id and the escaped key are the same on every line of a key: format them once.
-            run_text = str(rid)
-            prefix = {key: f"{run_text}\t{_copy_text(key)}\t" for key in set(map(itemgetter(0), points))}
-            data = "".join([f"{prefix[key]}{step}\t{ts}\t{value!r}\n" for key, step, ts, value in points])
-            raw = s.connection().connection.dbapi_connection
-            with raw.cursor() as cur:
-                cur.copy_expert("COPY metrics (run_id, key, step, timestamp_ms, value) FROM STDIN", io.StringIO(data),
-                                size=COPY_CHUNK_CHARS)
-            return
-        rows = [
-            {"run_id": rid, "key": p.key, "step": p.step, "timestamp_ms": p.timestamp_ms,
-             "value": None if math.isnan(p.value) else p.value}
-            for p in points
-        ]
-        for i in range(0, len(rows), SQLITE_INSERT_CHUNK):
-            s.execute(insert(Metric), rows[i : i + SQLITE_INSERT_CHUNK])
 
     def _update_latest(self, s: Session, rid: uuid.UUID, points: Iterable[MetricPoint]) -> None:
         # Group the points by key in one pass, then summarise each key with C-level builtins.
@@ -390,11 +338,9 @@ class TrackingStore:
             # The latest point is the last one at the highest step.
             latest = group[len(steps) - 1 - steps[::-1].index(last_step)]
             finite = [v for v in map(itemgetter(3), group) if not math.isnan(v)]
-            value = latest.value
-            if not self.is_postgres and math.isnan(value):
-                value = None
             rows.append({
-                "run_id": rid, "key": key, "step": last_step, "timestamp_ms": latest.timestamp_ms, "value": value,
+                "run_id": rid, "key": key, "step": last_step, "timestamp_ms": latest.timestamp_ms,
+                "value": self.backend.stored_float(latest.value),
                 "min_value": min(finite) if finite else None, "max_value": max(finite) if finite else None,
                 "count": len(group),
             })
@@ -465,7 +411,7 @@ class TrackingStore:
 
     def _advance_progress(self, s: Session, rid: uuid.UUID, source: str, offset: int, lines: int,
                           points: int, rejected: dict[str, int]) -> None:
-        row = s.get(IngestProgress, (rid, source), with_for_update=self.is_postgres)
+        row = s.get(IngestProgress, (rid, source), with_for_update=True)  # no-op on SQLite
         if row is None:
             s.add(IngestProgress(run_id=rid, source=source, offset=offset, lines=lines, points=points,
                                  rejected=dict(rejected)))
@@ -486,7 +432,7 @@ class TrackingStore:
         if not run_ids:
             return out
         for m in s.execute(select(LatestMetric).where(LatestMetric.run_id.in_(run_ids))).scalars():
-            out[m.run_id][m.key] = LatestValue(m.key, m.step, _from_db_float(m.value), m.min_value, m.max_value, m.count)
+            out[m.run_id][m.key] = LatestValue(m.key, m.step, nan_if_null(m.value), m.min_value, m.max_value, m.count)
         return out
 
     def latest_metrics(self, run_ids: Sequence[str]) -> dict[str, dict[str, LatestValue]]:
@@ -498,14 +444,14 @@ class TrackingStore:
     def _summaries(self, s: Session, rows: Sequence[tuple[Run, str]]) -> list[RunSummary]:
         latest = self._latest(s, [r.id for r, _ in rows])
         return [
-            RunSummary(str(r.id), r.name, exp, r.status, r.start_time, r.end_time, r.exit_code, latest[r.id])
+            RunSummary(str(r.id), r.name, exp, RunStatus(r.status), r.start_time, r.end_time, r.exit_code, latest[r.id])
             for r, exp in rows
         ]
 
     def list_runs(
         self,
         experiment: str | None = None,
-        status: str | None = None,
+        status: RunStatus | None = None,
         sort_metric: str | None = None,
         ascending: bool = False,
         limit: int = 100,
@@ -537,43 +483,32 @@ class TrackingStore:
             summary = self._summaries(s, [row])[0]
             params = {p.key: _param_value(p.value) for p in s.execute(select(Param).where(Param.run_id == rid)).scalars()}
             tags = {t.key: t.value for t in s.execute(select(Tag).where(Tag.run_id == rid)).scalars()}
-            env_row = s.get(Environment, rid)
-            env = (
-                {c: getattr(env_row, c) for c in ("python_version", "platform", "hostname", "cuda_version",
-                                                   "driver_version", "gpu_model", "gpu_count", "packages")}
-                if env_row else {}
-            )
-            code_row = s.get(CodeVersion, rid)
-            code = {c: getattr(code_row, c) for c in ("repository", "commit", "branch", "dirty")} if code_row else {}
+            env_row = s.get(EnvironmentRow, rid)
+            code_row = s.get(CodeVersionRow, rid)
             arts = [
                 self._artifact_info(a)
                 for a in s.execute(select(Artifact).where(Artifact.run_id == rid).order_by(Artifact.path)).scalars()
             ]
             datasets = [
-                {"uri": d.uri, "digest": d.digest, "pinned_digest": d.pinned_digest, "objects": d.object_count,
-                 "bytes": d.total_bytes}
+                DatasetRecord(d.uri, d.digest, d.pinned_digest, d.object_count, d.total_bytes)
                 for d in s.execute(select(Dataset).where(Dataset.run_id == rid)).scalars()
             ]
             resumes = [ResumeInfo(r.attempt, r.step, r.from_attempt, r.uri) for r in
                        s.execute(select(Resume).where(Resume.run_id == rid).order_by(Resume.attempt)).scalars()]
-            uploads = {"complete": run.artifacts_uploaded, "pending": run.artifacts_pending}
             progress = list(s.execute(select(IngestProgress).where(IngestProgress.run_id == rid)).scalars())
-            rejected: dict[str, int] = {}
-            for p in progress:
-                for reason, n in (p.rejected or {}).items():
-                    rejected[reason] = rejected.get(reason, 0) + n
-            ingest = {
-                "sources": {p.source: {"offset": p.offset, "lines": p.lines, "points": p.points} for p in progress},
-                "points": sum(p.points for p in progress),
-                "rejected": rejected,
-            }
-            cluster = {
-                c: getattr(run, c)
-                for c in ("namespace", "k8s_uid", "image", "image_digest", "node_name", "gpu_product",
-                          "resources", "attempts", "reason")
-                if getattr(run, c) not in (None, 0)
-            }
-            return RunDetail(summary, params, tags, env, code, arts, datasets, cluster, ingest, uploads, resumes)
+            return RunDetail(
+                summary, params, tags,
+                environment=_environment(env_row) if env_row else None,
+                code=CodeVersion(code_row.repository, code_row.commit, code_row.branch, code_row.dirty)
+                if code_row else None,
+                artifacts=arts,
+                datasets=datasets,
+                cluster=ClusterInfo(run.namespace, run.k8s_uid, run.image, run.image_digest, run.node_name,
+                                    run.gpu_product, run.resources, run.attempts or 0, run.reason),
+                ingest=_ingest_summary(progress),
+                uploads=Uploads(run.artifacts_uploaded, run.artifacts_pending),
+                resumes=resumes,
+            )
 
     def list_experiments(self) -> list[ExperimentSummary]:
         with self._session() as s:
@@ -594,14 +529,7 @@ class TrackingStore:
         """Every point of one series, ordered by step (then by arrival)."""
         rid = _as_uuid(run_id)
         with self.engine.connect() as conn:
-            if self.is_postgres:
-                return _copy_history_out(conn.connection.dbapi_connection, rid, key)
-            rows = conn.execute(
-                select(Metric.step, Metric.timestamp_ms, Metric.value)
-                .where(Metric.run_id == rid, Metric.key == key)
-                .order_by(Metric.step, Metric.id)
-            ).all()
-            return [MetricPoint(key, step, ts, _from_db_float(v)) for step, ts, v in rows]
+            return self.backend.read_history(conn, rid, key)
 
     def downsampled_history(self, run_id: str, key: str, max_points: int = 1000) -> list[HistoryBucket]:
         """At most ``max_points`` buckets of equal step width: last value, min and max in each.
@@ -630,7 +558,7 @@ class TrackingStore:
                         WINDOW w AS (PARTITION BY bucket)
                     ) ranked WHERE rn = 1 ORDER BY step
                     """
-                ),
-                {"lo": lo, "n": max_points, "span": span, "rid": rid if self.is_postgres else rid.hex, "key": key},
+                ).bindparams(bindparam("rid", type_=Uuid())),
+                {"lo": lo, "n": max_points, "span": span, "rid": rid, "key": key},
             ).all()
-            return [HistoryBucket(step, _from_db_float(v), mn, mx, n) for step, v, mn, mx, n in rows]
+            return [HistoryBucket(step, nan_if_null(v), mn, mx, n) for step, v, mn, mx, n in rows]

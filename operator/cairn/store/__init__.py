@@ -1,0 +1,10 @@
+"""The tracking store: runs, parameters, metrics and artifacts on PostgreSQL or SQLite.
+
+``TrackingStore`` is the one contract; what it takes and returns are the plain entities of
+``cairn.store.entities`` (no SQLAlchemy object leaves the package).
+"""
+
+from cairn.store.db import StoreError
+from cairn.store.tracking import RunNotFound, TrackingStore
+
+__all__ = ["RunNotFound", "StoreError", "TrackingStore"]
