@@ -102,7 +102,7 @@ def scalar(engine, sql: str, *args):  # noqa: ANN001, ANN201
 
 
 def copy_rows_text(run_id: str, steps: int, keys: list[str], ts_ms: int, seed: int = SEED) -> str:
-    """Rows in the text format ``TrackingStore._write_metrics`` sends to COPY.
+    """Rows in the text format the store sends to COPY (``cairn.store.pgcopy.encode_metric_rows``).
 
     With ``keys=KEYS`` the values are those of ``step_values(seed)``: one draw per key, in order.
     """

@@ -50,8 +50,10 @@ def same_points(got, want):
     assert len(got) == len(want)
     for g, w in zip(got, want):
         assert g[:3] == w[:3]
-        assert (math.isnan(g.value) and math.isnan(w.value)) or (g.value == w.value
-                                                                  and math.copysign(1, g.value) == math.copysign(1, w.value))
+        if math.isnan(w.value):
+            assert math.isnan(g.value)
+        else:
+            assert g.value == w.value and math.copysign(1, g.value) == math.copysign(1, w.value)
 
 
 @pytest.mark.parametrize("value", SPECIAL_VALUES)

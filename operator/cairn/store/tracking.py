@@ -105,12 +105,9 @@ class TrackingStore:
     def _session(self):  # noqa: ANN202
         return db.session_scope(self.engine)
 
-    def _insert(self, table):  # noqa: ANN001, ANN202
-        return self.backend.insert(table)
-
     # -- experiments and runs -------------------------------------------------------------------
     def _experiment_id(self, session: Session, name: str) -> int:
-        session.execute(self._insert(Experiment).values(name=name, created_at=utcnow()).on_conflict_do_nothing())
+        session.execute(self.backend.insert(Experiment).values(name=name, created_at=utcnow()).on_conflict_do_nothing())
         return session.execute(select(Experiment.id).where(Experiment.name == name)).scalar_one()
 
     def create_run(
@@ -129,13 +126,14 @@ class TrackingStore:
         with self._session() as s:
             exp_id = self._experiment_id(s, experiment)
             s.execute(
-                self._insert(Run)
+                self.backend.insert(Run)
                 .values(
                     id=rid,
                     name=name,
                     experiment_id=exp_id,
                     status=status,
-                    start_time=start_time if start_time is not None else (utcnow() if status == RunStatus.RUNNING else None),
+                    start_time=start_time if start_time is not None
+                    else (utcnow() if status == RunStatus.RUNNING else None),
                     created_at=utcnow(),
                     attempts=0,
                     **cluster_fields,
@@ -162,13 +160,14 @@ class TrackingStore:
             status = s.execute(select(Run.status).where(Run.id == _as_uuid(run_id))).scalar_one_or_none()
         return None if status is None else RunStatus(status)
 
-    def finish_run(self, run_id: str, status: RunStatus, exit_code: int | None, end_time: dt.datetime | None = None) -> None:
+    def finish_run(self, run_id: str, status: RunStatus, exit_code: int | None,
+                   end_time: dt.datetime | None = None) -> None:
         self.update_run(run_id, status=status, exit_code=exit_code, end_time=end_time or utcnow())
 
     def record_code(self, run_id: str, repository: str | None, commit: str, dirty: bool = False) -> None:
         values = {"repository": repository, "commit": commit, "dirty": dirty}
         with self._session() as s:
-            stmt = self._insert(CodeVersionRow).values(run_id=_as_uuid(run_id), **values)
+            stmt = self.backend.insert(CodeVersionRow).values(run_id=_as_uuid(run_id), **values)
             s.execute(stmt.on_conflict_do_update(index_elements=["run_id"], set_=values))
 
     def record_dataset(self, run_id: str, uri: str, digest: str | None, pinned_digest: str | None = None,
@@ -178,7 +177,7 @@ class TrackingStore:
         rid = _as_uuid(run_id)
         digested_at = utcnow() if digest is not None else None
         with self._session() as s:
-            stmt = self._insert(Dataset).values(run_id=rid, uri=uri, digest=digest, pinned_digest=pinned_digest,
+            stmt = self.backend.insert(Dataset).values(run_id=rid, uri=uri, digest=digest, pinned_digest=pinned_digest,
                                                 object_count=object_count, total_bytes=total_bytes,
                                                 digested_at=digested_at)
             ex, cur = stmt.excluded, Dataset.__table__.c
@@ -197,7 +196,8 @@ class TrackingStore:
         """Attempt ``attempt`` starts from the checkpoint at ``step`` (idempotent per attempt)."""
         values = {"step": step, "uri": uri, "from_attempt": from_attempt}
         with self._session() as s:
-            stmt = self._insert(Resume).values(run_id=_as_uuid(run_id), attempt=attempt, created_at=utcnow(), **values)
+            stmt = self.backend.insert(Resume).values(run_id=_as_uuid(run_id), attempt=attempt, created_at=utcnow(),
+                                                      **values)
             s.execute(stmt.on_conflict_do_update(index_elements=["run_id", "attempt"], set_=values))
 
     def resolve_run_id(self, prefix: str) -> str:
@@ -219,16 +219,18 @@ class TrackingStore:
         if not ids:
             raise RunNotFound(prefix)
         if len(ids) > 1:
-            raise db.StoreError(f"run id prefix {prefix!r} is ambiguous: {', '.join(sorted(ids)[:5])}", code="AMBIGUOUS_RUN_ID")
+            raise db.StoreError(f"run id prefix {prefix!r} is ambiguous: {', '.join(sorted(ids)[:5])}",
+                                code="AMBIGUOUS_RUN_ID")
         return ids[0]
 
     # -- parameters, tags -----------------------------------------------------------------------
     def _upsert_params(self, s: Session, rid: uuid.UUID, params: dict[str, Any]) -> None:
-        stmt = self._insert(Param).values([{"run_id": rid, "key": k, "value": _param_text(v)} for k, v in params.items()])
+        stmt = self.backend.insert(Param).values(
+            [{"run_id": rid, "key": k, "value": _param_text(v)} for k, v in params.items()])
         s.execute(stmt.on_conflict_do_update(index_elements=["run_id", "key"], set_={"value": stmt.excluded.value}))
 
     def _upsert_tags(self, s: Session, rid: uuid.UUID, tags: dict[str, str]) -> None:
-        stmt = self._insert(Tag).values([{"run_id": rid, "key": k, "value": str(v)} for k, v in tags.items()])
+        stmt = self.backend.insert(Tag).values([{"run_id": rid, "key": k, "value": str(v)} for k, v in tags.items()])
         s.execute(stmt.on_conflict_do_update(index_elements=["run_id", "key"], set_={"value": stmt.excluded.value}))
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
@@ -262,7 +264,7 @@ class TrackingStore:
                 self._apply_run_info(s, rid, batch.run_info)
             elif s.get(Run, rid) is None:
                 s.execute(
-                    self._insert(Run)
+                    self.backend.insert(Run)
                     .values(id=rid, experiment_id=self._experiment_id(s, "default"), status=RunStatus.RUNNING,
                             start_time=utcnow(), created_at=utcnow(), attempts=0)
                     .on_conflict_do_nothing()
@@ -290,7 +292,7 @@ class TrackingStore:
         exp_id = self._experiment_id(s, info.get("experiment") or "default")
         start = dt.datetime.fromtimestamp(info["ts"], dt.timezone.utc) if info.get("ts") else utcnow()
         s.execute(
-            self._insert(Run)
+            self.backend.insert(Run)
             .values(id=rid, name=info.get("name"), experiment_id=exp_id, status=RunStatus.RUNNING,
                     start_time=start, created_at=utcnow(), attempts=0)
             .on_conflict_do_nothing()
@@ -314,12 +316,12 @@ class TrackingStore:
                 "gpu_count": env.get("gpu_count"),
                 "captured_at": utcnow(),
             }
-            stmt = self._insert(EnvironmentRow).values(run_id=rid, **values)
+            stmt = self.backend.insert(EnvironmentRow).values(run_id=rid, **values)
             s.execute(stmt.on_conflict_do_update(index_elements=["run_id"], set_=values))
         code = info.get("code") or {}
         if code.get("commit"):
             values = {k: code.get(k) for k in ("repository", "commit", "branch", "dirty")}
-            stmt = self._insert(CodeVersionRow).values(run_id=rid, **values)
+            stmt = self.backend.insert(CodeVersionRow).values(run_id=rid, **values)
             s.execute(stmt.on_conflict_do_update(index_elements=["run_id"], set_=values))
 
     def _update_latest(self, s: Session, rid: uuid.UUID, points: Iterable[MetricPoint]) -> None:
@@ -344,7 +346,7 @@ class TrackingStore:
                 "min_value": min(finite) if finite else None, "max_value": max(finite) if finite else None,
                 "count": len(group),
             })
-        stmt = self._insert(LatestMetric).values(rows)
+        stmt = self.backend.insert(LatestMetric).values(rows)
         ex, cur_t = stmt.excluded, LatestMetric.__table__.c
         newer = ex.step >= cur_t.step
         s.execute(
@@ -370,7 +372,7 @@ class TrackingStore:
     def _upsert_artifact(self, s: Session, rid: uuid.UUID, art: ArtifactInfo) -> None:
         values = {"uri": art.uri, "size": art.size, "sha256": art.sha256, "kind": art.kind, "step": art.step,
                   "attempt": art.attempt, "uploaded_at": art.uploaded_at}
-        stmt = self._insert(Artifact).values(run_id=rid, path=art.path, created_at=utcnow(), **values)
+        stmt = self.backend.insert(Artifact).values(run_id=rid, path=art.path, created_at=utcnow(), **values)
         s.execute(stmt.on_conflict_do_update(index_elements=["run_id", "path"], set_=values))
 
     def record_artifacts(self, run_id: str, artifacts: Iterable[ArtifactInfo]) -> None:
@@ -481,7 +483,8 @@ class TrackingStore:
                 raise RunNotFound(run_id)
             run = row[0]
             summary = self._summaries(s, [row])[0]
-            params = {p.key: _param_value(p.value) for p in s.execute(select(Param).where(Param.run_id == rid)).scalars()}
+            params = {p.key: _param_value(p.value)
+                      for p in s.execute(select(Param).where(Param.run_id == rid)).scalars()}
             tags = {t.key: t.value for t in s.execute(select(Tag).where(Tag.run_id == rid)).scalars()}
             env_row = s.get(EnvironmentRow, rid)
             code_row = s.get(CodeVersionRow, rid)
