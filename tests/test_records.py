@@ -98,6 +98,17 @@ def test_run_params_tags_artifact_and_finish_records():
     assert out.batch.finish == RunFinish(RunStatus.FINISHED, 0)
 
 
+def test_finish_records_carry_a_final_status_an_exit_code_and_a_time():
+    good = [{"type": "finish", "status": "KILLED", "exit_code": -9, "ts": 1.7e9}, {"type": "finish"}]
+    assert [parse_lines(lines(rec), 1, NOW).batch.finish for rec in good] == [
+        RunFinish(RunStatus.KILLED, -9, 1.7e9), RunFinish(RunStatus.FINISHED)]
+    bad = [{"status": "DONE"}, {"status": "RUNNING"}, {"status": ["FAILED"]}, {"exit_code": "1"},
+           {"exit_code": 1 << 40}, {"exit_code": True}, {"ts": "yesterday"}, {"ts": math.inf}]
+    for fields in bad:
+        out = parse_lines(lines({"type": "finish", **fields}), 1, NOW)
+        assert out.batch.finish is None and [x.reason for x in out.rejections] == [r.BAD_RECORD], fields
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3),

@@ -112,6 +112,15 @@ def test_finish_records_status_and_exit_code(tmp_path):
     assert last["type"] == "finish" and last["status"] == "FAILED" and last["exit_code"] == 3
 
 
+def test_a_run_finishes_only_with_a_final_status(tmp_path):
+    run = cairn.init(run_dir=str(tmp_path / "r"), capture_env=False)
+    with pytest.raises(ValueError, match="not RUNNING"):
+        run.finish(0, status="RUNNING")
+    run.finish(137, status="KILLED")
+    last = read_records(tmp_path / "r")[-1]
+    assert (last["status"], last["exit_code"]) == ("KILLED", 137)
+
+
 def test_disabled_mode_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("CAIRN_MODE", "disabled")
     cairn.init(run_dir=str(tmp_path / "r"))
