@@ -18,7 +18,7 @@ EXAMPLE = Path(__file__).parents[1] / "examples" / "train_digits.py"
 @pytest.mark.slow
 def test_digits_example_learns_and_keeps_its_model(sqlite_url, cairn_home):
     r = subprocess.run(
-        [sys.executable, "-m", "cairn.cli.main", "--database-url", sqlite_url, "run", "-e", "digits",
+        [sys.executable, "-m", "cairn", "--database-url", sqlite_url, "run", "-e", "digits",
          "-p", "lr=0.2", "-p", "epochs=6", "--", sys.executable, str(EXAMPLE)],
         capture_output=True, text=True, timeout=300, env=dict(os.environ, COLUMNS="200"),
     )
