@@ -25,10 +25,11 @@ class RoleCommand(click.Command):
 @click.option("--exit-on-finish", is_flag=True, help="Exit once the run's finish record is ingested.")
 @click.option("--drain-timeout", default=60.0, show_default=True, help="Seconds to keep draining after SIGTERM.")
 @click.option("--poll-interval", default=0.5, show_default=True)
-@click.option("--batch-bytes", default=8 << 20, show_default=True, help="Most bytes of a file committed per transaction.")
+@click.option("--batch-bytes", default=8 << 20, show_default=True,
+              help="Most bytes of a file committed per transaction.")
 @click.pass_context
-def agent(ctx: click.Context, run_dir, run_id, metrics_files, once, exit_on_finish, drain_timeout, poll_interval,  # noqa: ANN001
-          batch_bytes) -> None:  # noqa: ANN001
+def agent(ctx: click.Context, run_dir, run_id, metrics_files, once, exit_on_finish,  # noqa: ANN001
+          drain_timeout, poll_interval, batch_bytes) -> None:  # noqa: ANN001
     """Ingest a run directory into the store, exactly once (the tracking sidecar runs this)."""
     import signal
 
