@@ -246,41 +246,41 @@ def test_runs_list_as_csv_has_a_column_per_metric(store_url, cairn_home):
     assert float(row["loss"]) == pytest.approx(1 / 3) and row["grad_norm"] == "NaN"
 
 
-def test_namespace_option_filters_runs_as_in_kubectl(sqlite_url, cairn_home):
-    seeded(sqlite_url)
-    ids = [r["id"] for r in json.loads(invoke(sqlite_url, "runs", "list", "-n", "team-b", "-o", "json").stdout)]
+def test_namespace_option_filters_runs_as_in_kubectl(store_url, cairn_home):
+    seeded(store_url)
+    ids = [r["id"] for r in json.loads(invoke(store_url, "runs", "list", "-n", "team-b", "-o", "json").stdout)]
     assert sorted(ids) == sorted([B, RETRY_OLD, RETRY_NEW])
-    assert json.loads(invoke(sqlite_url, "runs", "list", "--namespace", "nowhere", "-o", "json").stdout) == []
-    assert len(json.loads(invoke(sqlite_url, "runs", "list", "--limit", "2", "-o", "json").stdout)) == 2
+    assert json.loads(invoke(store_url, "runs", "list", "--namespace", "nowhere", "-o", "json").stdout) == []
+    assert len(json.loads(invoke(store_url, "runs", "list", "--limit", "2", "-o", "json").stdout)) == 2
 
 
-def test_runs_are_found_by_id_prefix_or_namespace_and_name(sqlite_url, cairn_home):
-    seeded(sqlite_url)
+def test_runs_are_found_by_id_prefix_or_namespace_and_name(store_url, cairn_home):
+    seeded(store_url)
 
     def shown(ref: str) -> str:
-        result = invoke(sqlite_url, "runs", "show", ref, "-o", "json")
+        result = invoke(store_url, "runs", "show", ref, "-o", "json")
         assert result.exit_code == 0, result.stderr
         return json.loads(result.stdout)["id"]
 
     assert shown("aaaa1") == A and shown(A.upper()) == A and shown("team-b/train") == B
 
-    ambiguous = invoke(sqlite_url, "runs", "show", "aaaa")
+    ambiguous = invoke(store_url, "runs", "show", "aaaa")
     assert ambiguous.exit_code == 1 and "ambiguous" in ambiguous.stderr
     assert A in ambiguous.stderr and B in ambiguous.stderr
 
-    reused = invoke(sqlite_url, "runs", "show", "team-b/retry")
+    reused = invoke(store_url, "runs", "show", "team-b/retry")
     assert reused.exit_code == 1 and RETRY_OLD in reused.stderr and RETRY_NEW in reused.stderr
 
     for ref, message in (("eeee", "no run matches id 'eeee'"), ("team-a/nope", "no run of TrainingRun team-a/nope")):
-        missing = invoke(sqlite_url, "runs", "show", ref)
+        missing = invoke(store_url, "runs", "show", ref)
         assert missing.exit_code == 1 and message in missing.stderr
 
-    half = invoke(sqlite_url, "runs", "show", "team-a/")
+    half = invoke(store_url, "runs", "show", "team-a/")
     assert half.exit_code == 2 and "NAMESPACE/TRAININGRUN-NAME" in half.stderr
 
-    history = invoke(sqlite_url, "runs", "history", "team-a/train", "loss", "-o", "json")
+    history = invoke(store_url, "runs", "history", "team-a/train", "loss", "-o", "json")
     assert [b["step"] for b in json.loads(history.stdout)] == [0, 1, 2]
-    compared = json.loads(invoke(sqlite_url, "runs", "compare", "team-a/train", "aaaa2", "-o", "json").stdout)
+    compared = json.loads(invoke(store_url, "runs", "compare", "team-a/train", "aaaa2", "-o", "json").stdout)
     assert compared["runs"] == [A, B] and compared["params"] == {}
     assert compared["metrics"]["loss"]["best_run"] == "tie"
 
