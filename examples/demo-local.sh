@@ -9,13 +9,18 @@ if ! python3 -c "import cairn, numpy, sklearn" 2>/dev/null; then
 fi
 export COLUMNS="${COLUMNS:-$(tput cols 2>/dev/null || echo 160)}"
 export CAIRN_HOME="${CAIRN_HOME:-$HOME/.cairn}"
-run() {  # prints the run id of a tracked run of the example
-  python3 -m cairn.cli.main run -e digits-demo "$@" -- python3 examples/train_digits.py \
-    | tee /dev/stderr | awk '$1 == "run" {print $2; exit}'
+run_named() {  # a tracked run of the example, named $1; the rest are its options
+  python3 -m cairn run -e digits-demo --name "$@" -- python3 examples/train_digits.py
 }
-slow=$(run -n "lr 0.02" -p lr=0.02 -p epochs=5)
-fast=$(run -n "lr 0.2" -p lr=0.2 -p epochs=5)
+newest_run_named() {  # the id of the newest run of the demo with that name, read from `-o json`
+  python3 -m cairn runs list -e digits-demo -o json \
+    | python3 -c 'import json, sys; print(next(r["id"] for r in json.load(sys.stdin) if r["name"] == sys.argv[1]))' "$1"
+}
+run_named "lr 0.02" -p lr=0.02 -p epochs=5
+slow=$(newest_run_named "lr 0.02")
+run_named "lr 0.2" -p lr=0.2 -p epochs=5
+fast=$(newest_run_named "lr 0.2")
 echo
-python3 -m cairn.cli.main runs list -e digits-demo --sort val_acc -n 5
-python3 -m cairn.cli.main runs compare "$slow" "$fast"
+python3 -m cairn runs list -e digits-demo --sort val_acc --limit 5
+python3 -m cairn runs compare "$slow" "$fast"
 echo "store: $CAIRN_HOME/cairn.db  (cairn runs show ${fast:0:8} for the whole record)"

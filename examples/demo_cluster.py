@@ -57,7 +57,7 @@ def main() -> int:
     operator = None
     try:
         host_url = pg.create_database("cairn")
-        sh(sys.executable, "-m", "cairn.cli.main", "--database-url", host_url, "db", "upgrade")
+        sh(sys.executable, "-m", "cairn", "--database-url", host_url, "db", "upgrade")
 
         step("CRD, namespace and the sidecar's database Secret")
         kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
@@ -72,7 +72,7 @@ def main() -> int:
         step("operator (cairn operator)")
         log = open(REPO / "cairn-operator.log", "w")
         operator = subprocess.Popen(
-            [sys.executable, "-m", "cairn.cli.main", "--database-url", host_url, "operator", "-n", NAMESPACE,
+            [sys.executable, "-m", "cairn", "--database-url", host_url, "operator", "-n", NAMESPACE,
              "--sidecar-image", "cairn:dev", "--image-pull-policy", "Never",
              "--metrics-port", str(free_port()), "--liveness-port", str(free_port())],
             env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -98,7 +98,7 @@ def main() -> int:
         kubectl("-n", NAMESPACE, "get", "tr", "digits", "-o", "wide")
 
         step("the tracked record (cairn runs show)")
-        sh(sys.executable, "-m", "cairn.cli.main", "--database-url", host_url, "runs", "show", tr["metadata"]["uid"])
+        sh(sys.executable, "-m", "cairn", "--database-url", host_url, "runs", "show", tr["metadata"]["uid"])
         return 0 if status.get("phase") == "Succeeded" else 1
     finally:
         if operator is not None:

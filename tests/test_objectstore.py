@@ -326,7 +326,7 @@ def test_store_keeps_one_row_per_path_the_latest_uploaded_checkpoint_and_resumes
 # -- downloads -----------------------------------------------------------------------------------
 def cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess:  # noqa: ANN003
     base = {k: v for k, v in os.environ.items() if not k.startswith(("CAIRN_S3", "AWS_"))}
-    return subprocess.run([sys.executable, "-m", "cairn.cli.main", *args], env={**base, **(env or {})},
+    return subprocess.run([sys.executable, "-m", "cairn", *args], env={**base, **(env or {})},
                           capture_output=True, text=True, timeout=120, **kw)
 
 
@@ -338,7 +338,7 @@ def test_cairn_runs_download_reproduces_the_bytes_and_refuses_a_tampered_object(
     make_uploader(run_dir, pg_store, s3_config(minio_server, minio_bucket)).upload_available()
     env = minio_server.env()  # AWS_* variables, as a user's shell would have them
 
-    listing = cli("--database-url", postgres_url, "runs", "artifacts", RUN_ID[:8], "--json", env=env)
+    listing = cli("--database-url", postgres_url, "runs", "artifacts", RUN_ID[:8], "-o", "json", env=env)
     assert listing.returncode == 0, listing.stderr
     doc = json.loads(listing.stdout)
     assert [a["path"] for a in doc["artifacts"]] == ["artifacts/model.npz", "checkpoints/20/ckpt.bin"]
@@ -347,28 +347,28 @@ def test_cairn_runs_download_reproduces_the_bytes_and_refuses_a_tampered_object(
     assert table.returncode == 0 and "model.npz" in table.stdout and "checkpoint" in table.stdout
 
     out = tmp_path / "out"
-    got = cli("--database-url", postgres_url, "runs", "download", RUN_ID, "-o", str(out), env=env)
+    got = cli("--database-url", postgres_url, "runs", "download", RUN_ID, "-d", str(out), env=env)
     assert got.returncode == 0, got.stderr
     assert "sha256 verified" in got.stderr
     assert (out / "artifacts/model.npz").read_bytes() == model
     assert (out / "checkpoints/20/ckpt.bin").read_bytes() == ckpt
 
     one = tmp_path / "one"
-    got = cli("--database-url", postgres_url, "runs", "download", RUN_ID, "model.npz", "-o", str(one), env=env)
+    got = cli("--database-url", postgres_url, "runs", "download", RUN_ID, "model.npz", "-d", str(one), env=env)
     assert got.returncode == 0, got.stderr
     assert [p.relative_to(one).as_posix() for p in one.rglob("*") if p.is_file()] == ["artifacts/model.npz"]
 
     missing = cli("--database-url", postgres_url, "runs", "download", RUN_ID, "nope.bin", env=env)
     assert missing.returncode == 1 and "no artifact 'nope.bin'" in missing.stderr
 
-    no_creds = cli("--database-url", postgres_url, "runs", "download", RUN_ID, "-o", str(tmp_path / "x"))
+    no_creds = cli("--database-url", postgres_url, "runs", "download", RUN_ID, "-d", str(tmp_path / "x"))
     assert no_creds.returncode == 1 and "CAIRN_S3_ENDPOINT" in no_creds.stderr
 
     evil = b"not the model"
     minio_server.client().put_object(minio_bucket, f"ml/digits/{RUN_ID}/artifacts/model.npz", io.BytesIO(evil),
                                      len(evil))
     bad = tmp_path / "bad"
-    got = cli("--database-url", postgres_url, "runs", "download", RUN_ID, "model.npz", "-o", str(bad), env=env)
+    got = cli("--database-url", postgres_url, "runs", "download", RUN_ID, "model.npz", "-d", str(bad), env=env)
     assert got.returncode == 1 and "sha256" in got.stderr and sha(model) in got.stderr
     assert not (bad / "artifacts/model.npz").exists()
 
@@ -564,7 +564,7 @@ def test_local_mode_records_checkpoints_as_local_files(sqlite_url, cairn_home, t
     assert arts["checkpoints/4/m.bin"].uri.startswith("file://") and arts["checkpoints/4/m.bin"].step == 4
     assert arts["artifacts/m.bin"].sha256 == sha(b"abc") and arts["artifacts/m.bin"].uploaded_at is None
     out = tmp_path / "dl"
-    got = cli("--database-url", sqlite_url, "runs", "download", run.id, "-o", str(out))
+    got = cli("--database-url", sqlite_url, "runs", "download", run.id, "-d", str(out))
     assert got.returncode == 0, got.stderr
     assert (out / "checkpoints/4/m.bin").read_bytes() == b"abc"
 

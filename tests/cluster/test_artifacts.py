@@ -96,8 +96,8 @@ def test_a_run_keeps_its_model_and_two_checkpoints_in_minio(kubectl, namespace, 
     env.update(CAIRN_S3_ENDPOINT=objectstore.url, CAIRN_S3_ACCESS_KEY=objectstore.access_key,
                CAIRN_S3_SECRET_KEY=objectstore.secret_key)
     out = tmp_path / "download"
-    got = subprocess.run([sys.executable, "-m", "cairn.cli.main", "--database-url", store_urls[0], "runs", "download",
-                          uid[:8], "-o", str(out)], env=env, capture_output=True, text=True, timeout=120)
+    got = subprocess.run([sys.executable, "-m", "cairn", "--database-url", store_urls[0], "runs", "download",
+                          uid[:8], "-d", str(out)], env=env, capture_output=True, text=True, timeout=120)
     assert got.returncode == 0, got.stderr
     for a in detail.artifacts:
         assert (out / a.path).read_bytes() == read_object(client, BUCKET, prefix + a.path)

@@ -1,4 +1,5 @@
-"""``cairn run``: track any command on this machine, with the agent running alongside it."""
+"""``cairn run`` and ``cairn sync``: track any command on this machine, with the agent running alongside it,
+or ingest a run the SDK recorded offline."""
 
 from __future__ import annotations
 
@@ -6,12 +7,20 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import click
+
 from cairn.agent.ingest import IngestAgent
+from cairn.cli.context import store_of
+from cairn.cli.output import err_console
+from cairn.cli.params import BadParam, parse_params
+from cairn.cli.roles import agent
+from cairn.cli.runs import print_run
 from cairn.rundir import RunStatus
 from cairn.sdk import records as R
 from cairn.store.db import cairn_home
@@ -92,3 +101,39 @@ def run_locally(
         status = RunStatus.FAILED
     store.finish_run(run_id, status, exit_code, end_time=utcnow())
     return LocalRunResult(run_id, exit_code, status, duration, outcome.get("ok", False))
+
+
+@click.command("run", context_settings={"ignore_unknown_options": True})
+@click.option("-e", "--experiment", default="default", show_default=True)
+@click.option("--name", help="Display name of the run.")
+@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="A parameter for the run (repeatable); typed as JSON when it parses, else a string.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+def run_cmd(ctx: click.Context, experiment: str, name: str | None, params: tuple[str, ...],
+            command: tuple[str, ...]) -> None:
+    """Run COMMAND as a tracked run: cairn run -p lr=0.1 -- python train.py"""
+    try:
+        parsed = parse_params(params)
+    except BadParam as exc:
+        raise click.BadParameter(str(exc), param_hint="-p/--param") from None
+    store = store_of(ctx)
+    try:
+        result = run_locally(store, list(command), experiment, name, parsed)
+    except OSError as exc:
+        err_console.print(f"[red]error:[/red] could not start {command[0]!r}: {exc.strerror}")
+        sys.exit(127)
+    print_run(store.get_run(result.run_id))
+    if not result.ingested_all:
+        err_console.print("[yellow]warning:[/yellow] some records were not ingested yet; "
+                          "`cairn agent --once --run-dir` on the run directory finishes the job")
+    sys.exit(result.exit_code if result.exit_code >= 0 else 128 - result.exit_code)
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.pass_context
+def sync(ctx: click.Context, run_dir: str) -> None:
+    """Ingest a run recorded offline (the SDK without an agent) into the store."""
+    ctx.invoke(agent, run_dir=run_dir, run_id=None, metrics_files=(), once=True, exit_on_finish=False,
+               drain_timeout=60.0, poll_interval=0.5, batch_bytes=8 << 20)

@@ -74,6 +74,7 @@ class RunSummary:
     end_time: dt.datetime | None
     exit_code: int | None
     metrics: dict[str, LatestValue] = field(default_factory=dict)
+    namespace: str | None = None  # of the TrainingRun; None for a run outside Kubernetes
 
     @property
     def duration_s(self) -> float | None:

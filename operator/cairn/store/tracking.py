@@ -223,6 +223,12 @@ class TrackingStore:
                                 code="AMBIGUOUS_RUN_ID")
         return ids[0]
 
+    def run_ids_named(self, namespace: str, name: str) -> list[str]:
+        """Ids of the runs of TrainingRun ``namespace/name``, newest first (a name can be reused)."""
+        with self._session() as s:
+            q = select(Run.id).where(Run.namespace == namespace, Run.name == name).order_by(Run.created_at.desc())
+            return [str(rid) for rid in s.execute(q).scalars()]
+
     # -- parameters, tags -----------------------------------------------------------------------
     def _upsert_params(self, s: Session, rid: uuid.UUID, params: dict[str, Any]) -> None:
         stmt = self.backend.insert(Param).values(
@@ -446,7 +452,8 @@ class TrackingStore:
     def _summaries(self, s: Session, rows: Sequence[tuple[Run, str]]) -> list[RunSummary]:
         latest = self._latest(s, [r.id for r, _ in rows])
         return [
-            RunSummary(str(r.id), r.name, exp, RunStatus(r.status), r.start_time, r.end_time, r.exit_code, latest[r.id])
+            RunSummary(str(r.id), r.name, exp, RunStatus(r.status), r.start_time, r.end_time, r.exit_code, latest[r.id],
+                       r.namespace)
             for r, exp in rows
         ]
 
@@ -457,11 +464,14 @@ class TrackingStore:
         sort_metric: str | None = None,
         ascending: bool = False,
         limit: int = 100,
+        namespace: str | None = None,
     ) -> list[RunSummary]:
         with self._session() as s:
             q = select(Run, Experiment.name).join(Experiment, Run.experiment_id == Experiment.id)
             if experiment:
                 q = q.where(Experiment.name == experiment)
+            if namespace:
+                q = q.where(Run.namespace == namespace)
             if status:
                 q = q.where(Run.status == status.upper())
             if sort_metric:

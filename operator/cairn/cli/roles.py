@@ -1,0 +1,125 @@
+"""The in-pod roles of ``cairn``: processes the operator's deployment and the run pods start.
+
+People rarely type these; the help lists them apart from the user commands (see ``RoleCommand``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+
+import click
+
+
+class RoleCommand(click.Command):
+    """A command that a pod runs rather than a person."""
+
+
+@click.command(cls=RoleCommand)
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False), envvar="CAIRN_RUN_DIR")
+@click.option("--run-id", envvar="CAIRN_RUN_ID", help="Default: the id the SDK wrote in the run directory.")
+@click.option("--metrics-file", "metrics_files", multiple=True,
+              help="Extra JSON-lines file (relative to the run dir) from a program without the SDK.")
+@click.option("--once", is_flag=True, help="Ingest what is there now and exit (e.g. to sync an offline run).")
+@click.option("--exit-on-finish", is_flag=True, help="Exit once the run's finish record is ingested.")
+@click.option("--drain-timeout", default=60.0, show_default=True, help="Seconds to keep draining after SIGTERM.")
+@click.option("--poll-interval", default=0.5, show_default=True)
+@click.option("--batch-bytes", default=8 << 20, show_default=True,
+              help="Most bytes of a file committed per transaction.")
+@click.pass_context
+def agent(ctx: click.Context, run_dir, run_id, metrics_files, once, exit_on_finish,  # noqa: ANN001
+          drain_timeout, poll_interval, batch_bytes) -> None:  # noqa: ANN001
+    """Ingest a run directory into the store, exactly once (the tracking sidecar runs this)."""
+    import signal
+
+    from cairn.agent.ingest import IngestAgent
+
+    logging.getLogger("cairn").setLevel(logging.INFO)
+    a = IngestAgent(run_dir, ctx.obj.get("database_url"), run_id, tuple(metrics_files), poll_interval, batch_bytes)
+    stop = threading.Event()
+    if once:
+        stop.set()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    ok = a.run(stop, drain_timeout=drain_timeout, exit_on_finish=exit_on_finish)
+    click.echo(f"ingested {a.stats.points} points from {a.stats.lines} lines"
+               + (f", rejected {a.stats.rejected}" if a.stats.rejected else ""), err=True)
+    sys.exit(0 if ok else 3)
+
+
+@click.command("operator", cls=RoleCommand)
+@click.option("-n", "--namespace", "namespaces", multiple=True, envvar="CAIRN_NAMESPACES",
+              help="Watch only this namespace (repeatable; default: every namespace).")
+@click.option("--sidecar-image", envvar="CAIRN_SIDECAR_IMAGE", help="Image of the tracking sidecar.")
+@click.option("--image-pull-policy", envvar="CAIRN_IMAGE_PULL_POLICY",
+              type=click.Choice(["Always", "IfNotPresent", "Never"]), help="Pull policy of the pods' images.")
+@click.option("--database-secret", envvar="CAIRN_DATABASE_SECRET",
+              help="Secret (key 'url') in each run's namespace with the store URL for the sidecar.")
+@click.option("--metrics-port", envvar="CAIRN_METRICS_PORT", type=int, default=9090, show_default=True)
+@click.option("--liveness-port", envvar="CAIRN_LIVENESS_PORT", type=int, default=8080, show_default=True)
+@click.option("--objectstore-secret", envvar="CAIRN_OBJECTSTORE_SECRET",
+              help="Secret (keys endpoint, accessKey, secretKey, bucket, region) in each run's namespace with the "
+                   "object store for artifacts, checkpoints and datasets (default cairn-objectstore).")
+@click.pass_context
+def operator_cmd(ctx: click.Context, namespaces, sidecar_image, image_pull_policy, database_secret,  # noqa: ANN001
+                 metrics_port, liveness_port, objectstore_secret) -> None:
+    """Run the TrainingRun operator."""
+    import os
+
+    import kopf
+
+    for var, value in (("CAIRN_NAMESPACES", " ".join(namespaces)), ("CAIRN_SIDECAR_IMAGE", sidecar_image),
+                       ("CAIRN_IMAGE_PULL_POLICY", image_pull_policy), ("CAIRN_DATABASE_SECRET", database_secret),
+                       ("CAIRN_METRICS_PORT", str(metrics_port)), ("CAIRN_LIVENESS_PORT", str(liveness_port)),
+                       ("CAIRN_DATABASE_URL", ctx.obj.get("database_url"))):
+        if value:
+            os.environ[var] = value
+    if objectstore_secret is not None:
+        os.environ["CAIRN_OBJECTSTORE_SECRET"] = objectstore_secret
+    import cairn.controller  # noqa: F401  (registers the handlers)
+    from cairn.controller.handlers import operator
+    from cairn.store import db as store_db
+
+    op = operator()
+    store_db.check_reachable(op.store.engine)
+    logging.getLogger("cairn").setLevel(logging.INFO)
+    liveness_host = os.environ.get("CAIRN_LIVENESS_HOST", "0.0.0.0")
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=list(namespaces),
+        liveness_endpoint=f"http://{liveness_host}:{liveness_port}/healthz" if liveness_port else None,
+    )
+
+
+@click.command(cls=RoleCommand)
+def sidecar() -> None:
+    """The tracking sidecar of a TrainingRun pod (configured by the operator through CAIRN_* env)."""
+    from cairn.agent.sidecar import SidecarConfig, run_sidecar
+
+    logging.getLogger("cairn").setLevel(logging.INFO)
+    try:
+        cfg = SidecarConfig.from_env()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    sys.exit(0 if run_sidecar(cfg) else 3)
+
+
+@click.command(cls=RoleCommand)
+def prepare() -> None:
+    """The prepare step of a TrainingRun pod: dataset digest check, checkpoint restore on a retry."""
+    from cairn.agent.prepare import PrepareConfig, run_prepare
+    from cairn.objectstore import ObjectStoreError, S3Config
+
+    logging.getLogger("cairn").setLevel(logging.INFO)
+    try:
+        cfg = PrepareConfig.from_env()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        s3 = S3Config.from_env()
+    except ObjectStoreError as exc:
+        logging.getLogger("cairn.prepare").error("object store settings: %s", exc)
+        s3 = None
+    sys.exit(run_prepare(cfg, s3))
