@@ -1,20 +1,22 @@
-"""Shared fixtures: a real PostgreSQL server for the session, fresh databases per test."""
+"""Fixtures shared by every test module, registered by tests/conftest.py.
+
+A real PostgreSQL server for the session with a fresh database per test, SQLite stores, MinIO and
+Prometheus servers, a clean ``CAIRN_HOME`` and an SDK reset after each test.
+"""
 
 from __future__ import annotations
 
 import itertools
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+from cairn import sdk
+from cairn.store import db
+from cairn.store.store import TrackingStore
 
-from servers import PostgresServer  # noqa: E402
-
-from cairn.store import db  # noqa: E402
-from cairn.store.store import TrackingStore  # noqa: E402
+from .servers import MinioServer, PostgresServer, PrometheusServer
 
 _db_counter = itertools.count()
 
@@ -61,9 +63,21 @@ def cairn_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
-# --- MinIO and Prometheus (tests/servers.py) ---------------------------------------------------
-from servers import MinioServer, PrometheusServer  # noqa: E402
+@pytest.fixture
+def fresh_sdk(cairn_home):
+    """The SDK as a new process has it after the test: no current run, no resume point, no config.
 
+    Modules whose tests start SDK runs use it with ``pytestmark = pytest.mark.usefixtures("fresh_sdk")``.
+    """
+    yield
+    if sdk.run is not None:
+        sdk.run.finish()
+    sdk.run = None
+    sdk.resume_from = None
+    sdk.config._replace({})
+
+
+# --- MinIO and Prometheus (tests/support/servers.py) -------------------------------------------
 _bucket_counter = itertools.count()
 
 
