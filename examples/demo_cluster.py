@@ -44,7 +44,8 @@ def free_port() -> int:
 def start_postgres(database: str) -> tuple[str, Callable[[], None]]:
     """A throwaway PostgreSQL from the Debian package (hack/install-test-deps.sh) that the operator
     reaches on 127.0.0.1 and the pods on NODE_IP: (URL of a new ``database`` on loopback, a function
-    that stops the server and deletes its files). PostgreSQL refuses to run as root, so as root it runs as ``postgres``."""
+    that stops the server and deletes its files). PostgreSQL refuses to run as root, so as root it
+    runs as ``postgres``."""
     bindir = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
     work = Path(tempfile.mkdtemp(prefix="cairn-demo-pg-"))
     data, password, port = work / "data", "cairn-demo", free_port()

@@ -25,7 +25,8 @@ build_helm() {
   local mod_dir client_go k8s_major k8s_minor ldflags pkg rc
   require_tools go
   log "downloading $MODULE@$HELM_VERSION (module proxy)"
-  mod_dir="$(go mod download -json "$MODULE@$HELM_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  mod_dir="$(go mod download -json "$MODULE@$HELM_VERSION" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
   # Upstream's Makefile: Kubernetes major = client-go major + 1, minor = client-go minor.
   client_go="$(awk '$1 == "k8s.io/client-go" {print $2; exit}' "$mod_dir/go.mod")"
   [[ "$client_go" =~ ^v([0-9]+)\.([0-9]+)\. ]] || die "no k8s.io/client-go version in $mod_dir/go.mod"

@@ -35,7 +35,8 @@ build_minio() {
   else
     ldflags="-s -w"
   fi
-  log "compiling github.com/minio/minio@$MINIO_VERSION (cold: downloads the module graph, then several minutes on 2 cores; log: $LOG)"
+  log "compiling github.com/minio/minio@$MINIO_VERSION" \
+    "(cold: downloads the module graph, then several minutes on 2 cores; log: $LOG)"
   # go install -v prints one line per compiled package; summarise every 100.
   set +e
   CGO_ENABLED=0 GOBIN="$1" nice -n 10 go install -trimpath -pgo=off -p "${BUILD_JOBS:-2}" -v -ldflags "$ldflags" \

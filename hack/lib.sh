@@ -60,7 +60,8 @@ build_binary_once() {
 
 # debian_mirror SUITE: the Debian mirror the host's apt uses for SUITE, if its sources name one.
 debian_mirror() {
-  awk '/^URIs:/ {u=$2} /^Suites:/ && / '"$1"'( |$)/ {print u; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true
+  awk '/^URIs:/ {u=$2} /^Suites:/ && / '"$1"'( |$)/ {print u; exit}' /etc/apt/sources.list.d/*.sources \
+    2>/dev/null || true
 }
 
 # archive_is_current ARCHIVE KEY: whether ARCHIVE and its manifest digest (ARCHIVE.digest) are

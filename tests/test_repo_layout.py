@@ -56,4 +56,4 @@ def edits_sys_path(path: Path) -> bool:
 def test_no_test_example_or_bench_file_edits_sys_path():
     offenders = [str(path.relative_to(REPO)) for folder in ("bench", "examples", "tests")
                  for path in python_files(folder) if edits_sys_path(path)]
-    assert not offenders, "run bench as python3 -m bench.NAME and import tests.support instead:\n" + "\n".join(offenders)
+    assert not offenders, "run bench as python3 -m bench.NAME, import tests.support:\n" + "\n".join(offenders)
