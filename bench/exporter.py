@@ -1,6 +1,6 @@
 """How long the sidecar takes to render /metrics with 100 live keys (target: at most 50 ms).
 
-    python bench/exporter.py [--keys 100] [--scrapes 200]
+    python3 -m bench.exporter [--keys 100] [--scrapes 200]     # from the repository root
 
 Times full HTTP scrapes of the sidecar's exporter (prometheus_client's server, as in the pod)
 while a thread keeps feeding new points, the way the agent does during training.
@@ -9,19 +9,13 @@ while a thread keeps feeding new points, the way the agent does during training.
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import threading
 import time
 import urllib.request
 
 from cairn.agent.exporter import LiveState, serve
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.servers import free_port
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """Ingest benchmark (issue 2): Cairn's SDK → agent → PostgreSQL path against an MLflow tracking server.
 
-One run, one throwaway PostgreSQL (``tests/servers.py``) holding two databases: ``cairn`` (the
+One run, one throwaway PostgreSQL (``tests/support/servers.py``) holding two databases: ``cairn`` (the
 Cairn schema, via ``cairn.store.db.upgrade``) and ``mlflow`` (migrated by ``mlflow server`` itself).
 It prints:
 
@@ -15,8 +15,8 @@ It prints:
 then the targets with PASS/MISS. ``--quick`` is a smoke run of under a minute.
 
     pip install -e '.[bench]'
-    python bench/ingest.py            # default sizes: 3 to 4 minutes on 2 cores
-    python bench/ingest.py --quick
+    python3 -m bench.ingest            # from the repository root; default sizes: 3 to 4 minutes on 2 cores
+    python3 -m bench.ingest --quick
 """
 
 from __future__ import annotations
@@ -39,9 +39,6 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # for tests.servers
-
 # The MLflow client and server must not phone home: set before mlflow is imported anywhere.
 QUIET_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -54,8 +51,7 @@ for _var in [v for v in os.environ if v.startswith("CAIRN_")]:  # the SDK must n
     del os.environ[_var]
 
 from cairn.store import db  # noqa: E402
-
-from tests.servers import PostgresServer, free_port  # noqa: E402
+from tests.support.servers import PostgresServer, free_port  # noqa: E402
 
 KEYS = [f"metric_{i}" for i in range(10)]
 SEED = 20240607

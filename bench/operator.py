@@ -22,9 +22,9 @@ import time
 import uuid
 from pathlib import Path
 
+from tests.support.servers import PostgresServer, free_port
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from servers import PostgresServer, free_port  # noqa: E402
 
 KWOK = {"nodeSelector": {"type": "kwok"},
         "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]}

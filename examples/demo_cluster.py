@@ -10,17 +10,19 @@ the end and prints the run's record. The cluster stays up afterwards (hack/clust
 from __future__ import annotations
 
 import base64
+import glob
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from servers import PostgresServer, free_port  # noqa: E402
-
 NODE_IP = "10.213.0.1"
 NAMESPACE = "cairn-demo"
 
@@ -31,6 +33,48 @@ def step(msg: str) -> None:
 
 def sh(*argv: str, **kw) -> subprocess.CompletedProcess:  # noqa: ANN003
     return subprocess.run(argv, check=True, text=True, **kw)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_postgres(database: str) -> tuple[str, Callable[[], None]]:
+    """A throwaway PostgreSQL from the Debian package (hack/install-test-deps.sh) that the operator
+    reaches on 127.0.0.1 and the pods on NODE_IP: (URL of a new ``database`` on loopback, a function
+    that stops the server and deletes its files). PostgreSQL refuses to run as root, so as root it
+    runs as ``postgres``."""
+    bindir = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
+    work = Path(tempfile.mkdtemp(prefix="cairn-demo-pg-"))
+    data, password, port = work / "data", "cairn-demo", free_port()
+    (work / "pw").write_text(password)
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+        for path in (work, work / "pw"):
+            shutil.chown(path, "postgres", "postgres")
+    sh(*as_postgres, f"{bindir}/initdb", "-D", str(data), "-U", "cairn", "-A", "md5", f"--pwfile={work / 'pw'}",
+       "-E", "UTF8", capture_output=True)
+    with open(data / "postgresql.conf", "a") as f:
+        f.write(f"\nlisten_addresses = '127.0.0.1,{NODE_IP}'\nport = {port}\nunix_socket_directories = '{work}'\n")
+    with open(data / "pg_hba.conf", "a") as f:
+        f.write(f"host all all {NODE_IP.rsplit('.', 1)[0]}.0/24 md5\n")
+    pg_ctl = [*as_postgres, f"{bindir}/pg_ctl", "-D", str(data)]
+    sh(*pg_ctl, "-l", str(work / "server.log"), "-w", "start", capture_output=True)
+
+    def stop() -> None:
+        sh(*pg_ctl, "-m", "fast", "-w", "stop", capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+    try:
+        sh(f"{bindir}/createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "cairn", database,
+           env=dict(os.environ, PGPASSWORD=password))
+    except subprocess.CalledProcessError:
+        stop()
+        raise
+    return f"postgresql+psycopg2://cairn:{password}@127.0.0.1:{port}/{database}", stop
 
 
 def cluster_env() -> dict[str, str]:
@@ -53,10 +97,9 @@ def main() -> int:
         return subprocess.run(["kubectl", *args], env=env, text=True, check=kw.pop("check", True), **kw)
 
     step(f"PostgreSQL on {NODE_IP} (reachable from pods), migrated with cairn db upgrade")
-    pg = PostgresServer(extra_listen=(NODE_IP,)).init().start()
+    host_url, stop_postgres = start_postgres("cairn")
     operator = None
     try:
-        host_url = pg.create_database("cairn")
         sh(sys.executable, "-m", "cairn", "--database-url", host_url, "db", "upgrade")
 
         step("CRD, namespace and the sidecar's database Secret")
@@ -104,7 +147,7 @@ def main() -> int:
         if operator is not None:
             operator.terminate()
             operator.wait(timeout=30)
-        pg.stop()
+        stop_postgres()
 
 
 if __name__ == "__main__":

@@ -10,11 +10,11 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$HERE")"
-CACHE_ROOT="${CAIRN_CACHE:-$HOME/.cache/cairn}"
+# shellcheck source=hack/lib.sh
+source "$HERE/lib.sh"
 version="$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' \
   "$REPO/pyproject.toml")"
 out="${1:-$REPO/dist/cairn-airgap-$version.tar}"
-log() { printf '[airgap-bundle %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 helm="$(bash "$HERE/build-helm.sh")"
 bash "$HERE/build-image.sh" --no-import >&2

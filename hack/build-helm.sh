@@ -12,68 +12,44 @@
 # Usage: hack/build-helm.sh               build if missing; prints the binary's path
 #        hack/build-helm.sh --print-bin   print the path without building
 set -euo pipefail
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
-CACHE_ROOT="${CAIRN_CACHE:-$HOME/.cache/cairn}"
-BIN_DIR="$CACHE_ROOT/helm-$HELM_VERSION/bin"
-BIN="$BIN_DIR/helm"
+BIN="$CACHE_ROOT/helm-$HELM_VERSION/bin/helm"
 LOG="$CACHE_ROOT/build-helm.log"
 MODULE=helm.sh/helm/v3
 
-log() { printf '[build-helm %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-
-case "${1:-}" in
-  --print-bin) echo "$BIN"; exit 0 ;;
-  "") ;;
-  *) echo "usage: $0 [--print-bin]" >&2; exit 2 ;;
-esac
-
-present() {
-  if [[ -x "$BIN" ]]; then
-    log "present: $BIN"
-    echo "$BIN"
-    exit 0
+# build_helm DIR: go install cmd/helm into DIR with upstream's version stamps.
+build_helm() {
+  local mod_dir client_go k8s_major k8s_minor ldflags pkg rc
+  require_tools go
+  log "downloading $MODULE@$HELM_VERSION (module proxy)"
+  mod_dir="$(go mod download -json "$MODULE@$HELM_VERSION" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  # Upstream's Makefile: Kubernetes major = client-go major + 1, minor = client-go minor.
+  client_go="$(awk '$1 == "k8s.io/client-go" {print $2; exit}' "$mod_dir/go.mod")"
+  [[ "$client_go" =~ ^v([0-9]+)\.([0-9]+)\. ]] || die "no k8s.io/client-go version in $mod_dir/go.mod"
+  k8s_major=$((BASH_REMATCH[1] + 1)) k8s_minor=${BASH_REMATCH[2]}
+  ldflags="-s -w -X $MODULE/internal/version.version=$HELM_VERSION -X $MODULE/internal/version.gitTreeState=clean"
+  for pkg in pkg/lint/rules pkg/chartutil; do
+    ldflags+=" -X $MODULE/$pkg.k8sVersionMajor=$k8s_major -X $MODULE/$pkg.k8sVersionMinor=$k8s_minor"
+  done
+  log "compiling $MODULE/cmd/helm@$HELM_VERSION (default Kubernetes v$k8s_major.$k8s_minor; log: $LOG)"
+  set +e
+  CGO_ENABLED=0 GOBIN="$1" nice -n 10 go install -trimpath -pgo=off -p "${BUILD_JOBS:-2}" -v -ldflags "$ldflags" \
+    "$MODULE/cmd/helm@$HELM_VERSION" 2>&1 | tee "$LOG" |
+    awk '/^go: downloading/ {d++; next}
+         {n++; if (n % 100 == 0) {printf "[build-helm] %d packages compiled (%s)\n", n, $0; fflush()}}
+         END {printf "[build-helm] %d modules downloaded, %d packages compiled\n", d, n}' >&2
+  rc=${PIPESTATUS[0]}
+  set -e
+  if [[ $rc -ne 0 || ! -x "$1/helm" ]]; then
+    log "go install failed (exit $rc); last lines of $LOG:"
+    tail -n 20 "$LOG" >&2
+    exit 1
   fi
+  log "built: $("$1/helm" version --short 2>/dev/null)"
 }
-present
-command -v go >/dev/null || { log "error: go is not installed"; exit 1; }
 
-mkdir -p "$CACHE_ROOT"
-# Test fixtures may call this from several processes at once: one builds, the others wait.
-exec 9>"$CACHE_ROOT/.build-helm.lock"
-flock 9
-present
-
-start=$SECONDS
-log "downloading $MODULE@$HELM_VERSION (module proxy)"
-mod_dir="$(go mod download -json "$MODULE@$HELM_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
-# Upstream's Makefile: Kubernetes major = client-go major + 1, minor = client-go minor.
-client_go="$(awk '$1 == "k8s.io/client-go" {print $2; exit}' "$mod_dir/go.mod")"
-[[ "$client_go" =~ ^v([0-9]+)\.([0-9]+)\. ]] || { log "error: no k8s.io/client-go version in $mod_dir/go.mod"; exit 1; }
-k8s_major=$((BASH_REMATCH[1] + 1)) k8s_minor=${BASH_REMATCH[2]}
-ldflags="-s -w -X $MODULE/internal/version.version=$HELM_VERSION -X $MODULE/internal/version.gitTreeState=clean"
-for pkg in pkg/lint/rules pkg/chartutil; do
-  ldflags+=" -X $MODULE/$pkg.k8sVersionMajor=$k8s_major -X $MODULE/$pkg.k8sVersionMinor=$k8s_minor"
-done
-
-tmp_bin="$(mktemp -d "$CACHE_ROOT/.build-helm-XXXXXX")"
-trap 'rm -rf "$tmp_bin"' EXIT
-log "compiling $MODULE/cmd/helm@$HELM_VERSION (default Kubernetes v$k8s_major.$k8s_minor; log: $LOG)"
-export CGO_ENABLED=0 GOBIN="$tmp_bin"
-set +e
-nice -n 10 go install -trimpath -pgo=off -p "${BUILD_JOBS:-2}" -v -ldflags "$ldflags" \
-  "$MODULE/cmd/helm@$HELM_VERSION" 2>&1 | tee "$LOG" |
-  awk '/^go: downloading/ {d++; next}
-       {n++; if (n % 100 == 0) {printf "[build-helm] %d packages compiled (%s)\n", n, $0; fflush()}}
-       END {printf "[build-helm] %d modules downloaded, %d packages compiled\n", d, n}' >&2
-rc=${PIPESTATUS[0]}
-set -e
-if [[ $rc -ne 0 || ! -x "$tmp_bin/helm" ]]; then
-  log "go install failed (exit $rc); last lines of $LOG:"
-  tail -n 20 "$LOG" >&2
-  exit 1
-fi
-mkdir -p "$BIN_DIR"
-mv -f "$tmp_bin/helm" "$BIN"
-log "done in $((SECONDS - start))s: $("$BIN" version --short 2>/dev/null)"
-echo "$BIN"
+build_binary_once "$BIN" build_helm "$@"

@@ -18,24 +18,18 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
-CACHE_ROOT="${CAIRN_CACHE:-$HOME/.cache/cairn}"
+# shellcheck source=hack/lib.sh
+source "$HERE/lib.sh"
 IMG_CACHE="$CACHE_ROOT/image"
-STATE="${CAIRN_CLUSTER_DIR:-$CACHE_ROOT/cluster}"
-CONTAINERD_SOCK="$STATE/containerd/containerd.sock"
 SUITE=bookworm
 BASE_PACKAGES=python3,python3-venv,ca-certificates,tini
 VENV=/opt/cairn/venv
 DO_IMPORT=1
 [[ "${1:-}" == "--no-import" ]] && DO_IMPORT=0
 
-log() { printf '[build-image %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-# shellcheck source=hack/node-image.sh
-source "$HERE/node-image.sh"
 [[ $EUID -eq 0 ]] || die "must run as root (debootstrap, chroot)"
-for t in debootstrap chroot python3 tar sha256sum; do command -v "$t" >/dev/null || die "missing $t (apt-get install debootstrap)"; done
+require_tools debootstrap chroot python3 tar sha256sum
 
-sha() { sha256sum | cut -c1-16; }
 # Layer tars: numeric owners and no access times, so identical trees give identical digests.
 pack_layer() { # pack_layer OUT DIR PATHS...
   local out=$1 dir=$2; shift 2
@@ -59,14 +53,14 @@ chroot_mounts() {
 
 # ---------------------------------------------------------------- layer 1: base OS
 mkdir -p "$IMG_CACHE"
-base_key="$(printf '%s\n' "$SUITE" "$BASE_PACKAGES" "v1" | sha)"
+base_key="$(printf '%s\n' "$SUITE" "$BASE_PACKAGES" "v1" | short_sha)"
 BASE="$IMG_CACHE/base-$base_key"
 ROOTFS="$BASE/rootfs"
 if [[ ! -f "$BASE/base.tar" ]]; then
   log "debootstrap $SUITE (+ $BASE_PACKAGES) into $ROOTFS (first run only, a few minutes)"
   rm -rf "$BASE"; mkdir -p "$BASE"
   # Use the same Debian mirror the host's apt uses, if it names one.
-  mirror="$(awk '/^URIs:/ {u=$2} /^Suites:/ && / '"$SUITE"'( |$)/ {print u; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)"
+  mirror="$(debian_mirror "$SUITE")"
   t0=$SECONDS
   debootstrap --variant=minbase --include="$BASE_PACKAGES" "$SUITE" "$ROOTFS" ${mirror:+"$mirror"} >"$BASE/debootstrap.log" 2>&1 ||
     { tail -20 "$BASE/debootstrap.log" >&2; die "debootstrap failed"; }
@@ -86,7 +80,7 @@ with open(sys.argv[1], "rb") as f:
 print("\n".join(sorted(project.get("dependencies", []) + project["optional-dependencies"]["examples"])))
 EOF
 )"
-deps_key="$(printf '%s\n' "$base_key" "$deps" | sha)"
+deps_key="$(printf '%s\n' "$base_key" "$deps" | short_sha)"
 DEPS_TAR="$BASE/deps-$deps_key.tar"
 if [[ ! -f "$DEPS_TAR" || "$(cat "$BASE/venv.key" 2>/dev/null)" != "$deps_key" ]]; then
   log "installing dependencies into $VENV (key $deps_key):" $deps
@@ -119,9 +113,9 @@ version="$(python3 -c 'import sys,tomllib; print(tomllib.load(open(sys.argv[1],"
 ARCHIVE="$IMG_CACHE/cairn.oci.tar"
 # The project's sources decide whether the app layer (and so the archive) must be rebuilt.
 app_key="$( (echo "$deps_key"; cd "$REPO" && find operator examples pyproject.toml -type f ! -path '*/__pycache__/*' \
-  ! -path '*.egg-info/*' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum) | sha)"
+  ! -path '*.egg-info/*' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum) | short_sha)"
 
-if [[ -f "$ARCHIVE" && -f "$ARCHIVE.digest" && "$(cat "$ARCHIVE.key" 2>/dev/null)" == "$app_key" ]]; then
+if archive_is_current "$ARCHIVE" "$app_key"; then
   log "image archive up to date with the sources ($ARCHIVE)"
   import_archive "$ARCHIVE" docker.io/library/cairn:dev
   exit 0
@@ -153,7 +147,6 @@ python3 "$HERE/oci_image.py" pack --out "$ARCHIVE" \
   --entrypoint '["/usr/bin/tini", "--"]' --cmd '["python3"]' \
   --label "org.opencontainers.image.version=$version" \
   --label "org.opencontainers.image.revision=$git_rev" >"$work/digest"
-cp "$work/digest" "$ARCHIVE.digest"
-echo "$app_key" >"$ARCHIVE.key"
+seal_archive "$ARCHIVE" "$work/digest" "$app_key"
 log "image archive $ARCHIVE (manifest $(cat "$work/digest")) built in $((SECONDS - t0))s"
 import_archive "$ARCHIVE" docker.io/library/cairn:dev

@@ -16,18 +16,17 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=hack/lib.sh
+source "$HERE/lib.sh"
 MOD_DIR="$HERE/k8s"
 K8S_VERSION="${K8S_VERSION:-v1.36.3}"
 # go.etcd.io/etcd 3.6 release that k8s.io/kubernetes itself pins (keeps one module graph).
 ETCD_VERSION="${ETCD_VERSION:-v3.6.8}"
-CACHE_ROOT="${CAIRN_CACHE:-$HOME/.cache/cairn}"
 BIN_DIR="$CACHE_ROOT/k8s-$K8S_VERSION/bin"
 STAGING_VERSION="v0.${K8S_VERSION#v1.}"
 
 K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 ETCD_PKGS=(go.etcd.io/etcd/server/v3 go.etcd.io/etcd/etcdctl/v3)
-
-log() { printf '[build-k8s %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
 regen_go_mod() {
   log "resolving k8s.io/kubernetes@$K8S_VERSION through the module proxy"

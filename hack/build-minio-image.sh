@@ -12,18 +12,12 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-CACHE_ROOT="${CAIRN_CACHE:-$HOME/.cache/cairn}"
+# shellcheck source=hack/lib.sh
+source "$HERE/lib.sh"
 OUT="$CACHE_ROOT/minio-image"
-STATE="${CAIRN_CLUSTER_DIR:-$CACHE_ROOT/cluster}"
-CONTAINERD_SOCK="$STATE/containerd/containerd.sock"
 ARCHIVE="$OUT/cairn-minio.oci.tar"
 DO_IMPORT=1
 [[ "${1:-}" == "--no-import" ]] && DO_IMPORT=0
-
-log() { printf '[build-minio-image %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-# shellcheck source=hack/node-image.sh
-source "$HERE/node-image.sh"
 
 bin="$(bash "$HERE/build-minio.sh" | tail -n 1)"
 [[ -x "$bin" ]] || die "hack/build-minio.sh gave no binary"
@@ -31,12 +25,10 @@ bin="$(bash "$HERE/build-minio.sh" | tail -n 1)"
 version="$(basename "$(dirname "$(dirname "$bin")")")"
 NAME="localhost/cairn-minio:${version##*-}"
 
-mkdir -p "$OUT"
-exec 9>"$OUT/.lock"
-flock 9
-key="$( (sha256sum "$bin"; cat "${BASH_SOURCE[0]}") | sha256sum | cut -c1-16)"
+lock_until_exit "$OUT/.lock"
+key="$( (sha256sum "$bin"; cat "${BASH_SOURCE[0]}") | short_sha)"
 
-if [[ ! -f "$ARCHIVE" || "$(cat "$ARCHIVE.key" 2>/dev/null)" != "$key" ]]; then
+if ! archive_is_current "$ARCHIVE" "$key"; then
   work="$(mktemp -d "$OUT/build-XXXXXX")"
   trap 'rm -rf "$work"' EXIT
   root="$work/root"
@@ -52,8 +44,7 @@ if [[ ! -f "$ARCHIVE" || "$(cat "$ARCHIVE.key" 2>/dev/null)" != "$key" ]]; then
     --label "org.opencontainers.image.title=cairn-minio" --label "org.opencontainers.image.version=$version" \
     >"$work/digest"
   mv -f "$work/image.tar" "$ARCHIVE"
-  cp "$work/digest" "$ARCHIVE.digest"
-  echo "$key" >"$ARCHIVE.key"
+  seal_archive "$ARCHIVE" "$work/digest" "$key"
   log "built $ARCHIVE ($(du -h "$ARCHIVE" | cut -f1))"
 else
   log "image archive up to date ($ARCHIVE)"

@@ -12,71 +12,46 @@
 # Usage: hack/build-minio.sh               build if missing; prints the binary's path
 #        hack/build-minio.sh --print-bin   print the path without building
 set -euo pipefail
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 MINIO_VERSION="${MINIO_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}"
-CACHE_ROOT="${CAIRN_CACHE:-$HOME/.cache/cairn}"
-BIN_DIR="$CACHE_ROOT/minio-$MINIO_VERSION/bin"
-BIN="$BIN_DIR/minio"
+BIN="$CACHE_ROOT/minio-$MINIO_VERSION/bin/minio"
 LOG="$CACHE_ROOT/build-minio.log"
 
-log() { printf '[build-minio %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+# build_minio DIR: go install the server into DIR.
+build_minio() {
+  local ldflags stamp commit version release_tag pkg rc m
+  # The version stamps upstream's buildscripts/gen-ldflags.go sets from git, here taken from the
+  # pseudo-version (vX.Y.Z-YYYYMMDDhhmmss-commit), so `minio --version` names the commit.
+  stamp="${MINIO_VERSION#*-}"; commit="${stamp#*-}"; stamp="${stamp%%-*}"
+  if [[ "$stamp" =~ ^([0-9]{4})([0-9]{2})([0-9]{2})([0-9]{2})([0-9]{2})([0-9]{2})$ ]]; then
+    m=("${BASH_REMATCH[@]}")
+    version="${m[1]}-${m[2]}-${m[3]}T${m[4]}:${m[5]}:${m[6]}Z"
+    release_tag="DEVELOPMENT.${m[1]}-${m[2]}-${m[3]}T${m[4]}-${m[5]}-${m[6]}Z"
+    pkg=github.com/minio/minio/cmd
+    ldflags="-s -w -X $pkg.Version=$version -X $pkg.ReleaseTag=$release_tag"
+    ldflags+=" -X $pkg.CommitID=$commit -X $pkg.ShortCommitID=$commit -X $pkg.CopyrightYear=${m[1]}"
+  else
+    ldflags="-s -w"
+  fi
+  log "compiling github.com/minio/minio@$MINIO_VERSION" \
+    "(cold: downloads the module graph, then several minutes on 2 cores; log: $LOG)"
+  # go install -v prints one line per compiled package; summarise every 100.
+  set +e
+  CGO_ENABLED=0 GOBIN="$1" nice -n 10 go install -trimpath -pgo=off -p "${BUILD_JOBS:-2}" -v -ldflags "$ldflags" \
+    "github.com/minio/minio@$MINIO_VERSION" 2>&1 | tee "$LOG" |
+    awk '/^go: downloading/ {d++; if (d % 50 == 0) {printf "[build-minio] %d modules downloaded\n", d; fflush()}; next}
+         /^[^ :]+$/ {n++; if (n % 100 == 0) {printf "[build-minio] %d packages compiled (%s)\n", n, $0; fflush()}}
+         END {printf "[build-minio] %d modules downloaded, %d packages compiled\n", d, n}' >&2
+  rc=${PIPESTATUS[0]}
+  set -e
+  if [[ $rc -ne 0 || ! -x "$1/minio" ]]; then
+    log "go install failed (exit $rc); last lines of $LOG:"
+    tail -n 20 "$LOG" >&2
+    exit 1
+  fi
+  log "built: $("$1/minio" --version 2>/dev/null | head -1)"
+}
 
-case "${1:-}" in
-  --print-bin) echo "$BIN"; exit 0 ;;
-  "") ;;
-  *) echo "usage: $0 [--print-bin]" >&2; exit 2 ;;
-esac
-
-if [[ -x "$BIN" ]]; then
-  log "present: $BIN"
-  echo "$BIN"
-  exit 0
-fi
-
-mkdir -p "$CACHE_ROOT"
-# Test fixtures may call this from several processes at once: one builds, the others wait.
-exec 9>"$CACHE_ROOT/.build-minio.lock"
-flock 9
-if [[ -x "$BIN" ]]; then
-  log "present: $BIN"
-  echo "$BIN"
-  exit 0
-fi
-
-# The version stamps upstream's buildscripts/gen-ldflags.go sets from git, here taken from the
-# pseudo-version (vX.Y.Z-YYYYMMDDhhmmss-commit), so `minio --version` names the commit.
-stamp="${MINIO_VERSION#*-}"; commit="${stamp#*-}"; stamp="${stamp%%-*}"
-if [[ "$stamp" =~ ^([0-9]{4})([0-9]{2})([0-9]{2})([0-9]{2})([0-9]{2})([0-9]{2})$ ]]; then
-  m=("${BASH_REMATCH[@]}")
-  version="${m[1]}-${m[2]}-${m[3]}T${m[4]}:${m[5]}:${m[6]}Z"
-  release_tag="DEVELOPMENT.${m[1]}-${m[2]}-${m[3]}T${m[4]}-${m[5]}-${m[6]}Z"
-  pkg=github.com/minio/minio/cmd
-  ldflags="-s -w -X $pkg.Version=$version -X $pkg.ReleaseTag=$release_tag"
-  ldflags+=" -X $pkg.CommitID=$commit -X $pkg.ShortCommitID=$commit -X $pkg.CopyrightYear=${m[1]}"
-else
-  ldflags="-s -w"
-fi
-
-tmp_bin="$(mktemp -d "$CACHE_ROOT/.build-minio-XXXXXX")"
-trap 'rm -rf "$tmp_bin"' EXIT
-start=$SECONDS
-log "compiling github.com/minio/minio@$MINIO_VERSION (cold: downloads the module graph, then several minutes on 2 cores; log: $LOG)"
-export CGO_ENABLED=0 GOBIN="$tmp_bin"
-# go install -v prints one line per compiled package; summarise every 100.
-set +e
-nice -n 10 go install -trimpath -pgo=off -p "${BUILD_JOBS:-2}" -v -ldflags "$ldflags" \
-  "github.com/minio/minio@$MINIO_VERSION" 2>&1 | tee "$LOG" |
-  awk '/^go: downloading/ {d++; if (d % 50 == 0) {printf "[build-minio] %d modules downloaded\n", d; fflush()}; next}
-       /^[^ :]+$/ {n++; if (n % 100 == 0) {printf "[build-minio] %d packages compiled (%s)\n", n, $0; fflush()}}
-       END {printf "[build-minio] %d modules downloaded, %d packages compiled\n", d, n}' >&2
-rc=${PIPESTATUS[0]}
-set -e
-if [[ $rc -ne 0 || ! -x "$tmp_bin/minio" ]]; then
-  log "go install failed (exit $rc); last lines of $LOG:"
-  tail -n 20 "$LOG" >&2
-  exit 1
-fi
-mkdir -p "$BIN_DIR"
-mv -f "$tmp_bin/minio" "$BIN"
-log "done in $((SECONDS - start))s: $("$BIN" --version 2>/dev/null | head -1)"
-echo "$BIN"
+build_binary_once "$BIN" build_minio "$@"

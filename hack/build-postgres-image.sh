@@ -15,10 +15,9 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-CACHE_ROOT="${CAIRN_CACHE:-$HOME/.cache/cairn}"
+# shellcheck source=hack/lib.sh
+source "$HERE/lib.sh"
 OUT="$CACHE_ROOT/postgres-image"
-STATE="${CAIRN_CLUSTER_DIR:-$CACHE_ROOT/cluster}"
-CONTAINERD_SOCK="$STATE/containerd/containerd.sock"
 SUITE=bookworm
 PG_MAJOR=15
 PACKAGES="postgresql-$PG_MAJOR"
@@ -27,20 +26,14 @@ ARCHIVE="$OUT/cairn-postgres.oci.tar"
 DO_IMPORT=1
 [[ "${1:-}" == "--no-import" ]] && DO_IMPORT=0
 
-log() { printf '[build-postgres-image %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-# shellcheck source=hack/node-image.sh
-source "$HERE/node-image.sh"
 [[ $EUID -eq 0 ]] || die "must run as root (debootstrap, chroot)"
-for t in debootstrap chroot python3 tar sha256sum flock; do command -v "$t" >/dev/null || die "missing $t"; done
+require_tools debootstrap chroot python3 tar sha256sum flock
 
-mkdir -p "$OUT"
-exec 9>"$OUT/.lock"
-flock 9
+lock_until_exit "$OUT/.lock"
 
-key="$( (printf '%s\n' "$SUITE" "$PACKAGES"; cat "${BASH_SOURCE[0]}") | sha256sum | cut -c1-16)"
+key="$( (printf '%s\n' "$SUITE" "$PACKAGES"; cat "${BASH_SOURCE[0]}") | short_sha)"
 
-if [[ -f "$ARCHIVE" && "$(cat "$ARCHIVE.key" 2>/dev/null)" == "$key" ]]; then
+if archive_is_current "$ARCHIVE" "$key"; then
   log "image archive up to date ($ARCHIVE)"
   import_archive "$ARCHIVE" "$NAME"
   echo "$ARCHIVE"
@@ -57,7 +50,7 @@ cleanup() {
 }
 trap cleanup EXIT
 rootfs="$work/rootfs"
-mirror="$(awk '/^URIs:/ {u=$2} /^Suites:/ && / '"$SUITE"'( |$)/ {print u; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)"
+mirror="$(debian_mirror "$SUITE")"
 log "debootstrap $SUITE with $PACKAGES (a few minutes)"
 debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$rootfs" ${mirror:+"$mirror"} >"$work/debootstrap.log" 2>&1 ||
   { tail -20 "$work/debootstrap.log" >&2; die "debootstrap failed"; }
@@ -112,8 +105,7 @@ python3 "$HERE/oci_image.py" pack --out "$work/image.tar" --name "$NAME" --layer
   --entrypoint '["/usr/local/bin/postgres-entrypoint"]' \
   --label "org.opencontainers.image.title=cairn-postgres" >"$work/digest"
 mv -f "$work/image.tar" "$ARCHIVE"
-cp "$work/digest" "$ARCHIVE.digest"
-echo "$key" >"$ARCHIVE.key"
+seal_archive "$ARCHIVE" "$work/digest" "$key"
 log "built $ARCHIVE ($(du -h "$ARCHIVE" | cut -f1), manifest $(cat "$work/digest")) in $((SECONDS - t0))s"
 import_archive "$ARCHIVE" "$NAME"
 echo "$ARCHIVE"

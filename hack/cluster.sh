@@ -21,8 +21,9 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=hack/lib.sh
+source "$HERE/lib.sh"
 STATE="${CAIRN_CLUSTER_DIR:-$HOME/.cache/cairn/cluster}"
-CACHE_ROOT="${CAIRN_CACHE:-$HOME/.cache/cairn}"
 BIN_DIR="$("$HERE/build-k8s.sh" --print-bin-dir)"
 
 NODE_NAME="${CAIRN_NODE_NAME:-cairn-node}"
@@ -52,9 +53,6 @@ KUBECONFIG_ADMIN="$STATE/admin.kubeconfig"
 CONTAINERD_SOCK="$STATE/containerd/containerd.sock"
 # Start order; `down` stops them in reverse.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler coredns containerd kube-proxy kubelet)
-
-log() { printf '[cluster %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 
 kubectl_admin() { "$BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 ctr_k8s() { ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"; }

@@ -20,18 +20,10 @@ from sqlalchemy import text
 from cairn import sdk
 from cairn.agent.ingest import IngestAgent, sha256_file
 from cairn.store import TrackingStore, db
-from servers import PostgresServer, clean_env, start_sidecar
+from tests.support.servers import PostgresServer, clean_env, start_sidecar
 
+pytestmark = pytest.mark.usefixtures("fresh_sdk")
 RUN_ID = "0b6f7d2e-6a55-4c1e-9d0b-1f1b2b3c4d5e"
-
-
-@pytest.fixture(autouse=True)
-def fresh_sdk(cairn_home):
-    yield
-    if sdk.run is not None:
-        sdk.run.finish()
-    sdk.run = None
-    sdk.config._replace({})
 
 
 def ingest_once(run_dir: Path, store: TrackingStore, **kw) -> IngestAgent:

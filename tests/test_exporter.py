@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from cairn.agent.exporter import MAX_KEYS, LiveState, RunCollector, export_keys
-from servers import clean_env, free_port, start_sidecar
+from tests.support.servers import clean_env, free_port, start_sidecar
 
 LABELS = {"namespace": "ml", "experiment": "digits", "run": "r1", "trainingrun": "digits"}
 

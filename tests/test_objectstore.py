@@ -28,8 +28,9 @@ from cairn.api import from_manifest
 from cairn.controller import reconcile
 from cairn.store import TrackingStore
 from cairn.store.entities import DatasetRecord, Uploads
-from servers import clean_env, read_object, start_sidecar
+from tests.support.servers import clean_env, read_object, start_sidecar
 
+pytestmark = pytest.mark.usefixtures("fresh_sdk")
 RUN_ID = "7c1e2d3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f"
 MiB = 1 << 20
 
@@ -44,16 +45,6 @@ def s3_config(server, bucket: str | None) -> S3.S3Config:
 
 def keys(client, bucket: str, prefix: str = "") -> list[str]:  # noqa: ANN001
     return sorted(o.object_name for o in client.list_objects(bucket, prefix=prefix or None, recursive=True))
-
-
-@pytest.fixture(autouse=True)
-def fresh_sdk(cairn_home):
-    yield
-    if sdk.run is not None:
-        sdk.run.finish()
-    sdk.run = None
-    sdk.resume_from = None
-    sdk.config._replace({})
 
 
 @pytest.fixture
@@ -743,7 +734,7 @@ def test_minio_down_while_training_costs_the_trainer_nothing_and_the_backlog_dra
 
 
 def test_database_down_uploads_go_on_and_each_row_arrives_once_when_it_returns(minio_server, minio_bucket, tmp_path):
-    from servers import PostgresServer
+    from tests.support.servers import PostgresServer
 
     from cairn.store import db
 

@@ -11,19 +11,12 @@ import pytest
 import cairn
 from cairn import sdk
 
+pytestmark = pytest.mark.usefixtures("fresh_sdk")
+
 
 def read_records(run_dir):
     with open(run_dir / "records.jsonl") as f:
         return [json.loads(line) for line in f]
-
-
-@pytest.fixture(autouse=True)
-def fresh_sdk(cairn_home):
-    yield
-    if sdk.run is not None:
-        sdk.run.finish()
-    sdk.run = None
-    sdk.config._replace({})
 
 
 def test_init_records_identity_params_environment_and_code(tmp_path):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
-from servers import free_port, read_object
+from tests.support.servers import free_port, read_object
 
 
 def test_minio_stores_and_returns_bytes(minio_server, minio_bucket, tmp_path):

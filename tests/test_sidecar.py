@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from cairn.store import TrackingStore
-from servers import clean_env, start_sidecar
+from tests.support.servers import clean_env, start_sidecar
 
 RUN_ID = "5d0c6f2a-1b7e-4a8e-9c3d-2e4f6a8b0c1d"
 

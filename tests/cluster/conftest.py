@@ -3,7 +3,9 @@
 `kubeconfig` brings the cluster up once per session (or reuses a running one) and yields the
 admin kubeconfig; `cairn_image` builds the project image and imports it into the node;
 `kubectl` runs the freshly built kubectl against the cluster; `namespace` gives each test its
-own namespace and deletes it afterwards. Every wait polls with a deadline, never a bare sleep.
+own namespace and deletes it afterwards. `cluster_postgres` (per module), `store_urls` and
+`running_operator` give a test the operator on this host with a fresh database. Every wait polls
+with a deadline, never a bare sleep.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from clusterlib import Kubectl, wait_until
+
+from cairn.store import db
+from tests.support.cluster import Kubectl, wait_until
+from tests.support.cluster_operator import NODE_IP, OperatorProcess, database_secret, install_crd
+from tests.support.servers import PostgresServer
 
 REPO = Path(__file__).resolve().parents[2]
 HACK = REPO / "hack"
@@ -66,3 +72,29 @@ def namespace(kubectl: Kubectl) -> Iterator[str]:
                60, f"the default ServiceAccount in {name}")
     yield name
     kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def cluster_postgres():
+    server = PostgresServer(extra_listen=(NODE_IP,)).init().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def store_urls(cluster_postgres, namespace):
+    """(URL for the operator on this host, URL for pods) of a fresh, migrated database."""
+    host_url = cluster_postgres.create_database(namespace.replace("-", "_"))
+    db.upgrade(db.get_engine(host_url))
+    return host_url, host_url.replace("127.0.0.1", NODE_IP)
+
+
+@pytest.fixture
+def running_operator(kubeconfig, kubectl, cairn_image, namespace, store_urls, tmp_path):
+    install_crd(kubectl)
+    host_url, pod_url = store_urls
+    database_secret(kubectl, namespace, pod_url)
+    op = OperatorProcess(kubeconfig, namespace, host_url, tmp_path / "operator.log").start()
+    yield op
+    op.stop()
+    print(op.log())

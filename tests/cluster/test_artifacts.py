@@ -11,19 +11,15 @@ import io
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from clusterlib import wait_until
-from operatorlib import NODE_IP, objectstore_secret, python_trainer, trainingrun, wait_phase
-from test_operator import cluster_postgres, running_operator, store_urls  # noqa: F401  (fixtures)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from servers import MinioServer, read_object  # noqa: E402
-
-from cairn import objectstore as S3  # noqa: E402
-from cairn.store import TrackingStore  # noqa: E402
-from cairn.store.entities import DatasetRecord, Uploads  # noqa: E402
+from cairn import objectstore as S3
+from cairn.store import TrackingStore
+from cairn.store.entities import DatasetRecord, Uploads
+from tests.support.cluster import wait_until
+from tests.support.cluster_operator import NODE_IP, objectstore_secret, python_trainer, trainingrun, wait_phase
+from tests.support.servers import MinioServer, read_object
 
 pytestmark = pytest.mark.cluster
 BUCKET = "cairn-runs"

@@ -15,7 +15,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from clusterlib import Kubectl, wait_until
+
+from tests.support.cluster import Kubectl, wait_until
 
 pytestmark = pytest.mark.cluster
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from cairn.api import from_manifest, to_dict
-from operatorlib import install_crd
+from tests.support.cluster_operator import install_crd
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "trainingrun.yaml"
 

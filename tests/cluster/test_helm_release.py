@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,11 +21,10 @@ from pathlib import Path
 
 import pytest
 from minio import Minio
-from clusterlib import Kubectl, wait_until
-from operatorlib import NODE_IP, python_trainer, trainingrun, wait_phase
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from servers import PostgresServer, read_object  # noqa: E402
+from tests.support.cluster import Kubectl, wait_until
+from tests.support.cluster_operator import NODE_IP, python_trainer, trainingrun, wait_phase
+from tests.support.servers import PostgresServer, read_object
 
 from cairn.store import TrackingStore, db  # noqa: E402
 from cairn.store.entities import Uploads  # noqa: E402

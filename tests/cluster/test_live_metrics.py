@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from operatorlib import trainingrun, wait_phase
-from test_operator import cluster_postgres, running_operator, store_urls  # noqa: F401  (fixtures)
+
+from tests.support.cluster_operator import trainingrun, wait_phase
 
 pytestmark = pytest.mark.cluster
 

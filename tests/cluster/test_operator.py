@@ -2,48 +2,17 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from clusterlib import wait_until
-from operatorlib import (NODE_IP, OperatorProcess, database_secret, install_crd, python_trainer, trainingrun,
-                         wait_phase)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from servers import PostgresServer  # noqa: E402
-
-from cairn.store import TrackingStore, db  # noqa: E402
+from cairn.store import TrackingStore
+from tests.support.cluster import wait_until
+from tests.support.cluster_operator import python_trainer, trainingrun, wait_phase
 
 pytestmark = pytest.mark.cluster
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "trainingrun.yaml"
-
-
-@pytest.fixture(scope="module")
-def cluster_postgres():
-    server = PostgresServer(extra_listen=(NODE_IP,)).init().start()
-    yield server
-    server.destroy()
-
-
-@pytest.fixture
-def store_urls(cluster_postgres, namespace):
-    """(URL for the operator on this host, URL for pods) of a fresh, migrated database."""
-    host_url = cluster_postgres.create_database(namespace.replace("-", "_"))
-    db.upgrade(db.get_engine(host_url))
-    return host_url, host_url.replace("127.0.0.1", NODE_IP)
-
-
-@pytest.fixture
-def running_operator(kubeconfig, kubectl, cairn_image, namespace, store_urls, tmp_path):
-    install_crd(kubectl)
-    host_url, pod_url = store_urls
-    database_secret(kubectl, namespace, pod_url)
-    op = OperatorProcess(kubeconfig, namespace, host_url, tmp_path / "operator.log").start()
-    yield op
-    op.stop()
-    print(op.log())
 
 
 def test_sample_trainingrun_is_trained_and_tracked(kubectl, namespace, running_operator, store_urls):

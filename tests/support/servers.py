@@ -116,7 +116,7 @@ class PostgresServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _http(method: str, url: str, timeout: float = 5.0, data: bytes | None = None,

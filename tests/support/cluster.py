@@ -1,7 +1,4 @@
-"""Helpers for tests against the local cluster: a kubectl wrapper and a deadline-bound poll.
-
-Kept out of conftest.py so test modules can import them by a name no other conftest shares.
-"""
+"""Helpers for tests against the local cluster: a kubectl wrapper and a deadline-bound poll."""
 
 from __future__ import annotations
 

@@ -5,23 +5,16 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
-from clusterlib import Kubectl, wait_until
+from .cluster import Kubectl, wait_until
+from .servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_IP = "10.213.0.1"  # the local cluster's node (hack/cluster.sh), reachable from every pod
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def install_crd(kubectl: Kubectl) -> None:
     kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
@@ -104,7 +97,7 @@ def python_trainer(code: str) -> list[str]:
     return ["python3", "-c", code]
 
 
-def objectstore_secret(kubectl: Kubectl, namespace: str, minio, bucket: str,  # noqa: ANN001 - a servers.MinioServer
+def objectstore_secret(kubectl: Kubectl, namespace: str, minio, bucket: str,  # noqa: ANN001 - a MinioServer
                        name: str = "cairn-objectstore") -> None:
     """The Secret the operator's pods read the object store from (MinIO must listen on NODE_IP)."""
     values = {"endpoint": minio.url, "accessKey": minio.access_key, "secretKey": minio.secret_key,

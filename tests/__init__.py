@@ -1,0 +1,1 @@
+"""Cairn's test suite; a package so that tests/support is imported as tests.support everywhere."""

@@ -1,0 +1,1 @@
+"""Tests against the real local Kubernetes cluster (hack/cluster.sh)."""
