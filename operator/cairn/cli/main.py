@@ -13,9 +13,12 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cairn.cli.params import BadParam, lower_is_better, parse_params
+from cairn.rundir import Env
+from cairn.settings import SettingsError
 from cairn.store import db
 from cairn.store.entities import RunDetail, RunSummary
 
@@ -24,7 +27,8 @@ err_console = Console(stderr=True)
 
 
 class CairnGroup(click.Group):
-    """Turns store errors into one clear line and exit code 1 instead of a traceback."""
+    """Turns store errors (exit code 1) and wrong settings (exit code 2) into one clear line instead of
+    a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -32,6 +36,9 @@ class CairnGroup(click.Group):
         except db.StoreError as exc:
             err_console.print(f"[red]error:[/red] {exc}", highlight=False)
             sys.exit(1)
+        except SettingsError as exc:
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            sys.exit(2)
 
 
 def _store(ctx: click.Context):  # noqa: ANN202
@@ -71,7 +78,7 @@ def _status(s: str) -> str:
 
 
 @click.group(cls=CairnGroup)
-@click.option("--database-url", envvar="CAIRN_DATABASE_URL", default=None,
+@click.option("--database-url", envvar=Env.DATABASE_URL, default=None,
               help="SQLAlchemy URL of the store (default: SQLite under $CAIRN_HOME, ~/.cairn).")
 @click.option("-v", "--verbose", is_flag=True, help="Log what the agent and store do.")
 @click.version_option(package_name="cairn")
@@ -377,12 +384,12 @@ def runs_download(ctx: click.Context, run_id: str, path: str | None, output: str
     client = None
     if any(a.uri.startswith("s3://") for a in arts):
         try:
-            cfg = S3.S3Config.from_env()
+            cfg = S3.S3Settings().connection()
         except S3.ObjectStoreError as exc:
             raise click.ClickException(str(exc)) from None
         if cfg is None:
-            raise click.ClickException("the artifacts are in the object store: set CAIRN_S3_ENDPOINT, "
-                                       "CAIRN_S3_ACCESS_KEY and CAIRN_S3_SECRET_KEY")
+            raise click.ClickException(f"the artifacts are in the object store: set {Env.S3_ENDPOINT}, "
+                                       f"{Env.S3_ACCESS_KEY} and {Env.S3_SECRET_KEY}")
         client = cfg.client()
     out = Path(output)
     bad = []
@@ -451,9 +458,9 @@ def datasets_digest(uri: str) -> None:
     from cairn import objectstore as S3
 
     try:
-        cfg = S3.S3Config.from_env()
+        cfg = S3.S3Settings().connection()
         if cfg is None:
-            raise click.ClickException("set CAIRN_S3_ENDPOINT, CAIRN_S3_ACCESS_KEY and CAIRN_S3_SECRET_KEY")
+            raise click.ClickException(f"set {Env.S3_ENDPOINT}, {Env.S3_ACCESS_KEY} and {Env.S3_SECRET_KEY}")
         found = S3.dataset_digest(cfg.client(), uri)
     except S3.ObjectStoreError as exc:
         raise click.ClickException(str(exc)) from None
@@ -504,8 +511,8 @@ def db_current(ctx: click.Context) -> None:
 
 # -- agent and local runs -----------------------------------------------------------------------
 @cli.command()
-@click.option("--run-dir", required=True, type=click.Path(file_okay=False), envvar="CAIRN_RUN_DIR")
-@click.option("--run-id", envvar="CAIRN_RUN_ID", help="Default: the id the SDK wrote in the run directory.")
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False), envvar=Env.RUN_DIR)
+@click.option("--run-id", envvar=Env.RUN_ID, help="Default: the id the SDK wrote in the run directory.")
 @click.option("--metrics-file", "metrics_files", multiple=True,
               help="Extra JSON-lines file (relative to the run dir) from a program without the SDK.")
 @click.option("--once", is_flag=True, help="Ingest what is there now and exit (e.g. to sync an offline run).")
@@ -535,16 +542,16 @@ def agent(ctx: click.Context, run_dir, run_id, metrics_files, once, exit_on_fini
 
 
 @cli.command("operator")
-@click.option("-n", "--namespace", "namespaces", multiple=True, envvar="CAIRN_NAMESPACES",
+@click.option("-n", "--namespace", "namespaces", multiple=True, envvar=Env.NAMESPACES,
               help="Watch only this namespace (repeatable; default: every namespace).")
-@click.option("--sidecar-image", envvar="CAIRN_SIDECAR_IMAGE", help="Image of the tracking sidecar.")
-@click.option("--image-pull-policy", envvar="CAIRN_IMAGE_PULL_POLICY",
+@click.option("--sidecar-image", envvar=Env.SIDECAR_IMAGE, help="Image of the tracking sidecar.")
+@click.option("--image-pull-policy", envvar=Env.IMAGE_PULL_POLICY,
               type=click.Choice(["Always", "IfNotPresent", "Never"]), help="Pull policy of the pods' images.")
-@click.option("--database-secret", envvar="CAIRN_DATABASE_SECRET",
+@click.option("--database-secret", envvar=Env.DATABASE_SECRET,
               help="Secret (key 'url') in each run's namespace with the store URL for the sidecar.")
-@click.option("--metrics-port", envvar="CAIRN_METRICS_PORT", type=int, default=9090, show_default=True)
-@click.option("--liveness-port", envvar="CAIRN_LIVENESS_PORT", type=int, default=8080, show_default=True)
-@click.option("--objectstore-secret", envvar="CAIRN_OBJECTSTORE_SECRET",
+@click.option("--metrics-port", envvar=Env.METRICS_PORT, type=int, default=9090, show_default=True)
+@click.option("--liveness-port", envvar=Env.LIVENESS_PORT, type=int, default=8080, show_default=True)
+@click.option("--objectstore-secret", envvar=Env.OBJECTSTORE_SECRET,
               help="Secret (keys endpoint, accessKey, secretKey, bucket, region) in each run's namespace with the "
                    "object store for artifacts, checkpoints and datasets (default cairn-objectstore).")
 @click.pass_context
@@ -555,14 +562,14 @@ def operator_cmd(ctx: click.Context, namespaces, sidecar_image, image_pull_polic
 
     import kopf
 
-    for var, value in (("CAIRN_NAMESPACES", " ".join(namespaces)), ("CAIRN_SIDECAR_IMAGE", sidecar_image),
-                       ("CAIRN_IMAGE_PULL_POLICY", image_pull_policy), ("CAIRN_DATABASE_SECRET", database_secret),
-                       ("CAIRN_METRICS_PORT", str(metrics_port)), ("CAIRN_LIVENESS_PORT", str(liveness_port)),
-                       ("CAIRN_DATABASE_URL", ctx.obj.get("database_url"))):
+    for var, value in ((Env.NAMESPACES, " ".join(namespaces)), (Env.SIDECAR_IMAGE, sidecar_image),
+                       (Env.IMAGE_PULL_POLICY, image_pull_policy), (Env.DATABASE_SECRET, database_secret),
+                       (Env.METRICS_PORT, str(metrics_port)), (Env.LIVENESS_PORT, str(liveness_port)),
+                       (Env.DATABASE_URL, ctx.obj.get("database_url"))):
         if value:
             os.environ[var] = value
     if objectstore_secret is not None:
-        os.environ["CAIRN_OBJECTSTORE_SECRET"] = objectstore_secret
+        os.environ[Env.OBJECTSTORE_SECRET] = objectstore_secret
     import cairn.controller  # noqa: F401  (registers the handlers)
     from cairn.controller.handlers import operator
     from cairn.store import db as store_db
@@ -570,7 +577,7 @@ def operator_cmd(ctx: click.Context, namespaces, sidecar_image, image_pull_polic
     op = operator()
     store_db.check_reachable(op.store.engine)
     logging.getLogger("cairn").setLevel(logging.INFO)
-    liveness_host = os.environ.get("CAIRN_LIVENESS_HOST", "0.0.0.0")
+    liveness_host = op.settings.liveness_host
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,
@@ -582,33 +589,23 @@ def operator_cmd(ctx: click.Context, namespaces, sidecar_image, image_pull_polic
 @cli.command()
 def sidecar() -> None:
     """The tracking sidecar of a TrainingRun pod (configured by the operator through CAIRN_* env)."""
-    from cairn.agent.sidecar import SidecarConfig, run_sidecar
+    from cairn.agent.sidecar import SidecarSettings, run_sidecar
+    from cairn.objectstore import object_store_or_none
 
     logging.getLogger("cairn").setLevel(logging.INFO)
-    try:
-        cfg = SidecarConfig.from_env()
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    sys.exit(0 if run_sidecar(cfg) else 3)
+    cfg = SidecarSettings()
+    sys.exit(0 if run_sidecar(cfg, object_store_or_none(logging.getLogger("cairn.sidecar"))) else 3)
 
 
 @cli.command()
 def prepare() -> None:
     """The prepare step of a TrainingRun pod: dataset digest check, checkpoint restore on a retry."""
-    from cairn.agent.prepare import PrepareConfig, run_prepare
-    from cairn.objectstore import ObjectStoreError, S3Config
+    from cairn.agent.prepare import PrepareSettings, run_prepare
+    from cairn.objectstore import object_store_or_none
 
     logging.getLogger("cairn").setLevel(logging.INFO)
-    try:
-        cfg = PrepareConfig.from_env()
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    try:
-        s3 = S3Config.from_env()
-    except ObjectStoreError as exc:
-        logging.getLogger("cairn.prepare").error("object store settings: %s", exc)
-        s3 = None
-    sys.exit(run_prepare(cfg, s3))
+    cfg = PrepareSettings()
+    sys.exit(run_prepare(cfg, object_store_or_none(logging.getLogger("cairn.prepare"))))
 
 
 @cli.command("run", context_settings={"ignore_unknown_options": True})
