@@ -58,7 +58,8 @@ def test_an_empty_objectstore_secret_means_no_object_store(env):
 
 
 @pytest.mark.parametrize("cls, variables, message", [
-    (OperatorSettings, {"CAIRN_METRICS_PORT": "abc"}, "CAIRN_METRICS_PORT: expected an integer from 0 to 65535, got 'abc'"),
+    (OperatorSettings, {"CAIRN_METRICS_PORT": "abc"},
+     "CAIRN_METRICS_PORT: expected an integer from 0 to 65535, got 'abc'"),
     (OperatorSettings, {"CAIRN_LIVENESS_PORT": "65536"},
      "CAIRN_LIVENESS_PORT: expected an integer from 0 to 65535, got '65536'"),
     (OperatorSettings, {"CAIRN_IMAGE_PULL_POLICY": "Sometimes"},

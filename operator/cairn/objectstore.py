@@ -33,7 +33,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Callable, ClassVar, Iterable
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -71,8 +71,8 @@ class S3Settings(CairnSettings):
         json_schema_extra={"accepts": "a URL such as http://host:port"})
     access_key: str | None = Field(None, validation_alias=AliasChoices(Env.S3_ACCESS_KEY, "AWS_ACCESS_KEY_ID"),
                                    description="Access key.")
-    secret_key: SecretStr | None = Field(None, validation_alias=AliasChoices(Env.S3_SECRET_KEY, "AWS_SECRET_ACCESS_KEY"),
-                                         description="Secret key.")
+    secret_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices(Env.S3_SECRET_KEY, "AWS_SECRET_ACCESS_KEY"), description="Secret key.")
     bucket: str | None = Field(None, validation_alias=AliasChoices(Env.S3_BUCKET),
                                description="Bucket of artifacts and checkpoints (made on first upload).")
     region: str | None = Field(None, validation_alias=AliasChoices(Env.S3_REGION, "AWS_REGION"), description="Region.")

@@ -126,7 +126,8 @@ def check_dataset(cfg: PrepareSettings, s3: S3Config | None, get_store, deadline
     except Exception as exc:  # noqa: BLE001
         if is_permanent(exc):
             raise PrepareFailed(PREPARE_DATASET_UNAVAILABLE_EXIT, f"dataset {uri}: {one_line(exc)}") from None
-        raise PrepareFailed(PREPARE_TRANSIENT_EXIT, f"dataset {uri}: object store unavailable: {one_line(exc)}") from None
+        raise PrepareFailed(PREPARE_TRANSIENT_EXIT,
+                            f"dataset {uri}: object store unavailable: {one_line(exc)}") from None
     log.info("dataset %s: %d objects, %d bytes, digest %s (%.1fs)%s", uri, found.objects, found.bytes, found.digest,
              time.monotonic() - started, f", staged in {cfg.dataset_dir}" if cfg.dataset_dir else "")
     if found.objects == 0:
