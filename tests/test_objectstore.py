@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from cairn import objectstore as S3
-from cairn import podspec, sdk
-from cairn.agent.prepare import PrepareConfig, run_prepare
-from cairn.agent.uploader import STATE_FILE, ArtifactUploader, checkpoint_step, group_of
+from cairn import podspec, rundir, sdk
+from cairn.agent.prepare import PrepareSettings, run_prepare
+from cairn.agent.uploader import ArtifactUploader, checkpoint_step, group_of
 from cairn.api import from_manifest
 from cairn.controller import reconcile
 from cairn.store import TrackingStore
@@ -60,6 +60,16 @@ def make_uploader(run_dir: Path, store: TrackingStore, cfg: S3.S3Config, **kw) -
     return ArtifactUploader(run_dir, RUN_ID, cfg, S3.run_prefix("ml", "digits", RUN_ID), store=store, **kw)
 
 
+def s3_from_env(monkeypatch, env: dict[str, str]) -> S3.S3Config | None:
+    """The object store as a process with exactly ``env`` (of the CAIRN_S3_* and AWS_* names) sees it."""
+    for var in list(os.environ):
+        if var.startswith(("CAIRN_S3_", "AWS_")):
+            monkeypatch.delenv(var)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    return S3.S3Settings().connection()
+
+
 def write(path: Path, data: bytes) -> bytes:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -67,18 +77,6 @@ def write(path: Path, data: bytes) -> bytes:
 
 
 # -- pure pieces ---------------------------------------------------------------------------------
-def test_s3_settings_from_the_environment():
-    cfg = S3.S3Config.from_env({"CAIRN_S3_ENDPOINT": "https://minio.cairn:9000", "CAIRN_S3_ACCESS_KEY": "a",
-                                "CAIRN_S3_SECRET_KEY": "s", "CAIRN_S3_BUCKET": "runs"})
-    assert (cfg.endpoint, cfg.secure, cfg.access_key, cfg.bucket) == ("minio.cairn:9000", True, "a", "runs")
-    aws = S3.S3Config.from_env({"AWS_ENDPOINT_URL": "http://10.0.0.1:9000", "AWS_ACCESS_KEY_ID": "k",
-                                "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "eu"})
-    assert (aws.endpoint, aws.secure, aws.region, aws.bucket) == ("10.0.0.1:9000", False, "eu", None)
-    assert S3.S3Config.from_env({}) is None
-    with pytest.raises(S3.ObjectStoreError):
-        S3.S3Config.from_env({"CAIRN_S3_ENDPOINT": "ftp://x"})
-
-
 def test_uris_prefixes_and_part_sizes():
     assert S3.parse_s3_uri("s3://b/a/b/c") == ("b", "a/b/c")
     assert S3.dataset_prefix("s3://b/data") == ("b", "data/") and S3.dataset_prefix("s3://b") == ("b", "")
@@ -140,21 +138,22 @@ def test_artifacts_and_checkpoints_upload_with_sha256_and_s3_uris(minio_server, 
     assert len(pg_store.list_artifacts(RUN_ID)) == 4 and len(keys(client, minio_bucket)) == 4
 
 
-def test_https_endpoint_signed_by_the_sites_ca_and_a_bucket_made_on_first_upload(minio_factory, pg_store, tmp_path):
+def test_https_endpoint_signed_by_the_sites_ca_and_a_bucket_made_on_first_upload(minio_factory, pg_store, tmp_path,
+                                                                                 monkeypatch):
     server = minio_factory(tls=True)  # a certificate from a CA no trust store knows
     env = {"CAIRN_S3_ENDPOINT": server.url, "CAIRN_S3_ACCESS_KEY": server.access_key,
            "CAIRN_S3_SECRET_KEY": server.secret_key, "CAIRN_S3_BUCKET": "runs"}
     assert server.url.startswith("https://")
-    untrusting = S3.S3Config.from_env(env).client()
+    untrusting = s3_from_env(monkeypatch, env).client()
     with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
         untrusting.bucket_exists("runs")
     with pytest.raises(S3.ObjectStoreError, match="CAIRN_S3_CA_BUNDLE"):
-        S3.S3Config.from_env({**env, "CAIRN_S3_CA_BUNDLE": "not a certificate"}).client()
+        s3_from_env(monkeypatch, {**env, "CAIRN_S3_CA_BUNDLE": "not a certificate"}).client()
     ca_file = tmp_path / "site-ca.pem"
     ca_file.write_text(server.ca_pem)
-    assert S3.S3Config.from_env({**server.env(), "AWS_CA_BUNDLE": str(ca_file)}).ca_bundle == server.ca_pem
+    assert s3_from_env(monkeypatch, {**server.env(), "AWS_CA_BUNDLE": str(ca_file)}).ca_bundle == server.ca_pem
 
-    cfg = S3.S3Config.from_env({**env, "CAIRN_S3_CA_BUNDLE": server.ca_pem})
+    cfg = s3_from_env(monkeypatch, {**env, "CAIRN_S3_CA_BUNDLE": server.ca_pem})
     run_dir = tmp_path / "run"
     data = write(run_dir / "artifacts/model.bin", os.urandom(10_000))
     up = make_uploader(run_dir, pg_store, cfg)
@@ -263,7 +262,7 @@ def test_minio_stopped_mid_upload_then_restarted_every_artifact_arrives_exactly_
     assert pg_store.get_run(RUN_ID).uploads == Uploads(complete=True, pending=0)
 
     # A restarted sidecar that lost its state uploads again: still one object and one row per file.
-    (run_dir / STATE_FILE).unlink()
+    (run_dir / rundir.UPLOADS_STATE_FILE).unlink()
     again = make_uploader(run_dir, pg_store, s3_config(server, "runs"))
     assert again.upload_available(final=True) == 0 and again.stats.uploaded == len(files)
     assert keys(client, "runs") == sorted(prefix + p for p in files)
@@ -405,10 +404,10 @@ def test_cairn_datasets_digest_prints_the_pin(minio_server, minio_bucket):
     assert got.stdout.strip() == S3.digest_entries([(k, len(v), sha(v)) for k, v in DATA.items()])
 
 
-def prepare_cfg(run_dir: Path, url: str, **kw) -> PrepareConfig:  # noqa: ANN003
-    return PrepareConfig(run_dir=run_dir, run_id=RUN_ID, attempt=kw.pop("attempt", 1), namespace="ml",
-                         experiment="digits", database_url=url, termination_log=str(run_dir.parent / "term.log"),
-                         timeout_s=kw.pop("timeout_s", 30), **kw)
+def prepare_cfg(run_dir: Path, url: str, **kw) -> PrepareSettings:  # noqa: ANN003
+    return PrepareSettings(run_dir=run_dir, run_id=RUN_ID, attempt=kw.pop("attempt", 1), namespace="ml",
+                           experiment="digits", database_url=url, termination_log=str(run_dir.parent / "term.log"),
+                           prepare_timeout=kw.pop("prepare_timeout", 30), **kw)
 
 
 def test_prepare_fails_a_mismatched_dataset_with_both_digests_and_records_a_match(
@@ -422,7 +421,7 @@ def test_prepare_fails_a_mismatched_dataset_with_both_digests_and_records_a_matc
     cfg = s3_config(minio_server, None)
 
     code = run_prepare(prepare_cfg(tmp_path / "r1", postgres_url, dataset_uri=uri, dataset_sha256=wrong), cfg)
-    assert code == podspec.PREPARE_DATASET_MISMATCH_EXIT
+    assert code == rundir.PREPARE_DATASET_MISMATCH_EXIT
     message = (tmp_path / "term.log").read_text()
     assert digest in message and wrong in message and uri in message
     assert pg_store.get_run(RUN_ID).datasets == [
@@ -437,10 +436,10 @@ def test_prepare_fails_a_mismatched_dataset_with_both_digests_and_records_a_matc
     assert pg_store.get_run(RUN_ID).datasets[0].digest == digest
 
     assert run_prepare(prepare_cfg(tmp_path / "r3", postgres_url, dataset_uri=uri), None) == \
-        podspec.PREPARE_DATASET_UNAVAILABLE_EXIT
+        rundir.PREPARE_DATASET_UNAVAILABLE_EXIT
     assert "no object store" in (tmp_path / "term.log").read_text()
     assert run_prepare(prepare_cfg(tmp_path / "r4", postgres_url, dataset_uri="s3://no-such-bucket/x"), cfg) == \
-        podspec.PREPARE_DATASET_UNAVAILABLE_EXIT
+        rundir.PREPARE_DATASET_UNAVAILABLE_EXIT
 
 
 def test_prepare_stages_the_very_dataset_it_digests(

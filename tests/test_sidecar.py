@@ -51,7 +51,8 @@ def test_each_attempt_is_ingested_in_full(store_url, tmp_path):
 
 @pytest.mark.parametrize("env, message", [
     ({"CAIRN_RUN_ID": RUN_ID}, "CAIRN_RUN_DIR"),
-    ({"CAIRN_RUN_DIR": "/tmp/x", "CAIRN_RUN_ID": RUN_ID, "CAIRN_PARAMS": "[1]"}, "CAIRN_PARAMS is not a JSON object"),
+    ({"CAIRN_RUN_DIR": "/tmp/x", "CAIRN_RUN_ID": RUN_ID, "CAIRN_PARAMS": "[1]"},
+     "CAIRN_PARAMS: expected a JSON object"),
 ])
 def test_misconfigured_sidecar_says_what_is_wrong(env, message):
     base = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}

@@ -10,7 +10,7 @@ standard library::
 """
 
 from cairn import sdk as _sdk
-from cairn.sdk import Config, Resume, Run, config, dataset_dir, finish, init, log, log_artifact, save_checkpoint
+from cairn.sdk import Config, Resume, Run, config, finish, init, log, log_artifact, save_checkpoint
 
 __version__ = "0.1.0"
 
@@ -23,4 +23,6 @@ def __getattr__(name: str):
         return _sdk.run
     if name == "resume_from":  # set by init() when this attempt starts from a restored checkpoint
         return _sdk.resume_from
+    if name == "dataset_dir":  # read when asked for: importing cairn does no I/O
+        return _sdk.dataset_dir
     raise AttributeError(name)

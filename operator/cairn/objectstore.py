@@ -10,13 +10,9 @@ again (a retry, a restarted sidecar) overwrites the same object and never makes 
 Every upload hashes the bytes as it reads them; the sha256 goes into the store with the
 ``s3://`` uri.
 
-Settings come from the environment (the operator fills them from a Secret, only into its own
-containers): ``CAIRN_S3_ENDPOINT`` (``http://host:port`` or ``https://...``),
-``CAIRN_S3_ACCESS_KEY``, ``CAIRN_S3_SECRET_KEY``, ``CAIRN_S3_BUCKET``, ``CAIRN_S3_REGION`` and
-``CAIRN_S3_CA_BUNDLE`` (PEM text of the CA certificates that sign an ``https`` endpoint's
-certificate, for a site CA that is not in the image's trust store). The usual
-``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION`` and
-``AWS_CA_BUNDLE`` (a file) are read when the ``CAIRN_`` ones are absent.
+Settings (:class:`S3Settings`) come from the environment (the operator fills them from a Secret,
+only into its own containers), or from the usual ``AWS_*`` variables when the ``CAIRN_S3_*`` ones
+are absent; :meth:`S3Settings.connection` turns them into the :class:`S3Config` a client is made from.
 
 Dataset digest (``dataset_digest``): for every object under the dataset's prefix, except
 zero-byte "folder" markers whose key ends in ``/``, take its key relative to the prefix, its size
@@ -32,13 +28,18 @@ changes it. ``cairn datasets digest s3://bucket/prefix`` prints it, to pin in ``
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, ClassVar, Iterable
 from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+
+from cairn.rundir import Env
+from cairn.settings import CairnSettings, SettingsError, reveal
 
 MIN_PART_SIZE = 5 << 20  # S3's smallest multipart part
 DEFAULT_PART_SIZE = 16 << 20
@@ -58,41 +59,75 @@ class FileChanged(Exception):
     """The file changed while it was being uploaded; the upload is not a consistent copy."""
 
 
+class S3Settings(CairnSettings):
+    """The object store, for the sidecar, the prepare step and ``cairn runs download`` /
+    ``cairn datasets digest``; the operator sets it from the object store Secret."""
+
+    title: ClassVar[str] = "Object store (sidecar, prepare step, CLI)"
+
+    endpoint: str | None = Field(
+        None, validation_alias=AliasChoices(Env.S3_ENDPOINT, "AWS_ENDPOINT_URL"),
+        description="`http://host:port` or `https://...` (`host:port` means `http`); unset: no object store.",
+        json_schema_extra={"accepts": "a URL such as http://host:port"})
+    access_key: str | None = Field(None, validation_alias=AliasChoices(Env.S3_ACCESS_KEY, "AWS_ACCESS_KEY_ID"),
+                                   description="Access key.")
+    secret_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices(Env.S3_SECRET_KEY, "AWS_SECRET_ACCESS_KEY"), description="Secret key.")
+    bucket: str | None = Field(None, validation_alias=AliasChoices(Env.S3_BUCKET),
+                               description="Bucket of artifacts and checkpoints (made on first upload).")
+    region: str | None = Field(None, validation_alias=AliasChoices(Env.S3_REGION, "AWS_REGION"), description="Region.")
+    ca_bundle: str | None = Field(
+        None, repr=False, validation_alias=AliasChoices(Env.S3_CA_BUNDLE),
+        description="PEM text of the CA certificates that sign an `https` endpoint's certificate (a site CA "
+                    "that is not in the image's trust store).", json_schema_extra={"accepts": "PEM text"})
+    ca_bundle_file: Path | None = Field(None, validation_alias=AliasChoices("AWS_CA_BUNDLE"),
+                                        description="The same, as a file; read when `CAIRN_S3_CA_BUNDLE` is unset.")
+    part_size: int = Field(DEFAULT_PART_SIZE, ge=MIN_PART_SIZE, validation_alias=AliasChoices(Env.S3_PART_SIZE),
+                           description="Bytes per multipart upload part (bigger files are sent in parts).")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        url = value if "://" in value else "http://" + value
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("not an http(s) URL")
+        return url
+
+    def connection(self) -> S3Config | None:
+        """What a client is made from; None when no endpoint is set (no object store)."""
+        if self.endpoint is None:
+            return None
+        parts = urlsplit(self.endpoint)
+        return S3Config(endpoint=parts.netloc, secure=parts.scheme == "https", access_key=self.access_key,
+                        secret_key=reveal(self.secret_key), bucket=self.bucket, region=self.region,
+                        ca_bundle=self.ca_bundle or _read_ca_file(self.ca_bundle_file), part_size=self.part_size)
+
+
+def object_store_or_none(log: logging.Logger) -> S3Config | None:
+    """The in-pod steps' object store: wrong settings are logged and the step goes on without one
+    (the sidecar must start, the trainer waits for it; the prepare step then fails the run clearly)."""
+    try:
+        return S3Settings().connection()
+    except (SettingsError, ObjectStoreError) as exc:
+        log.error("object store settings: %s", exc)
+        return None
+
+
 @dataclass(frozen=True)
 class S3Config:
+    """A connection to the object store (see :class:`S3Settings` for where it comes from)."""
+
     endpoint: str  # host:port, as minio.Minio takes it
     secure: bool
     access_key: str | None
-    secret_key: str | None
+    secret_key: str | None = field(repr=False)
     bucket: str | None
     region: str | None = None
     ca_bundle: str | None = field(default=None, repr=False)  # PEM text
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "S3Config | None":
-        """The settings in ``env`` (default ``os.environ``); None when no endpoint is set."""
-        env = os.environ if env is None else env
-
-        def get(*names: str) -> str | None:
-            return next((env[n] for n in names if env.get(n)), None)
-
-        url = get("CAIRN_S3_ENDPOINT", "AWS_ENDPOINT_URL")
-        if not url:
-            return None
-        if "://" not in url:
-            url = "http://" + url
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ObjectStoreError(f"CAIRN_S3_ENDPOINT must look like http://host:port, not {url!r}")
-        return cls(
-            endpoint=parts.netloc,
-            secure=parts.scheme == "https",
-            access_key=get("CAIRN_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID"),
-            secret_key=get("CAIRN_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"),
-            bucket=get("CAIRN_S3_BUCKET"),
-            region=get("CAIRN_S3_REGION", "AWS_REGION"),
-            ca_bundle=get("CAIRN_S3_CA_BUNDLE") or _read_ca_file(get("AWS_CA_BUNDLE")),
-        )
+    part_size: int = DEFAULT_PART_SIZE  # of multipart uploads
 
     def client(self):  # noqa: ANN201 - a minio.Minio
         """A client that gives up quickly when the server is away: callers retry with their own backoff."""
@@ -110,7 +145,7 @@ class S3Config:
             try:
                 tls["ssl_context"] = ssl.create_default_context(cadata=self.ca_bundle)
             except ssl.SSLError as exc:
-                raise ObjectStoreError(f"CAIRN_S3_CA_BUNDLE holds no valid PEM certificate: {exc}") from None
+                raise ObjectStoreError(f"{Env.S3_CA_BUNDLE} holds no valid PEM certificate: {exc}") from None
         http = urllib3.PoolManager(
             **tls,
             timeout=urllib3.Timeout(connect=5, read=120),
@@ -121,13 +156,13 @@ class S3Config:
                            secure=self.secure, region=self.region, http_client=http)
 
 
-def _read_ca_file(path: str | None) -> str | None:
-    if not path:
+def _read_ca_file(path: Path | None) -> str | None:
+    if path is None:
         return None
     try:
-        return Path(path).read_text()
+        return path.read_text()
     except OSError as exc:
-        raise ObjectStoreError(f"AWS_CA_BUNDLE {path!r} cannot be read: {exc.strerror}") from None
+        raise ObjectStoreError(f"AWS_CA_BUNDLE {str(path)!r} cannot be read: {exc.strerror}") from None
 
 
 def ensure_bucket(client, bucket: str) -> bool:  # noqa: ANN001
@@ -328,22 +363,3 @@ def is_permanent(exc: BaseException) -> bool:
         return True
     return getattr(exc, "code", None) in PERMANENT_S3_CODES
 
-
-def retry(fn: Callable[[], object], deadline: float, what: str, log=None, first_delay: float = 0.5,  # noqa: ANN001
-          max_delay: float = 15.0, retry_on: tuple[type[BaseException], ...] = (Exception,)):
-    """Call ``fn`` until it succeeds, backing off (doubling) until ``deadline`` (time.monotonic())."""
-    delay = first_delay
-    while True:
-        try:
-            return fn()
-        except retry_on as exc:
-            if is_permanent(exc):
-                raise
-            if time.monotonic() + delay > deadline:
-                raise
-            if log is not None:
-                text = str(exc).strip().splitlines()
-                log.warning("%s failed, retrying in %.1fs: %s: %s", what, delay, type(exc).__name__,
-                            text[0] if text else "")
-            time.sleep(delay)
-            delay = min(delay * 2, max_delay)

@@ -23,9 +23,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from cairn import rundir
 from cairn.api import GROUP, KIND, VERSION, TrainingRun
 from cairn.api.types import GPU_PRODUCT_LABEL
-from cairn.sdk.records import DATASET_DIR as DATASET_SUBDIR
+from cairn.rundir import PREPARE_DATASET_MISMATCH_EXIT, PREPARE_DATASET_UNAVAILABLE_EXIT, Env
 
 TRAININGRUN_LABEL = "cairn.dev/trainingrun"
 RUN_ID_LABEL = "cairn.dev/run-id"
@@ -35,15 +36,12 @@ GPU_RESOURCE = "nvidia.com/gpu"
 TRAINER = "trainer"
 SIDECAR = "cairn-sidecar"
 PREPARE = "cairn-prepare"
-PREPARE_DATASET_MISMATCH_EXIT = 12  # the dataset's digest differs from spec.dataset.sha256
-PREPARE_DATASET_UNAVAILABLE_EXIT = 13  # no object store settings, no such bucket, access denied
 # Keys of the object store Secret (in the run's namespace) and the variables they become.
-OBJECTSTORE_KEYS = (("endpoint", "CAIRN_S3_ENDPOINT"), ("accessKey", "CAIRN_S3_ACCESS_KEY"),
-                    ("secretKey", "CAIRN_S3_SECRET_KEY"), ("bucket", "CAIRN_S3_BUCKET"), ("region", "CAIRN_S3_REGION"),
-                    ("caBundle", "CAIRN_S3_CA_BUNDLE"))
+OBJECTSTORE_KEYS = (("endpoint", Env.S3_ENDPOINT), ("accessKey", Env.S3_ACCESS_KEY), ("secretKey", Env.S3_SECRET_KEY),
+                    ("bucket", Env.S3_BUCKET), ("region", Env.S3_REGION), ("caBundle", Env.S3_CA_BUNDLE))
 METRICS_PORT = 9400  # the sidecar's live run metrics
-RUN_DIR = "/cairn/run"
-DATASET_DIR = f"{RUN_DIR}/{DATASET_SUBDIR}"  # spec.dataset.stage: where the prepare step copies it
+RUN_DIR = rundir.POD_RUN_DIR
+DATASET_DIR = f"{RUN_DIR}/{rundir.DATASET_DIR}"  # spec.dataset.stage: where the prepare step copies it
 RETRY_BASE_S = 5.0
 RETRY_CAP_S = 300.0
 
@@ -84,22 +82,22 @@ def trainer_env(tr: TrainingRun, attempt: int, run_id: str) -> list[dict[str, An
     user = [{k: v for k, v in (("name", e.name), ("value", e.value), ("valueFrom", e.value_from)) if v is not None}
             for e in spec.env]
     ours = [
-        _env("CAIRN_RUN_ID", run_id),
-        _env("CAIRN_RUN_DIR", RUN_DIR),
-        _env("CAIRN_RUN_NAME", tr.name),
-        _env("CAIRN_EXPERIMENT", spec.experiment),
-        _env("CAIRN_ATTEMPT", str(attempt)),
-        _env("CAIRN_PARAMS", json.dumps(spec.params, sort_keys=True)),
-        _env("CAIRN_PARAMS_FILE", f"{RUN_DIR}/params.json"),
+        _env(Env.RUN_ID, run_id),
+        _env(Env.RUN_DIR, RUN_DIR),
+        _env(Env.RUN_NAME, tr.name),
+        _env(Env.EXPERIMENT, spec.experiment),
+        _env(Env.ATTEMPT, str(attempt)),
+        _env(Env.PARAMS, json.dumps(spec.params, sort_keys=True)),
+        _env(Env.PARAMS_FILE, f"{RUN_DIR}/{rundir.PARAMS_FILE}"),
     ]
     if spec.code is not None:
-        ours.append(_env("CAIRN_CODE_COMMIT", spec.code.commit))
+        ours.append(_env(Env.CODE_COMMIT, spec.code.commit))
         if spec.code.repository:
-            ours.append(_env("CAIRN_CODE_REPOSITORY", spec.code.repository))
+            ours.append(_env(Env.CODE_REPOSITORY, spec.code.repository))
     if spec.dataset is not None:
-        ours.append(_env("CAIRN_DATASET_URI", spec.dataset.uri))
+        ours.append(_env(Env.DATASET_URI, spec.dataset.uri))
         if spec.dataset.stage:
-            ours.append(_env("CAIRN_DATASET_DIR", DATASET_DIR))
+            ours.append(_env(Env.DATASET_DIR, DATASET_DIR))
     # Later entries win in Kubernetes: the run's identity cannot be overridden by spec.env.
     return user + ours
 
@@ -114,7 +112,7 @@ def objectstore_env(settings: PodSettings) -> list[dict[str, Any]]:
 
 
 def _database_env(settings: PodSettings) -> dict[str, Any]:
-    return {"name": "CAIRN_DATABASE_URL", "valueFrom": {"secretKeyRef": {
+    return {"name": Env.DATABASE_URL, "valueFrom": {"secretKeyRef": {
         "name": settings.database_secret, "key": settings.database_secret_key}}}
 
 
@@ -125,18 +123,18 @@ def prepare_container(tr: TrainingRun, settings: PodSettings, attempt: int, run_
     if spec.dataset is None and attempt <= 1:
         return None
     env = [
-        _env("CAIRN_RUN_ID", run_id),
-        _env("CAIRN_RUN_DIR", RUN_DIR),
-        _env("CAIRN_ATTEMPT", str(attempt)),
-        _env("CAIRN_NAMESPACE", tr.namespace),
-        _env("CAIRN_EXPERIMENT", spec.experiment),
+        _env(Env.RUN_ID, run_id),
+        _env(Env.RUN_DIR, RUN_DIR),
+        _env(Env.ATTEMPT, str(attempt)),
+        _env(Env.NAMESPACE, tr.namespace),
+        _env(Env.EXPERIMENT, spec.experiment),
     ]
     if spec.dataset is not None:
-        env.append(_env("CAIRN_DATASET_URI", spec.dataset.uri))
+        env.append(_env(Env.DATASET_URI, spec.dataset.uri))
         if spec.dataset.sha256:
-            env.append(_env("CAIRN_DATASET_SHA256", spec.dataset.sha256))
+            env.append(_env(Env.DATASET_SHA256, spec.dataset.sha256))
         if spec.dataset.stage:
-            env.append(_env("CAIRN_DATASET_DIR", DATASET_DIR))
+            env.append(_env(Env.DATASET_DIR, DATASET_DIR))
     env += [_database_env(settings), *objectstore_env(settings)]
     pull = {"imagePullPolicy": settings.image_pull_policy} if settings.image_pull_policy else {}
     return {
@@ -207,24 +205,23 @@ def build_pod(tr: TrainingRun, settings: PodSettings, attempt: int, run_id: str,
         "restartPolicy": "Always",
         "command": ["cairn", "sidecar"],
         "env": [
-            _env("CAIRN_RUN_ID", run_id),
-            _env("CAIRN_RUN_DIR", RUN_DIR),
-            _env("CAIRN_ATTEMPT", str(attempt)),
-            _env("CAIRN_PARAMS", json.dumps(spec.params, sort_keys=True)),
-            _env("CAIRN_DRAIN_TIMEOUT", str(settings.drain_timeout_s)),
-            _env("CAIRN_NAMESPACE", tr.namespace),
-            _env("CAIRN_EXPERIMENT", spec.experiment),
-            _env("CAIRN_RUN_NAME", tr.name),
-            _env("CAIRN_METRICS_PORT", str(METRICS_PORT)),
-            _env("CAIRN_EXPORT_KEYS", ",".join(spec.tracking.export_keys)),
-            _env("CAIRN_HEADLINE_METRIC", spec.tracking.headline_metric or ""),
-            {"name": "CAIRN_DATABASE_URL", "valueFrom": {"secretKeyRef": {
-                "name": settings.database_secret, "key": settings.database_secret_key}}},
+            _env(Env.RUN_ID, run_id),
+            _env(Env.RUN_DIR, RUN_DIR),
+            _env(Env.ATTEMPT, str(attempt)),
+            _env(Env.PARAMS, json.dumps(spec.params, sort_keys=True)),
+            _env(Env.DRAIN_TIMEOUT, str(settings.drain_timeout_s)),
+            _env(Env.NAMESPACE, tr.namespace),
+            _env(Env.EXPERIMENT, spec.experiment),
+            _env(Env.RUN_NAME, tr.name),
+            _env(Env.METRICS_PORT, str(METRICS_PORT)),
+            _env(Env.EXPORT_KEYS, ",".join(spec.tracking.export_keys)),
+            _env(Env.HEADLINE_METRIC, spec.tracking.headline_metric or ""),
+            _database_env(settings),
             *objectstore_env(settings),
         ],
         "volumeMounts": mount,
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-        "startupProbe": {"exec": {"command": ["test", "-f", f"{RUN_DIR}/.sidecar-ready"]},
+        "startupProbe": {"exec": {"command": ["test", "-f", f"{RUN_DIR}/{rundir.READY_FILE}"]},
                          "periodSeconds": 1, "failureThreshold": 120},
         "resources": {"requests": {"cpu": settings.sidecar_cpu, "memory": settings.sidecar_memory},
                       "limits": {"memory": settings.sidecar_memory}},

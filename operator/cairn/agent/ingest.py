@@ -18,8 +18,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cairn import rundir as R
 from cairn.agent.records import MAX_LINE_BYTES, OversizeLine, Rejection, parse_lines
-from cairn.sdk import records as R
+from cairn.backoff import Backoff
+from cairn.messages import one_line
 from cairn.store.entities import ArtifactInfo
 
 log = logging.getLogger("cairn.agent")
@@ -249,7 +251,7 @@ class IngestAgent:
         Database errors never end the loop: the agent backs off (0.5 s doubling to 30 s) and the
         lines wait in their files.
         """
-        backoff = BACKOFF_START_S
+        backoff = Backoff(BACKOFF_START_S, BACKOFF_MAX_S)
         drain_deadline = None
         while True:
             if stop.is_set() and drain_deadline is None:
@@ -259,14 +261,13 @@ class IngestAgent:
                 over = n == 0 and exit_on_finish and self._run_over()
             except Exception as exc:  # noqa: BLE001 - any failure is retried; nothing is lost
                 self.stats.errors += 1
-                log.warning("store unavailable, retrying in %.1fs: %s", backoff, _one_line(exc))
-                if drain_deadline is not None and time.monotonic() + backoff > drain_deadline:
+                log.warning("store unavailable, retrying in %.1fs: %s", backoff.peek(), one_line(exc))
+                # Until the stop a wait ends early on it; while draining it runs, up to the drain deadline.
+                if not backoff.sleep(stop if drain_deadline is None else None, drain_deadline):
                     log.error("stopping with lines not yet ingested; they stay in %s for the next start", self.run_dir)
                     return False
-                (stop if drain_deadline is None else threading.Event()).wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
                 continue
-            backoff = BACKOFF_START_S
+            backoff.reset()
             if n == 0:
                 if drain_deadline is not None:
                     return True
@@ -274,15 +275,9 @@ class IngestAgent:
                     return True
                 stop.wait(self.poll_interval)
 
-
     def _run_over(self) -> bool:
         """Whether the finish record is in: ingested by this agent or by an earlier one that died."""
         if not self.stats.finished and self.run_id is not None:
             status = self.store.run_status(self.run_id)
             self.stats.finished = status is not None and status.is_final
         return self.stats.finished
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"

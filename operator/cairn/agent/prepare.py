@@ -26,54 +26,49 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, ClassVar, TypeVar
 
+from pydantic import Field, field_validator
+
+from cairn import rundir as R
 from cairn.agent.uploader import Uploaded, load_state, save_state
-from cairn.objectstore import (DatasetDigest, S3Config, dataset_digest, download_file, is_permanent, parse_s3_uri,
-                               retry)
-from cairn.podspec import PREPARE_DATASET_MISMATCH_EXIT, PREPARE_DATASET_UNAVAILABLE_EXIT
-from cairn.sdk import records as R
+from cairn.backoff import retry
+from cairn.messages import one_line
+from cairn.objectstore import DatasetDigest, S3Config, dataset_digest, download_file, is_permanent, parse_s3_uri
+from cairn.rundir import PREPARE_DATASET_MISMATCH_EXIT, PREPARE_DATASET_UNAVAILABLE_EXIT, PREPARE_TRANSIENT_EXIT
+from cairn.settings import CairnSettings
 
 log = logging.getLogger("cairn.prepare")
 
-TRANSIENT_EXIT = 1
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class PrepareConfig:
-    run_dir: Path
-    run_id: str
-    attempt: int
-    namespace: str
-    experiment: str
-    database_url: str | None
-    dataset_uri: str | None = None
-    dataset_sha256: str | None = None
-    dataset_dir: Path | None = None  # stage the dataset here (spec.dataset.stage)
-    timeout_s: float = 300.0
-    termination_log: str = "/dev/termination-log"
+class PrepareSettings(CairnSettings):
+    """``cairn prepare``: set by the operator on the prepare init container of a run pod."""
 
+    title: ClassVar[str] = "Prepare step (`cairn prepare`)"
+
+    run_dir: Path = Field(description="The run directory, before the sidecar and the trainer start.")
+    run_id: str = Field(description="The run's id in the store.")
+    attempt: int = Field(1, ge=1, description="Which attempt this pod is; above 1 the latest checkpoint is restored.")
+    namespace: str = Field("", description="The TrainingRun's namespace (part of the object store prefix).")
+    experiment: str = Field("", description="The run's experiment (part of the object store prefix).")
+    database_url: str | None = Field(
+        None, repr=False, description="SQLAlchemy URL of the store (default: SQLite under `CAIRN_HOME`).")
+    dataset_uri: str | None = Field(None, description="`s3://bucket/prefix` of the dataset to digest.")
+    dataset_sha256: str | None = Field(None, description="The pinned digest; a different one fails the run.")
+    dataset_dir: Path | None = Field(None, description="Copy the dataset here as it is digested "
+                                                       "(`spec.dataset.stage`).")
+    prepare_timeout: float = Field(300.0, ge=0, description="Seconds to retry object store and database outages "
+                                                            "before exiting 1 (retried without counting).")
+    termination_log: str = Field("/dev/termination-log",
+                                 description="Where the reason of a failure is written for the operator.")
+
+    @field_validator("dataset_sha256")
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "PrepareConfig":
-        env = os.environ if env is None else env
-        missing = [k for k in ("CAIRN_RUN_DIR", "CAIRN_RUN_ID") if not env.get(k)]
-        if missing:
-            raise ValueError(f"the prepare step needs {', '.join(missing)} in its environment")
-        return cls(
-            run_dir=Path(env["CAIRN_RUN_DIR"]),
-            run_id=env["CAIRN_RUN_ID"],
-            attempt=int(env.get("CAIRN_ATTEMPT") or 1),
-            namespace=env.get("CAIRN_NAMESPACE") or "",
-            experiment=env.get("CAIRN_EXPERIMENT") or "",
-            database_url=env.get("CAIRN_DATABASE_URL") or None,
-            dataset_uri=env.get("CAIRN_DATASET_URI") or None,
-            dataset_sha256=(env.get("CAIRN_DATASET_SHA256") or "").lower() or None,
-            dataset_dir=Path(env["CAIRN_DATASET_DIR"]) if env.get("CAIRN_DATASET_DIR") else None,
-            timeout_s=float(env.get("CAIRN_PREPARE_TIMEOUT") or 300.0),
-            termination_log=env.get("CAIRN_TERMINATION_LOG") or "/dev/termination-log",
-        )
+    def _lower(cls, value: str | None) -> str | None:
+        return value.lower() if value else value
 
 
 class PrepareFailed(Exception):
@@ -86,9 +81,9 @@ def mismatch_message(uri: str, actual: str, pinned: str) -> str:
     return f"dataset {uri} has digest {actual} but spec.dataset.sha256 pins {pinned}"
 
 
-def run_prepare(cfg: PrepareConfig, s3: S3Config | None, store=None) -> int:  # noqa: ANN001
+def run_prepare(cfg: PrepareSettings, s3: S3Config | None, store=None) -> int:  # noqa: ANN001
     """Do the prepare step; returns the container's exit code (0: the trainer may start)."""
-    deadline = time.monotonic() + cfg.timeout_s
+    deadline = time.monotonic() + cfg.prepare_timeout
     store_box = [store]
 
     def get_store():  # noqa: ANN202
@@ -112,7 +107,7 @@ def run_prepare(cfg: PrepareConfig, s3: S3Config | None, store=None) -> int:  # 
     return 0
 
 
-def check_dataset(cfg: PrepareConfig, s3: S3Config | None, get_store, deadline: float) -> None:  # noqa: ANN001
+def check_dataset(cfg: PrepareSettings, s3: S3Config | None, get_store, deadline: float) -> None:  # noqa: ANN001
     uri = cfg.dataset_uri
     assert uri is not None
     if s3 is None:
@@ -127,32 +122,32 @@ def check_dataset(cfg: PrepareConfig, s3: S3Config | None, get_store, deadline: 
         return dataset_digest(client, uri, stage_to=cfg.dataset_dir)
 
     try:
-        found = retry(digest, deadline, f"digest of {uri}", log)
+        found = _retry(digest, deadline, f"digest of {uri}")
     except Exception as exc:  # noqa: BLE001
         if is_permanent(exc):
-            raise PrepareFailed(PREPARE_DATASET_UNAVAILABLE_EXIT, f"dataset {uri}: {_one_line(exc)}") from None
-        raise PrepareFailed(TRANSIENT_EXIT, f"dataset {uri}: object store unavailable: {_one_line(exc)}") from None
+            raise PrepareFailed(PREPARE_DATASET_UNAVAILABLE_EXIT, f"dataset {uri}: {one_line(exc)}") from None
+        raise PrepareFailed(PREPARE_TRANSIENT_EXIT,
+                            f"dataset {uri}: object store unavailable: {one_line(exc)}") from None
     log.info("dataset %s: %d objects, %d bytes, digest %s (%.1fs)%s", uri, found.objects, found.bytes, found.digest,
              time.monotonic() - started, f", staged in {cfg.dataset_dir}" if cfg.dataset_dir else "")
     if found.objects == 0:
         log.warning("dataset %s has no objects", uri)
     try:
-        retry(lambda: get_store().record_dataset(cfg.run_id, uri, found.digest, cfg.dataset_sha256, found.objects,
-                                                 found.bytes), deadline, "recording the dataset digest", log)
+        _retry(lambda: get_store().record_dataset(cfg.run_id, uri, found.digest, cfg.dataset_sha256, found.objects,
+                                                  found.bytes), deadline, "recording the dataset digest")
     except Exception as exc:  # noqa: BLE001
-        raise PrepareFailed(TRANSIENT_EXIT, f"could not record the dataset digest: {_one_line(exc)}") from None
+        raise PrepareFailed(PREPARE_TRANSIENT_EXIT, f"could not record the dataset digest: {one_line(exc)}") from None
     if cfg.dataset_sha256 and cfg.dataset_sha256 != found.digest:
         raise PrepareFailed(PREPARE_DATASET_MISMATCH_EXIT, mismatch_message(uri, found.digest, cfg.dataset_sha256))
-    (cfg.run_dir / "dataset.json").write_text(json.dumps(
+    (cfg.run_dir / R.DATASET_FILE).write_text(json.dumps(
         {"uri": uri, "sha256": found.digest, "objects": found.objects, "bytes": found.bytes}))
 
 
-def restore_checkpoint(cfg: PrepareConfig, s3: S3Config, get_store, deadline: float) -> None:  # noqa: ANN001
+def restore_checkpoint(cfg: PrepareSettings, s3: S3Config, get_store, deadline: float) -> None:  # noqa: ANN001
     try:
-        latest = retry(lambda: get_store().latest_checkpoint(cfg.run_id), deadline, "finding the latest checkpoint",
-                       log)
+        latest = _retry(lambda: get_store().latest_checkpoint(cfg.run_id), deadline, "finding the latest checkpoint")
     except Exception as exc:  # noqa: BLE001
-        raise PrepareFailed(TRANSIENT_EXIT, f"could not read the run's checkpoints: {_one_line(exc)}") from None
+        raise PrepareFailed(PREPARE_TRANSIENT_EXIT, f"could not read the run's checkpoints: {one_line(exc)}") from None
     if latest is None:
         log.info("attempt %d: no checkpoint to resume from", cfg.attempt)
         return
@@ -164,17 +159,17 @@ def restore_checkpoint(cfg: PrepareConfig, s3: S3Config, get_store, deadline: fl
         for art in files:
             bucket, key = parse_s3_uri(art.uri)
             dest = cfg.run_dir / art.path
-            retry(lambda b=bucket, k=key, d=dest, h=art.sha256: download_file(client, b, k, d, h), deadline,
-                  f"downloading {art.uri}", log)
+            _retry(lambda b=bucket, k=key, d=dest, h=art.sha256: download_file(client, b, k, d, h), deadline,
+                   f"downloading {art.uri}")
             st = os.stat(dest)
             state[art.path] = Uploaded(st.st_size, st.st_mtime_ns, st.st_ino, art.sha256, art.uri, art.attempt, True)
             restored.append(art)
     except Exception as exc:  # noqa: BLE001
         if is_permanent(exc):
             log.warning("checkpoint %d cannot be restored (%s); attempt %d starts from scratch", step,
-                        _one_line(exc), cfg.attempt)
+                        one_line(exc), cfg.attempt)
             return
-        raise PrepareFailed(TRANSIENT_EXIT, f"could not download checkpoint {step}: {_one_line(exc)}") from None
+        raise PrepareFailed(PREPARE_TRANSIENT_EXIT, f"could not download checkpoint {step}: {one_line(exc)}") from None
     save_state(cfg.run_dir, state)
     step_dir = cfg.run_dir / R.CHECKPOINTS_DIR / str(step)
     entries = sorted(p.name for p in step_dir.iterdir() if not p.name.startswith("."))
@@ -189,22 +184,23 @@ def restore_checkpoint(cfg: PrepareConfig, s3: S3Config, get_store, deadline: fl
     tmp.write_text(json.dumps(resume, sort_keys=True))
     os.replace(tmp, cfg.run_dir / R.RESUME_FILE)
     try:
-        retry(lambda: get_store().record_resume(cfg.run_id, cfg.attempt, step, prefix, from_attempt), deadline,
-              "recording the resume", log)
+        _retry(lambda: get_store().record_resume(cfg.run_id, cfg.attempt, step, prefix, from_attempt), deadline,
+               "recording the resume")
     except Exception as exc:  # noqa: BLE001
-        raise PrepareFailed(TRANSIENT_EXIT, f"could not record the resume: {_one_line(exc)}") from None
+        raise PrepareFailed(PREPARE_TRANSIENT_EXIT, f"could not record the resume: {one_line(exc)}") from None
     log.info("attempt %d resumes from checkpoint %d (%d files, saved by attempt %s)", cfg.attempt, step,
              len(restored), from_attempt)
 
 
-def _termination_message(cfg: PrepareConfig, message: str) -> None:
+def _retry(fn: Callable[[], T], deadline: float, what: str) -> T:
+    """Retry store and object store outages until ``deadline``; errors waiting cannot fix end it at once."""
+    return retry(fn, deadline, what, log, give_up=is_permanent)
+
+
+def _termination_message(cfg: PrepareSettings, message: str) -> None:
     try:
         with open(cfg.termination_log, "w") as f:
             f.write(message[:4000])
     except OSError:
         pass  # outside Kubernetes; the message is in the log too
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"

@@ -3,7 +3,7 @@
 Two line formats are accepted:
 
 * SDK records: ``{"seq": 3, "type": "metric", "step": 10, "ts": 1700000000.5, "values": {...}}``
-  and the other types in ``cairn.sdk.records``;
+  and the other kinds in ``cairn.rundir``;
 * plain metric lines from any program: ``{"step": 10, "loss": 0.3, "acc": 0.91}`` with an
   optional ``ts``/``timestamp``/``time`` in seconds since the epoch.
 
@@ -17,8 +17,8 @@ import json
 from dataclasses import dataclass, field
 from functools import partial
 
+from cairn import rundir as R
 from cairn.rundir import RunStatus
-from cairn.sdk import records as R
 from cairn.store.entities import IngestBatch, MetricPoint, RunFinish
 
 MAX_LINE_BYTES = 1 << 20

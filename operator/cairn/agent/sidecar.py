@@ -12,62 +12,72 @@ import logging
 import os
 import signal
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, ClassVar
 
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from cairn import rundir as R
 from cairn.agent.ingest import IngestAgent
 from cairn.agent.uploader import start_uploads
-from cairn.sdk import records as R
+from cairn.objectstore import S3Config
+from cairn.settings import CairnSettings
 
 log = logging.getLogger("cairn.sidecar")
 
-READY_FILE = ".sidecar-ready"
+POLL_INTERVAL_S = 0.5
 
 
-@dataclass(frozen=True)
-class SidecarConfig:
-    run_dir: Path
-    run_id: str
-    attempt: int
-    params: dict
-    database_url: str | None
-    drain_timeout: float = 60.0
-    poll_interval: float = 0.5
-    metrics_port: int = 0  # 0: no exporter
-    export_keys: tuple[str, ...] = ()
-    headline_metric: str | None = None
-    labels: dict = field(default_factory=dict)
+class SidecarSettings(CairnSettings):
+    """``cairn sidecar``: set by the operator on the sidecar container of every run pod."""
 
+    title: ClassVar[str] = "Tracking sidecar (`cairn sidecar`)"
+
+    run_dir: Path = Field(description="The shared run directory the trainer writes to.")
+    run_id: str = Field(description="The run's id in the store (the TrainingRun's uid).")
+    attempt: int = Field(1, ge=1, description="Which attempt this pod is (1, 2, ...).")
+    params: Annotated[dict[str, Any], NoDecode] = Field(
+        default_factory=dict, description="The run's parameters, written to `params.json` for the trainer.",
+        json_schema_extra={"accepts": "a JSON object"})
+    database_url: str | None = Field(
+        None, repr=False, description="SQLAlchemy URL of the store (default: SQLite under `CAIRN_HOME`).")
+    drain_timeout: float = Field(60.0, ge=0, description="Seconds to drain records and uploads after SIGTERM.")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Port of the live run metrics; 0: none.")
+    export_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Metric keys exported live, separated by commas (at most 20 with the headline metric).",
+        json_schema_extra={"accepts": "keys separated by commas"})
+    headline_metric: str | None = Field(None, description="The TrainingRun's headline metric, always exported.")
+    namespace: str = Field("", description="The TrainingRun's namespace (a label of the live metrics).")
+    experiment: str = Field("", description="The run's experiment (a label of the live metrics).")
+    run_name: str = Field("", description="The TrainingRun's name (a label of the live metrics).")
+
+    @field_validator("params", mode="before")
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "SidecarConfig":
-        env = dict(os.environ if env is None else env)
-        missing = [k for k in ("CAIRN_RUN_DIR", "CAIRN_RUN_ID") if not env.get(k)]
-        if missing:
-            raise ValueError(f"the sidecar needs {', '.join(missing)} in its environment")
-        try:
-            params = json.loads(env.get("CAIRN_PARAMS") or "{}")
-        except ValueError as exc:
-            raise ValueError(f"CAIRN_PARAMS is not a JSON object: {exc}") from None
-        if not isinstance(params, dict):
-            raise ValueError("CAIRN_PARAMS is not a JSON object")
-        return cls(
-            run_dir=Path(env["CAIRN_RUN_DIR"]),
-            run_id=env["CAIRN_RUN_ID"],
-            attempt=int(env.get("CAIRN_ATTEMPT") or 1),
-            params=params,
-            database_url=env.get("CAIRN_DATABASE_URL") or None,
-            drain_timeout=float(env.get("CAIRN_DRAIN_TIMEOUT") or 60.0),
-            metrics_port=int(env.get("CAIRN_METRICS_PORT") or 0),
-            export_keys=tuple(k for k in (env.get("CAIRN_EXPORT_KEYS") or "").split(",") if k),
-            headline_metric=env.get("CAIRN_HEADLINE_METRIC") or None,
-            labels={"namespace": env.get("CAIRN_NAMESPACE", ""), "experiment": env.get("CAIRN_EXPERIMENT", ""),
-                    "run": env["CAIRN_RUN_ID"], "trainingrun": env.get("CAIRN_RUN_NAME", "")},
-        )
+    def _json_object(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError("not JSON") from None
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object")
+        return value
+
+    @field_validator("export_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        return tuple(k for k in value.split(",") if k) if isinstance(value, str) else value
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {"namespace": self.namespace, "experiment": self.experiment, "run": self.run_id,
+                "trainingrun": self.run_name}
 
 
-def prepare_run_dir(cfg: SidecarConfig) -> None:
+def prepare_run_dir(cfg: SidecarSettings) -> None:
     """Lay out the shared run directory before the trainer starts (the trainer may run as any user)."""
-    for sub in ("", R.ARTIFACTS_DIR, R.METRICS_DIR, "checkpoints"):
+    for sub in ("", R.ARTIFACTS_DIR, R.METRICS_DIR, R.CHECKPOINTS_DIR):
         d = cfg.run_dir / sub
         d.mkdir(parents=True, exist_ok=True)
         try:
@@ -75,17 +85,18 @@ def prepare_run_dir(cfg: SidecarConfig) -> None:
         except PermissionError:
             pass  # a volume root owned by someone else (emptyDir with fsGroup): already writable
     (cfg.run_dir / R.PARAMS_FILE).write_text(json.dumps(cfg.params, sort_keys=True))
-    (cfg.run_dir / READY_FILE).write_text(str(os.getpid()))
+    (cfg.run_dir / R.READY_FILE).write_text(str(os.getpid()))
 
 
-def run_sidecar(cfg: SidecarConfig, stop: threading.Event | None = None) -> bool:
-    """Ingest until SIGTERM (or ``stop``), then drain. True when every line got in."""
+def run_sidecar(cfg: SidecarSettings, s3: S3Config | None, stop: threading.Event | None = None) -> bool:
+    """Ingest (and upload to ``s3``, when there is one) until SIGTERM or ``stop``, then drain.
+    True when every line got in."""
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     prepare_run_dir(cfg)
-    agent = IngestAgent(cfg.run_dir, cfg.database_url, cfg.run_id, poll_interval=cfg.poll_interval,
+    agent = IngestAgent(cfg.run_dir, cfg.database_url, cfg.run_id, poll_interval=POLL_INTERVAL_S,
                         attempt=cfg.attempt)
     if cfg.metrics_port:
         from cairn.agent.exporter import LiveState, export_keys, serve
@@ -93,7 +104,8 @@ def run_sidecar(cfg: SidecarConfig, stop: threading.Event | None = None) -> bool
         agent.live = LiveState(export_keys(cfg.export_keys, cfg.headline_metric))
         serve(agent.live, cfg.labels, cfg.metrics_port)
     # Artifacts and checkpoints to the object store, in a thread beside the agent (None without one).
-    uploads = start_uploads(cfg.run_dir, cfg.run_id, cfg.attempt, cfg.database_url, stop, cfg.drain_timeout, agent)
+    uploads = start_uploads(cfg.run_dir, cfg.run_id, cfg.attempt, cfg.database_url, stop, cfg.drain_timeout, agent,
+                            s3=s3, namespace=cfg.namespace, experiment=cfg.experiment)
     log.info("tracking run %s attempt %d from %s", cfg.run_id, cfg.attempt, cfg.run_dir)
     ok = agent.run(stop, drain_timeout=cfg.drain_timeout)
     if uploads is not None:

@@ -29,14 +29,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping
 
-from cairn.objectstore import (DEFAULT_PART_SIZE, FileChanged, ObjectStoreError, S3Config, ensure_bucket, run_prefix,
-                               s3_uri, upload_file)
-from cairn.sdk import records as R
+from cairn import rundir as R
+from cairn.rundir import Env
+from cairn.backoff import Backoff, retry
+from cairn.messages import one_line
+from cairn.objectstore import DEFAULT_PART_SIZE, FileChanged, S3Config, ensure_bucket, run_prefix, s3_uri, upload_file
 from cairn.store.entities import ArtifactInfo
 
 log = logging.getLogger("cairn.uploader")
 
-STATE_FILE = ".cairn-uploads.json"
 CHECKPOINTS_DIR = R.CHECKPOINTS_DIR
 UPLOAD_DIRS = (R.ARTIFACTS_DIR, CHECKPOINTS_DIR)
 BACKOFF_START_S = 0.5
@@ -79,16 +80,16 @@ def group_of(rel: str) -> str:
 
 def load_state(run_dir: Path) -> dict[str, Uploaded]:
     try:
-        raw = json.loads((run_dir / STATE_FILE).read_text())
+        raw = json.loads((run_dir / R.UPLOADS_STATE_FILE).read_text())
         return {rel: Uploaded(**entry) for rel, entry in raw.items()}
     except (OSError, ValueError, TypeError):
         return {}
 
 
 def save_state(run_dir: Path, state: Mapping[str, Uploaded]) -> None:
-    tmp = run_dir / (STATE_FILE + ".tmp")
+    tmp = run_dir / (R.UPLOADS_STATE_FILE + ".tmp")
     tmp.write_text(json.dumps({rel: asdict(u) for rel, u in state.items()}, sort_keys=True))
-    os.replace(tmp, run_dir / STATE_FILE)
+    os.replace(tmp, run_dir / R.UPLOADS_STATE_FILE)
 
 
 @dataclass
@@ -107,7 +108,7 @@ class ArtifactUploader:
                  database_url: str | None = None, store=None, attempt: int | None = None,  # noqa: ANN001
                  part_size: int = DEFAULT_PART_SIZE, settle_s: float = 2.0, poll_interval: float = 1.0) -> None:
         if not s3.bucket:
-            raise ValueError("the object store settings name no bucket (CAIRN_S3_BUCKET)")
+            raise ValueError(f"the object store settings name no bucket ({Env.S3_BUCKET})")
         self.run_dir = Path(run_dir)
         self.run_id = run_id
         self.s3 = s3
@@ -249,23 +250,21 @@ class ArtifactUploader:
 
         Returns True when every file is uploaded and recorded; records that outcome on the run.
         """
-        backoff = BACKOFF_START_S
+        backoff = Backoff(BACKOFF_START_S, BACKOFF_MAX_S)
         while not stop.is_set():
             try:
                 self.upload_available()
-                backoff = BACKOFF_START_S
+                backoff.reset()
                 stop.wait(self.poll_interval)
             except Exception as exc:  # noqa: BLE001 - retried; the files wait on disk
                 self.stats.errors += 1
-                log.warning("upload failed, retrying in %.1fs: %s", backoff, _one_line(exc))
-                stop.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                log.warning("upload failed, retrying in %.1fs: %s", backoff.peek(), one_line(exc))
+                backoff.sleep(stop)
         return self.flush(time.monotonic() + drain_timeout)
 
     def flush(self, deadline: float) -> bool:
         """The final pass (the trainer has exited): everything, settled or not, until ``deadline``."""
-        backoff = BACKOFF_START_S
-        waiting = None
+        backoff = Backoff(BACKOFF_START_S, BACKOFF_MAX_S)
         while True:
             try:
                 waiting = self.upload_available(final=True)
@@ -276,12 +275,11 @@ class ArtifactUploader:
             except Exception as exc:  # noqa: BLE001
                 self.stats.errors += 1
                 error = exc
-            if time.monotonic() + backoff > deadline:
+            if time.monotonic() + backoff.peek() > deadline:
                 break
             if error is not None:
-                log.warning("final upload failed, retrying in %.1fs: %s", backoff, _one_line(error))
-            time.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
+                log.warning("final upload failed, retrying in %.1fs: %s", backoff.peek(), one_line(error))
+            backoff.sleep()
         pending = self._pending_count()
         ok = pending == 0
         if ok:
@@ -305,22 +303,11 @@ class ArtifactUploader:
         return pending
 
     def _record_outcome(self, ok: bool, pending: int, deadline: float) -> None:
-        backoff = BACKOFF_START_S
-        while True:
-            try:
-                self.store.update_run(self.run_id, artifacts_uploaded=ok, artifacts_pending=pending)
-                return
-            except Exception as exc:  # noqa: BLE001
-                if time.monotonic() + backoff > deadline + 5:
-                    log.error("could not record the upload outcome on the run: %s", _one_line(exc))
-                    return
-                time.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+        try:
+            retry(lambda: self.store.update_run(self.run_id, artifacts_uploaded=ok, artifacts_pending=pending),
+                  deadline + 5, "recording the upload outcome", backoff=Backoff(BACKOFF_START_S, BACKOFF_MAX_S))
+        except Exception as exc:  # noqa: BLE001
+            log.error("could not record the upload outcome on the run: %s", one_line(exc))
 
 
 @dataclass
@@ -335,23 +322,21 @@ class UploadThread:
 
 
 def start_uploads(run_dir: Path, run_id: str, attempt: int | None, database_url: str | None, stop: threading.Event,
-                  drain_timeout: float, agent=None, env: Mapping[str, str] | None = None) -> UploadThread | None:  # noqa: ANN001
+                  drain_timeout: float, agent=None, *, s3: S3Config | None, namespace: str = "",  # noqa: ANN001
+                  experiment: str = "") -> UploadThread | None:
     """The sidecar's hook: start the uploader thread when an object store is configured, else None.
 
     With an uploader the ingest agent hands ``artifact`` records to it instead of recording
     local file:// rows.
     """
-    env = os.environ if env is None else env
+    if s3 is None:
+        log.info("no object store configured: artifacts stay in the pod")
+        return None
+    prefix = run_prefix(namespace, experiment, run_id)
     try:
-        s3 = S3Config.from_env(env)
-        if s3 is None:
-            log.info("no object store configured (CAIRN_S3_ENDPOINT): artifacts stay in the pod")
-            return None
-        prefix = run_prefix(env.get("CAIRN_NAMESPACE", ""), env.get("CAIRN_EXPERIMENT", ""), run_id)
-        part_size = int(env.get("CAIRN_S3_PART_SIZE") or DEFAULT_PART_SIZE)
         uploader = ArtifactUploader(run_dir, run_id, s3, prefix, database_url=database_url, attempt=attempt,
-                                    part_size=part_size)
-    except (ValueError, ObjectStoreError) as exc:
+                                    part_size=s3.part_size)
+    except ValueError as exc:
         # Bad settings must not stop the sidecar (the trainer waits for it): track without uploads.
         log.error("artifacts will not be uploaded: %s", exc)
         return None

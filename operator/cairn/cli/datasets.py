@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from cairn.cli.output import JSON, TABLE, YAML, output_option, write_document
+from cairn.rundir import Env
 
 
 @click.group()
@@ -20,9 +21,9 @@ def datasets_digest(uri: str, output: str) -> None:
     from cairn import objectstore as S3
 
     try:
-        cfg = S3.S3Config.from_env()
+        cfg = S3.S3Settings().connection()
         if cfg is None:
-            raise click.ClickException("set CAIRN_S3_ENDPOINT, CAIRN_S3_ACCESS_KEY and CAIRN_S3_SECRET_KEY")
+            raise click.ClickException(f"set {Env.S3_ENDPOINT}, {Env.S3_ACCESS_KEY} and {Env.S3_SECRET_KEY}")
         found = S3.dataset_digest(cfg.client(), uri)
     except S3.ObjectStoreError as exc:
         raise click.ClickException(str(exc)) from None

@@ -15,14 +15,14 @@ from typing import Any
 
 import click
 
+from cairn import rundir as R
 from cairn.agent.ingest import IngestAgent
 from cairn.cli.context import store_of
 from cairn.cli.output import err_console
 from cairn.cli.params import BadParam, parse_params
 from cairn.cli.roles import agent
 from cairn.cli.runs import print_run
-from cairn.rundir import RunStatus
-from cairn.sdk import records as R
+from cairn.rundir import Env, RunStatus
 from cairn.store.db import cairn_home
 from cairn.store.models import utcnow
 from cairn.store import TrackingStore
@@ -50,16 +50,16 @@ def run_locally(
     run_dir = cairn_home() / "runs" / run_id
     (run_dir / R.ARTIFACTS_DIR).mkdir(parents=True, exist_ok=True)
     (run_dir / R.PARAMS_FILE).write_text(json.dumps(params))
-    env = dict(
-        os.environ,
-        CAIRN_RUN_ID=run_id,
-        CAIRN_RUN_DIR=str(run_dir),
-        CAIRN_EXPERIMENT=experiment,
-        CAIRN_PARAMS=json.dumps(params),
-        CAIRN_PARAMS_FILE=str(run_dir / R.PARAMS_FILE),
-    )
+    env = {
+        **os.environ,
+        Env.RUN_ID: run_id,
+        Env.RUN_DIR: str(run_dir),
+        Env.EXPERIMENT: experiment,
+        Env.PARAMS: json.dumps(params),
+        Env.PARAMS_FILE: str(run_dir / R.PARAMS_FILE),
+    }
     if name:
-        env["CAIRN_RUN_NAME"] = name
+        env[Env.RUN_NAME] = name
 
     stop = threading.Event()
     agent = IngestAgent(run_dir, run_id=run_id, store=store, poll_interval=0.25)

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from cairn.cli.datasets import datasets
 from cairn.cli.db import db_group
@@ -15,11 +16,14 @@ from cairn.cli.local import run_cmd, sync
 from cairn.cli.output import err_console
 from cairn.cli.roles import RoleCommand, agent, operator_cmd, prepare, sidecar
 from cairn.cli.runs import runs
+from cairn.rundir import Env
+from cairn.settings import SettingsError
 from cairn.store import db
 
 
 class CairnGroup(click.Group):
-    """Lists user commands and in-pod roles apart, and turns store errors into one line and exit code 1."""
+    """Lists user commands and in-pod roles apart; turns store errors (exit code 1) and wrong settings
+    (exit code 2) into one clear line instead of a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -27,6 +31,9 @@ class CairnGroup(click.Group):
         except db.StoreError as exc:
             err_console.print(f"[red]error:[/red] {exc}", highlight=False)
             sys.exit(1)
+        except SettingsError as exc:
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            sys.exit(2)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         sections: dict[str, list[tuple[str, str]]] = {"Commands": [], "In-pod roles": []}
@@ -43,7 +50,7 @@ class CairnGroup(click.Group):
 
 
 @click.group(cls=CairnGroup)
-@click.option("--database-url", envvar="CAIRN_DATABASE_URL", default=None,
+@click.option("--database-url", envvar=Env.DATABASE_URL, default=None,
               help="SQLAlchemy URL of the store (default: SQLite under $CAIRN_HOME, ~/.cairn).")
 @click.option("-v", "--verbose", is_flag=True, help="Log what the agent and store do.")
 @click.version_option(package_name="cairn")

@@ -11,14 +11,16 @@ import threading
 
 import click
 
+from cairn.rundir import Env
+
 
 class RoleCommand(click.Command):
     """A command that a pod runs rather than a person."""
 
 
 @click.command(cls=RoleCommand)
-@click.option("--run-dir", required=True, type=click.Path(file_okay=False), envvar="CAIRN_RUN_DIR")
-@click.option("--run-id", envvar="CAIRN_RUN_ID", help="Default: the id the SDK wrote in the run directory.")
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False), envvar=Env.RUN_DIR)
+@click.option("--run-id", envvar=Env.RUN_ID, help="Default: the id the SDK wrote in the run directory.")
 @click.option("--metrics-file", "metrics_files", multiple=True,
               help="Extra JSON-lines file (relative to the run dir) from a program without the SDK.")
 @click.option("--once", is_flag=True, help="Ingest what is there now and exit (e.g. to sync an offline run).")
@@ -49,16 +51,16 @@ def agent(ctx: click.Context, run_dir, run_id, metrics_files, once, exit_on_fini
 
 
 @click.command("operator", cls=RoleCommand)
-@click.option("-n", "--namespace", "namespaces", multiple=True, envvar="CAIRN_NAMESPACES",
+@click.option("-n", "--namespace", "namespaces", multiple=True, envvar=Env.NAMESPACES,
               help="Watch only this namespace (repeatable; default: every namespace).")
-@click.option("--sidecar-image", envvar="CAIRN_SIDECAR_IMAGE", help="Image of the tracking sidecar.")
-@click.option("--image-pull-policy", envvar="CAIRN_IMAGE_PULL_POLICY",
+@click.option("--sidecar-image", envvar=Env.SIDECAR_IMAGE, help="Image of the tracking sidecar.")
+@click.option("--image-pull-policy", envvar=Env.IMAGE_PULL_POLICY,
               type=click.Choice(["Always", "IfNotPresent", "Never"]), help="Pull policy of the pods' images.")
-@click.option("--database-secret", envvar="CAIRN_DATABASE_SECRET",
+@click.option("--database-secret", envvar=Env.DATABASE_SECRET,
               help="Secret (key 'url') in each run's namespace with the store URL for the sidecar.")
-@click.option("--metrics-port", envvar="CAIRN_METRICS_PORT", type=int, default=9090, show_default=True)
-@click.option("--liveness-port", envvar="CAIRN_LIVENESS_PORT", type=int, default=8080, show_default=True)
-@click.option("--objectstore-secret", envvar="CAIRN_OBJECTSTORE_SECRET",
+@click.option("--metrics-port", envvar=Env.METRICS_PORT, type=int, default=9090, show_default=True)
+@click.option("--liveness-port", envvar=Env.LIVENESS_PORT, type=int, default=8080, show_default=True)
+@click.option("--objectstore-secret", envvar=Env.OBJECTSTORE_SECRET,
               help="Secret (keys endpoint, accessKey, secretKey, bucket, region) in each run's namespace with the "
                    "object store for artifacts, checkpoints and datasets (default cairn-objectstore).")
 @click.pass_context
@@ -69,14 +71,14 @@ def operator_cmd(ctx: click.Context, namespaces, sidecar_image, image_pull_polic
 
     import kopf
 
-    for var, value in (("CAIRN_NAMESPACES", " ".join(namespaces)), ("CAIRN_SIDECAR_IMAGE", sidecar_image),
-                       ("CAIRN_IMAGE_PULL_POLICY", image_pull_policy), ("CAIRN_DATABASE_SECRET", database_secret),
-                       ("CAIRN_METRICS_PORT", str(metrics_port)), ("CAIRN_LIVENESS_PORT", str(liveness_port)),
-                       ("CAIRN_DATABASE_URL", ctx.obj.get("database_url"))):
+    for var, value in ((Env.NAMESPACES, " ".join(namespaces)), (Env.SIDECAR_IMAGE, sidecar_image),
+                       (Env.IMAGE_PULL_POLICY, image_pull_policy), (Env.DATABASE_SECRET, database_secret),
+                       (Env.METRICS_PORT, str(metrics_port)), (Env.LIVENESS_PORT, str(liveness_port)),
+                       (Env.DATABASE_URL, ctx.obj.get("database_url"))):
         if value:
             os.environ[var] = value
     if objectstore_secret is not None:
-        os.environ["CAIRN_OBJECTSTORE_SECRET"] = objectstore_secret
+        os.environ[Env.OBJECTSTORE_SECRET] = objectstore_secret
     import cairn.controller  # noqa: F401  (registers the handlers)
     from cairn.controller.handlers import operator
     from cairn.store import db as store_db
@@ -84,7 +86,7 @@ def operator_cmd(ctx: click.Context, namespaces, sidecar_image, image_pull_polic
     op = operator()
     store_db.check_reachable(op.store.engine)
     logging.getLogger("cairn").setLevel(logging.INFO)
-    liveness_host = os.environ.get("CAIRN_LIVENESS_HOST", "0.0.0.0")
+    liveness_host = op.settings.liveness_host
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,
@@ -96,30 +98,20 @@ def operator_cmd(ctx: click.Context, namespaces, sidecar_image, image_pull_polic
 @click.command(cls=RoleCommand)
 def sidecar() -> None:
     """The tracking sidecar of a TrainingRun pod (configured by the operator through CAIRN_* env)."""
-    from cairn.agent.sidecar import SidecarConfig, run_sidecar
+    from cairn.agent.sidecar import SidecarSettings, run_sidecar
+    from cairn.objectstore import object_store_or_none
 
     logging.getLogger("cairn").setLevel(logging.INFO)
-    try:
-        cfg = SidecarConfig.from_env()
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    sys.exit(0 if run_sidecar(cfg) else 3)
+    cfg = SidecarSettings()
+    sys.exit(0 if run_sidecar(cfg, object_store_or_none(logging.getLogger("cairn.sidecar"))) else 3)
 
 
 @click.command(cls=RoleCommand)
 def prepare() -> None:
     """The prepare step of a TrainingRun pod: dataset digest check, checkpoint restore on a retry."""
-    from cairn.agent.prepare import PrepareConfig, run_prepare
-    from cairn.objectstore import ObjectStoreError, S3Config
+    from cairn.agent.prepare import PrepareSettings, run_prepare
+    from cairn.objectstore import object_store_or_none
 
     logging.getLogger("cairn").setLevel(logging.INFO)
-    try:
-        cfg = PrepareConfig.from_env()
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    try:
-        s3 = S3Config.from_env()
-    except ObjectStoreError as exc:
-        logging.getLogger("cairn.prepare").error("object store settings: %s", exc)
-        s3 = None
-    sys.exit(run_prepare(cfg, s3))
+    cfg = PrepareSettings()
+    sys.exit(run_prepare(cfg, object_store_or_none(logging.getLogger("cairn.prepare"))))

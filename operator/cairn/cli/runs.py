@@ -33,6 +33,7 @@ from cairn.cli.output import (
     write_rows,
 )
 from cairn.cli.params import lower_is_better
+from cairn.rundir import Env
 from cairn.store.entities import ArtifactInfo, RunDetail, RunSummary
 
 
@@ -387,12 +388,12 @@ def runs_download(ctx: click.Context, run: str, path: str | None, dest: str) -> 
     client = None
     if any(a.uri.startswith("s3://") for a in arts):
         try:
-            cfg = S3.S3Config.from_env()
+            cfg = S3.S3Settings().connection()
         except S3.ObjectStoreError as exc:
             raise click.ClickException(str(exc)) from None
         if cfg is None:
-            raise click.ClickException("the artifacts are in the object store: set CAIRN_S3_ENDPOINT, "
-                                       "CAIRN_S3_ACCESS_KEY and CAIRN_S3_SECRET_KEY")
+            raise click.ClickException(f"the artifacts are in the object store: set {Env.S3_ENDPOINT}, "
+                                       f"{Env.S3_ACCESS_KEY} and {Env.S3_SECRET_KEY}")
         client = cfg.client()
     out = Path(dest)
     bad = []

@@ -16,7 +16,7 @@ from cairn import podspec
 from cairn.api import from_manifest
 from cairn.controller import reconcile as R
 from cairn.controller.metrics import OperatorMetrics
-from cairn.controller.settings import ControllerSettings
+from cairn.controller.settings import OperatorSettings
 
 GROUP, VERSION, PLURAL, KIND = "cairn.dev", "v1alpha1", "trainingruns", "TrainingRun"
 TRAININGRUN_LABEL = podspec.TRAININGRUN_LABEL
@@ -27,7 +27,7 @@ log = logging.getLogger("cairn.controller")
 class Operator:
     """Everything the handlers share: settings, API clients, the store, metrics, per-run locks."""
 
-    def __init__(self, settings: ControllerSettings) -> None:
+    def __init__(self, settings: OperatorSettings) -> None:
         from cairn.store import TrackingStore
 
         self.settings = settings
@@ -78,7 +78,7 @@ def _api_client() -> client.ApiClient:
 def operator() -> Operator:
     global _operator
     if _operator is None:
-        _operator = Operator(ControllerSettings.from_env())
+        _operator = Operator(OperatorSettings())
     return _operator
 
 

@@ -1,36 +1,65 @@
-"""Operator settings, from the environment (``cairn operator`` flags set the same variables)."""
+"""The operator's settings: ``CAIRN_*`` variables, or ``cairn operator`` flags given as keyword
+arguments (which win): ``OperatorSettings(metrics_port=9091)``."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from cairn.podspec import PodSettings
+from cairn.rundir import Env
+from cairn.settings import CairnSettings
+
+PORT = {"ge": 0, "le": 65535}
 
 
-@dataclass(frozen=True)
-class ControllerSettings:
-    namespaces: tuple[str, ...] = ()  # empty: every namespace
-    database_url: str | None = None
-    metrics_port: int = 9090
-    liveness_port: int = 8080
-    pod: PodSettings = field(default_factory=PodSettings)
+class OperatorSettings(CairnSettings):
+    """``cairn operator``: which namespaces to watch, the store, ports, and what shapes every pod."""
 
+    title: ClassVar[str] = "Operator (`cairn operator`)"
+
+    namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Namespaces to watch, separated by commas or spaces; empty: every namespace.",
+        json_schema_extra={"accepts": "names separated by commas or spaces"})
+    database_url: str | None = Field(
+        None, repr=False, description="SQLAlchemy URL of the store (default: SQLite under `CAIRN_HOME`).")
+    metrics_port: int = Field(9090, **PORT, description="Port of the operator's Prometheus metrics; 0: none.")
+    liveness_port: int = Field(8080, **PORT, description="Port of Kopf's liveness probe (`/healthz`); 0: none.")
+    liveness_host: str = Field("0.0.0.0", description="Address the liveness probe listens on.")
+    sidecar_image: str = Field(PodSettings.sidecar_image,
+                               description="Image of the tracking sidecar and the prepare step.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        None, description="Pull policy of the pods' images; unset: the Kubernetes default for the tag.")
+    database_secret: str = Field(PodSettings.database_secret,
+                                 description="Secret in each run's namespace with the store URL for the sidecar.")
+    database_secret_key: str = Field(PodSettings.database_secret_key,
+                                     description="Key of that Secret holding the URL.")
+    objectstore_secret: str = Field(
+        PodSettings.objectstore_secret,
+        description="Secret in each run's namespace with the object store (keys `endpoint`, `accessKey`, "
+                    "`secretKey`, `bucket`, optional `region` and `caBundle`); set but empty: no object store.")
+
+    @model_validator(mode="before")
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "ControllerSettings":
-        env = dict(os.environ if env is None else env)
-        pod_defaults = PodSettings()
-        return cls(
-            namespaces=tuple(n for n in (env.get("CAIRN_NAMESPACES") or "").replace(",", " ").split() if n),
-            database_url=env.get("CAIRN_DATABASE_URL") or None,
-            metrics_port=int(env.get("CAIRN_METRICS_PORT") or 9090),
-            liveness_port=int(env.get("CAIRN_LIVENESS_PORT") or 8080),
-            pod=PodSettings(
-                sidecar_image=env.get("CAIRN_SIDECAR_IMAGE") or pod_defaults.sidecar_image,
-                image_pull_policy=env.get("CAIRN_IMAGE_PULL_POLICY") or None,
-                database_secret=env.get("CAIRN_DATABASE_SECRET") or pod_defaults.database_secret,
-                database_secret_key=env.get("CAIRN_DATABASE_SECRET_KEY") or pod_defaults.database_secret_key,
-                # Set but empty: no object store at all (artifacts stay in the pod).
-                objectstore_secret=env.get("CAIRN_OBJECTSTORE_SECRET", pod_defaults.objectstore_secret),
-            ),
-        )
+    def _empty_objectstore_secret_means_none(cls, data: Any) -> Any:
+        # Empty variables count as unset everywhere else; this one, set but empty, turns the object
+        # store off (the Helm chart writes it so), so it is read here before that rule drops it.
+        if isinstance(data, dict) and "objectstore_secret" not in data and os.environ.get(Env.OBJECTSTORE_SECRET) == "":
+            return {**data, "objectstore_secret": ""}
+        return data
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.replace(",", " ").split()
+        return tuple(n for n in value if n) if isinstance(value, (list, tuple)) else value
+
+    @property
+    def pod(self) -> PodSettings:
+        return PodSettings(sidecar_image=self.sidecar_image, image_pull_policy=self.image_pull_policy,
+                           database_secret=self.database_secret, database_secret_key=self.database_secret_key,
+                           objectstore_secret=self.objectstore_secret)

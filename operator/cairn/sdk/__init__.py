@@ -37,8 +37,8 @@ import time
 import uuid
 from typing import Any, Mapping, NamedTuple
 
-from cairn.rundir import RunStatus
-from cairn.sdk import records
+from cairn import rundir
+from cairn.rundir import Env, RunStatus
 from cairn.sdk.environment import capture_environment, code_version
 
 FLUSH_INTERVAL_S = 1.0
@@ -88,7 +88,7 @@ def _read_resume(run_dir: str | None) -> Resume | None:
     if not run_dir:
         return None
     try:
-        with open(os.path.join(run_dir, records.RESUME_FILE), encoding="utf-8") as f:
+        with open(os.path.join(run_dir, rundir.RESUME_FILE), encoding="utf-8") as f:
             doc = json.load(f)
         return Resume(doc["path"], int(doc["step"]), doc["dir"], doc.get("attempt"), doc.get("from_attempt"))
     except (OSError, ValueError, KeyError, TypeError):
@@ -97,8 +97,16 @@ def _read_resume(run_dir: str | None) -> Resume | None:
 
 config = Config()
 run: "Run | None" = None
-resume_from: Resume | None = _read_resume(os.environ.get("CAIRN_RUN_DIR"))
-dataset_dir: str | None = os.environ.get("CAIRN_DATASET_DIR") or None
+
+
+def __getattr__(name: str) -> Any:
+    # Read when asked for, never at import: importing the SDK must not touch files or depend on the
+    # environment of the moment. init() sets resume_from for the run it starts.
+    if name == "resume_from":
+        return _read_resume(os.environ.get(Env.RUN_DIR))
+    if name == "dataset_dir":
+        return os.environ.get(Env.DATASET_DIR) or None
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _coerce(value: Any) -> Any:
@@ -120,9 +128,9 @@ def _dumps(record: dict) -> str:
 
 
 def _read_injected_params(run_dir: str) -> dict:
-    if os.environ.get("CAIRN_PARAMS"):
-        return json.loads(os.environ["CAIRN_PARAMS"])
-    path = os.environ.get("CAIRN_PARAMS_FILE") or os.path.join(run_dir, records.PARAMS_FILE)
+    if os.environ.get(Env.PARAMS):
+        return json.loads(os.environ[Env.PARAMS])
+    path = os.environ.get(Env.PARAMS_FILE) or os.path.join(run_dir, rundir.PARAMS_FILE)
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -155,8 +163,8 @@ class Run:
         self._file = None
         self._flusher: threading.Thread | None = None
         if not disabled:
-            os.makedirs(os.path.join(run_dir, records.ARTIFACTS_DIR), exist_ok=True)
-            self._file = open(os.path.join(run_dir, records.RECORDS_FILE), "ab")
+            os.makedirs(os.path.join(run_dir, rundir.ARTIFACTS_DIR), exist_ok=True)
+            self._file = open(os.path.join(run_dir, rundir.RECORDS_FILE), "ab")
             self._flusher = threading.Thread(target=self._flush_loop, name="cairn-flush", daemon=True)
             self._flusher.start()
 
@@ -172,7 +180,7 @@ class Run:
             if step is None:
                 step = self._next_step
             self._next_step = step + 1
-            self._buffer.append((records.METRIC, self._seq, step, time.time(), dict(data)))
+            self._buffer.append((rundir.METRIC, self._seq, step, time.time(), dict(data)))
             self._seq += 1
             if len(self._buffer) >= FLUSH_AT_RECORDS:
                 self._wake.set()
@@ -186,9 +194,9 @@ class Run:
             self._seq += 1
 
     def _serialise(self, item: tuple) -> str:
-        if item[0] == records.METRIC:
+        if item[0] == rundir.METRIC:
             _, seq, step, ts, values = item
-            return _dumps({"seq": seq, "type": records.METRIC, "step": step, "ts": ts, "values": values})
+            return _dumps({"seq": seq, "type": rundir.METRIC, "step": step, "ts": ts, "values": values})
         kind, seq, payload = item
         return _dumps({"seq": seq, "type": kind, **payload})
 
@@ -214,10 +222,10 @@ class Run:
                 print(f"cairn: could not write records: {exc}", file=sys.stderr)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        self._append(records.PARAMS, {"params": dict(params)})
+        self._append(rundir.PARAMS, {"params": dict(params)})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        self._append(records.TAGS, {"tags": {k: str(v) for k, v in tags.items()}})
+        self._append(rundir.TAGS, {"tags": {k: str(v) for k, v in tags.items()}})
 
     def log_artifact(self, path: str, name: str | None = None) -> str:
         """Keep a file (or a directory, recursively) as an artifact of the run.
@@ -228,7 +236,7 @@ class Run:
         if self.disabled:
             return path
         name = name or os.path.basename(os.path.normpath(path))
-        target = os.path.join(self.dir, records.ARTIFACTS_DIR, name)
+        target = os.path.join(self.dir, rundir.ARTIFACTS_DIR, name)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         if os.path.abspath(path) != os.path.abspath(target):
             if os.path.isdir(path):
@@ -246,7 +254,7 @@ class Run:
             else [target]
         )
         for f in sorted(files):
-            self._append(records.ARTIFACT, {"path": os.path.relpath(f, self.dir)})
+            self._append(rundir.ARTIFACT, {"path": os.path.relpath(f, self.dir)})
         return os.path.relpath(target, self.dir)
 
     def save_checkpoint(self, path: str, step: int | None = None) -> str:
@@ -265,7 +273,7 @@ class Run:
         step = int(step)
         if step < 0:
             raise ValueError(f"checkpoint steps are >= 0, not {step}")
-        base = os.path.join(self.dir, records.CHECKPOINTS_DIR)
+        base = os.path.join(self.dir, rundir.CHECKPOINTS_DIR)
         final = os.path.join(base, str(step))
         source = os.path.abspath(path)
         name = os.path.basename(os.path.normpath(path))
@@ -286,7 +294,7 @@ class Run:
         files = ([os.path.join(dp, f) for dp, _, fs in os.walk(source) for f in fs]
                  if os.path.isdir(source) else [source])
         for f in sorted(files):
-            self._append(records.ARTIFACT, {"path": os.path.relpath(f, self.dir)})
+            self._append(rundir.ARTIFACT, {"path": os.path.relpath(f, self.dir)})
         return os.path.relpath(source, self.dir)
 
     def finish(self, exit_code: int | None = 0, status: RunStatus | str | None = None) -> None:
@@ -299,7 +307,7 @@ class Run:
         status = RunStatus(status)
         if not status.is_final:
             raise ValueError(f"a run finishes as FINISHED, FAILED or KILLED, not {status}")
-        self._append(records.FINISH, {"status": status.value, "exit_code": exit_code, "ts": time.time()})
+        self._append(rundir.FINISH, {"status": status.value, "exit_code": exit_code, "ts": time.time()})
         self._closed = True
         self._wake.set()
         if self._flusher is not None:
@@ -328,31 +336,31 @@ def init(
     global run
     if run is not None and not run._closed:
         return run
-    disabled = os.environ.get("CAIRN_MODE", "").lower() == "disabled"
-    run_id = run_id or os.environ.get("CAIRN_RUN_ID") or str(uuid.uuid4())
-    run_dir = run_dir or os.environ.get("CAIRN_RUN_DIR") or os.path.join("cairn-runs", run_id)
-    experiment = experiment or os.environ.get("CAIRN_EXPERIMENT") or "default"
-    name = name or os.environ.get("CAIRN_RUN_NAME")
+    disabled = os.environ.get(Env.MODE, "").lower() == "disabled"
+    run_id = run_id or os.environ.get(Env.RUN_ID) or str(uuid.uuid4())
+    run_dir = run_dir or os.environ.get(Env.RUN_DIR) or os.path.join("cairn-runs", run_id)
+    experiment = experiment or os.environ.get(Env.EXPERIMENT) or "default"
+    name = name or os.environ.get(Env.RUN_NAME)
 
     params = dict(config or {})
     params.update(_read_injected_params(run_dir))
     globals()["config"]._replace(params)
 
     run = Run(run_id, os.path.abspath(run_dir), experiment, name, disabled=disabled)
-    globals()["resume_from"] = _read_resume(run.dir)
+    resume = globals()["resume_from"] = _read_resume(run.dir)
     if disabled:
         return run
-    if resume_from is not None:
-        run._next_step = resume_from.step + 1  # cairn.log() without a step continues after the checkpoint
+    if resume is not None:
+        run._next_step = resume.step + 1  # cairn.log() without a step continues after the checkpoint
     code = code_version() if capture_env else {}
-    if os.environ.get("CAIRN_CODE_COMMIT"):
+    if os.environ.get(Env.CODE_COMMIT):
         code = {
-            "repository": os.environ.get("CAIRN_CODE_REPOSITORY"),
-            "commit": os.environ["CAIRN_CODE_COMMIT"],
+            "repository": os.environ.get(Env.CODE_REPOSITORY),
+            "commit": os.environ[Env.CODE_COMMIT],
             "dirty": False,
         }
     run._append(
-        records.RUN,
+        rundir.RUN,
         {
             "run_id": run_id,
             "experiment": experiment,

@@ -13,6 +13,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from cairn.rundir import Env
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -25,12 +27,12 @@ class StoreError(Exception):
 
 
 def cairn_home() -> Path:
-    return Path(os.environ.get("CAIRN_HOME") or Path.home() / ".cairn")
+    return Path(os.environ.get(Env.HOME) or Path.home() / ".cairn")
 
 
 def default_database_url() -> str:
     """``CAIRN_DATABASE_URL``, else an SQLite file under ``CAIRN_HOME`` (the embedded default)."""
-    url = os.environ.get("CAIRN_DATABASE_URL")
+    url = os.environ.get(Env.DATABASE_URL)
     if url:
         return url
     home = cairn_home()
