@@ -33,7 +33,7 @@ from typing import Mapping
 from cairn.agent.uploader import Uploaded, load_state, save_state
 from cairn.objectstore import (DatasetDigest, S3Config, dataset_digest, download_file, is_permanent, parse_s3_uri,
                                retry)
-from cairn.podspec import PREPARE_DATASET_MISMATCH_EXIT, PREPARE_DATASET_UNAVAILABLE_EXIT
+from cairn.rundir import PREPARE_DATASET_MISMATCH_EXIT, PREPARE_DATASET_UNAVAILABLE_EXIT
 from cairn.sdk import records as R
 
 log = logging.getLogger("cairn.prepare")
