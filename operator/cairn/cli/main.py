@@ -551,31 +551,35 @@ def agent(ctx: click.Context, run_dir, run_id, metrics_files, once, exit_on_fini
 def operator_cmd(ctx: click.Context, namespaces, sidecar_image, image_pull_policy, database_secret,  # noqa: ANN001
                  metrics_port, liveness_port, objectstore_secret) -> None:
     """Run the TrainingRun operator."""
+    import dataclasses
     import os
 
     import kopf
 
-    for var, value in (("CAIRN_NAMESPACES", " ".join(namespaces)), ("CAIRN_SIDECAR_IMAGE", sidecar_image),
-                       ("CAIRN_IMAGE_PULL_POLICY", image_pull_policy), ("CAIRN_DATABASE_SECRET", database_secret),
-                       ("CAIRN_METRICS_PORT", str(metrics_port)), ("CAIRN_LIVENESS_PORT", str(liveness_port)),
-                       ("CAIRN_DATABASE_URL", ctx.obj.get("database_url"))):
-        if value:
-            os.environ[var] = value
-    if objectstore_secret is not None:
-        os.environ["CAIRN_OBJECTSTORE_SECRET"] = objectstore_secret
     import cairn.controller  # noqa: F401  (registers the handlers)
-    from cairn.controller.handlers import operator
+    from cairn.controller.handlers import Operator
+    from cairn.controller.settings import ControllerSettings
+    from cairn.rundir import Env
     from cairn.store import db as store_db
 
-    op = operator()
+    defaults = ControllerSettings.from_env()
+    flags = {"sidecar_image": sidecar_image, "image_pull_policy": image_pull_policy, "database_secret": database_secret}
+    pod = dataclasses.replace(defaults.pod, **{k: v for k, v in flags.items() if v})
+    if objectstore_secret is not None:  # set but empty: no object store at all
+        pod = dataclasses.replace(pod, objectstore_secret=objectstore_secret)
+    settings = dataclasses.replace(defaults, namespaces=tuple(namespaces), metrics_port=metrics_port,
+                                   liveness_port=liveness_port, pod=pod,
+                                   database_url=ctx.obj.get("database_url") or defaults.database_url)
+    op = Operator.connect(settings)
     store_db.check_reachable(op.store.engine)
     logging.getLogger("cairn").setLevel(logging.INFO)
-    liveness_host = os.environ.get("CAIRN_LIVENESS_HOST", "0.0.0.0")
+    liveness_host = os.environ.get(Env.LIVENESS_HOST, "0.0.0.0")
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,
         namespaces=list(namespaces),
         liveness_endpoint=f"http://{liveness_host}:{liveness_port}/healthz" if liveness_port else None,
+        memo=kopf.Memo(operator=op),
     )
 
 
