@@ -9,12 +9,13 @@ nodes (added here with ``hack/cluster.sh kwok``), so nothing runs in containers:
 the control plane's and the operator's alone. It starts its own throwaway PostgreSQL for the
 operator's store and the operator on this machine, then measures:
 
-1. apply → pod created, one object at a time: TrainingRun (operator) and Job (Job controller);
-2. pod phase change → owner status updated, for the same objects: the pod runs (kwok) → the
-   TrainingRun's phase is Running / the Job's ``status.ready`` is 1; the pod succeeds (the bench
-   sets the TrainingRun pod's status, kwok completes the Job's) → phase Succeeded / ``succeeded`` 1;
-3. operator RSS with ``--scale`` TrainingRuns Running, and how long until all of them were;
-4. operator CPU over ``--idle-window`` seconds once all those runs have finished.
+1. operator RSS with ``--scale`` TrainingRuns Running, and how long until all of them were;
+2. with those runs still Running, one object at a time, TrainingRun (operator) beside Job (Job
+   controller): apply → pod created, and pod phase change → owner status updated: the pod runs
+   (kwok) → the TrainingRun's phase is Running / the Job's ``status.ready`` is 1; the pod succeeds
+   (the bench sets the TrainingRun pod's status, kwok completes the Job's) → phase Succeeded /
+   ``status.succeeded`` is 1;
+3. operator CPU over ``--idle-window`` seconds once all the ``--scale`` runs have finished.
 """
 
 from __future__ import annotations
@@ -303,26 +304,27 @@ def main() -> int:
              "--liveness-port", str(free_port())], env=ENV, stdout=log, stderr=subprocess.STDOUT)
         time.sleep(5)
 
-        if args.latency_runs:
-            print(f"latency, {args.latency_runs} objects of each kind one after another (client-side clock)")
-            results = {kind: latency(namespace, kind, args.latency_runs, core) for kind in ("Job", "TrainingRun")}
-            print_latency(results)
-            kubectl("-n", namespace, "delete", "trainingruns.cairn.dev,jobs", "--all", "--wait=true")
-
         if args.scale:
-            print(f"\noperator with {args.scale} TrainingRuns on {nodes} kwok nodes")
+            print(f"operator with {args.scale} TrainingRuns on {nodes} kwok nodes")
             s = scale(namespace, args.scale, operator.pid)
             print(f"  all {args.scale} Running {s['all_running_s']:.0f} s after the first was created"
                   f" (creating them took {s['created_s']:.0f} s)")
             print(f"  RSS idle {s['idle_mib']:.0f} MiB, peak {s['peak_mib']:.0f} MiB, steady {s['steady_mib']:.0f} MiB"
                   f" ({(s['steady_mib'] - s['idle_mib']) * 1024 / args.scale:.0f} KiB per run)")
-            if args.idle_window:
-                took = finish_all(namespace, args.scale, operator.pid, core)
-                print(f"  all {args.scale} Succeeded {took:.0f} s after their pods")
-                time.sleep(10)
-                share = idle_cpu(operator.pid, args.idle_window)
-                print(f"  idle CPU over {args.idle_window:.0f} s holding {args.scale} finished runs:"
-                      f" {share * 100:.2f}% of a core; RSS {rss_mib(operator.pid):.0f} MiB")
+
+        if args.latency_runs:
+            print(f"\nlatency, {args.latency_runs} objects of each kind one after another (client-side clock),"
+                  f" {args.scale} TrainingRuns Running beside them")
+            results = {kind: latency(namespace, kind, args.latency_runs, core) for kind in ("Job", "TrainingRun")}
+            print_latency(results)
+
+        if args.scale and args.idle_window:
+            took = finish_all(namespace, args.scale, operator.pid, core)
+            print(f"\n  all {args.scale} Succeeded {took:.0f} s after their pods")
+            time.sleep(10)
+            share = idle_cpu(operator.pid, args.idle_window)
+            print(f"  idle CPU over {args.idle_window:.0f} s holding {args.scale} finished runs:"
+                  f" {share * 100:.2f}% of a core; RSS {rss_mib(operator.pid):.0f} MiB")
         return 0
     finally:
         if operator is not None:

@@ -29,6 +29,7 @@ from cairn.controller.metrics import OperatorMetrics
 from cairn.controller.runtime import KeyedLocks, NodeLabelCache, Requeuer, RunningRuns, RunRef, metrics_patch
 from cairn.controller.settings import ControllerSettings
 from cairn.rundir import RunStatus
+from cairn.store.store import TrackingStore
 
 TRAININGRUN_LABEL = podspec.TRAININGRUN_LABEL
 STATUS_METRICS_INTERVAL_S = 10.0  # how often the Running runs' latest metrics are copied into status
@@ -43,7 +44,7 @@ class Operator:
     bookkeeping (locks, node labels, requeue times, Running runs, runs the store is behind on)."""
 
     def __init__(self, settings: ControllerSettings, core: client.CoreV1Api, custom: client.CustomObjectsApi,
-                 store: Any) -> None:
+                 store: TrackingStore) -> None:
         self.settings, self.core, self.custom, self.store = settings, core, custom, store
         self.metrics = OperatorMetrics()
         self.locks = KeyedLocks()
@@ -58,8 +59,6 @@ class Operator:
     def connect(cls, settings: ControllerSettings) -> "Operator":
         """Clients from the in-cluster service account or the kubeconfig, and the store (not yet reached)."""
         from kubernetes import config
-
-        from cairn.store.store import TrackingStore
 
         try:
             config.load_incluster_config()
