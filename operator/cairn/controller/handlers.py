@@ -64,7 +64,9 @@ class Operator:
             config.load_incluster_config()
         except config.ConfigException:
             config.load_kube_config()
-        api = client.ApiClient()
+        api_config = client.Configuration.get_default_copy()
+        api_config.connection_pool_maxsize = 32  # Kopf's 16 workers and the requeue pool, without discarding
+        api = client.ApiClient(api_config)
         return cls(settings, client.CoreV1Api(api), client.CustomObjectsApi(api),
                    TrackingStore(settings.database_url))
 
