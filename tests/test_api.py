@@ -190,7 +190,7 @@ def test_minimal_manifest_parses_with_defaults():
                         "spec": {"image": "img", "command": ["python3"], "resources": {"gpus": 2},
                                  "env": [{"name": "A", "value": "1"}], "code": {"commit": "abc1234"}},
                         "status": {"phase": "Running"}})
-    assert (tr.name, tr.namespace, tr.uid, tr.generation, tr.status) == ("a", "ns", "u", 2, {"phase": "Running"})
+    assert (tr.name, tr.namespace, tr.uid, tr.generation, tr.status.phase) == ("a", "ns", "u", 2, "Running")
     assert tr.spec.backoff_limit == 3 and tr.spec.experiment == "default" and tr.spec.suspend is False
     assert tr.spec.resources.gpus == 2 and tr.spec.resources.gpu_type is None
     assert tr.spec.env[0] == T.EnvVar(name="A", value="1")

@@ -25,7 +25,7 @@ from cairn import podspec, rundir, sdk
 from cairn.agent.prepare import PrepareSettings, run_prepare
 from cairn.agent.uploader import ArtifactUploader, checkpoint_step, group_of
 from cairn.api import from_manifest
-from cairn.controller import reconcile
+from cairn.controller import failures, reconcile
 from cairn.store import TrackingStore
 from cairn.store.entities import DatasetRecord, Uploads
 from tests.support.servers import clean_env, read_object, start_sidecar
@@ -656,18 +656,19 @@ def test_a_dataset_mismatch_fails_the_run_at_once_with_both_digests():
 
     message = "dataset s3://d/x has digest " + "b" * 64 + " but spec.dataset.sha256 pins " + "a" * 64
     pod = prepare_failed_pod(12, message)
-    assert podspec.classify_pod_failure(pod) == (podspec.FailureKind.DATASET_MISMATCH, message)
-    tr = {"metadata": {"name": "mnist", "generation": 1}, "spec": {"backoffLimit": 5},
-          "status": {"phase": "Pending", "attempts": 1}}
+    assert failures.classify_pod_failure(pod) == (failures.FailureKind.DATASET_MISMATCH, message)
+    tr = from_manifest({"metadata": {"name": "mnist", "generation": 1},
+                        "spec": {"image": "i", "command": ["c"], "backoffLimit": 5},
+                        "status": {"phase": "Pending", "attempts": 1}})
     plan = reconcile.plan(tr, pod, None, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
     assert plan.status["phase"] == "Failed" and plan.status["reason"] == "DatasetMismatch"
     assert "a" * 64 in plan.status["message"] and "b" * 64 in plan.status["message"]
     assert plan.create_attempt is None and plan.store["status"] == "FAILED"
 
-    kind, why = podspec.classify_pod_failure(prepare_failed_pod(13, "dataset s3://x/y: S3Error: NoSuchBucket"))
-    assert kind == podspec.FailureKind.DATASET_UNAVAILABLE and "NoSuchBucket" in why
-    kind, why = podspec.classify_pod_failure(prepare_failed_pod(1, "object store unavailable"))
-    assert kind == podspec.FailureKind.INFRASTRUCTURE and "prepare step failed" in why
+    kind, why = failures.classify_pod_failure(prepare_failed_pod(13, "dataset s3://x/y: S3Error: NoSuchBucket"))
+    assert kind == failures.FailureKind.DATASET_UNAVAILABLE and "NoSuchBucket" in why
+    kind, why = failures.classify_pod_failure(prepare_failed_pod(1, "object store unavailable"))
+    assert kind == failures.FailureKind.INFRASTRUCTURE and "prepare step failed" in why
     plan = reconcile.plan(tr, prepare_failed_pod(1, "x"), None, dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
     assert plan.status.get("retryAfter") and plan.status.get("phase") != "Failed"
 

@@ -7,16 +7,8 @@ import re
 
 import pytest
 from cairn.api import from_manifest
-from cairn.podspec import (
-    FailureKind,
-    PodSettings,
-    build_pod,
-    classify_pod_failure,
-    phase_from_pod,
-    pod_name,
-    retry_delay,
-    trainer_env,
-)
+from cairn.controller.failures import FailureKind, classify_pod_failure, phase_from_pod, retry_delay
+from cairn.podspec import PodSettings, build_pod, pod_name, trainer_env
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from cairn.api import from_manifest
+from cairn.api.types import Condition, TrainingRunStatus
 from cairn.controller.reconcile import fmt_time, plan, set_condition, store_fields
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
@@ -15,9 +17,9 @@ def at(seconds: float) -> dt.datetime:
 
 
 def tr(status=None, **spec):  # noqa: ANN001, ANN003, ANN201
-    return {"metadata": {"name": "mnist", "namespace": "ml", "uid": "u1", "generation": 1},
+    return from_manifest({"metadata": {"name": "mnist", "namespace": "ml", "uid": "u1", "generation": 1},
             "spec": {"image": "i", "command": ["c"], "backoffLimit": 2, "resources": {"gpus": 1}, **spec},
-            "status": status or {}}
+            "status": status or {}})
 
 
 def pod(phase, exit_code=None, term_reason="Error", reason=None, unschedulable=None):  # noqa: ANN001, ANN201
@@ -147,12 +149,15 @@ def test_non_scalar_param_fails_before_any_pod():
 def test_condition_transition_time_moves_only_when_status_changes():
     c1 = set_condition([], "Scheduled", False, "Unschedulable", "no gpu", 1, at(0))
     c2 = set_condition(c1, "Scheduled", False, "Unschedulable", "still no gpu", 2, at(10))
-    assert c2[0]["lastTransitionTime"] == fmt_time(at(0)) and c2[0]["observedGeneration"] == 2
+    assert c2 == [Condition(type="Scheduled", status="False", reason="Unschedulable", message="still no gpu",
+                            last_transition_time=fmt_time(at(0)), observed_generation=2)]
     c3 = set_condition(c2, "Scheduled", True, "Scheduled", "ok", 2, at(20))
-    assert c3[0]["lastTransitionTime"] == fmt_time(at(20)) and c3[0]["status"] == "True"
+    assert c3[0].last_transition_time == fmt_time(at(20)) and c3[0].status == "True"
+    c4 = set_condition(c3, "Retrying", False, "Running", "ok", 2, at(30))
+    assert [c.type for c in c4] == ["Scheduled", "Retrying"] and c4[0] == c3[0]
 
 
 def test_store_fields_mirror_status():
-    fields = store_fields({"phase": "Succeeded", "attempts": 2, "nodeName": "n", "exitCode": 0,
-                           "completionTime": fmt_time(at(5))})
+    fields = store_fields(TrainingRunStatus(phase="Succeeded", attempts=2, node_name="n", exit_code=0,
+                                            completion_time=fmt_time(at(5))))
     assert fields == {"attempts": 2, "status": "FINISHED", "node_name": "n", "exit_code": 0, "end_time": at(5)}

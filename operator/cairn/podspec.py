@@ -1,4 +1,4 @@
-"""TrainingRun → Pod, and how to read a finished pod. Pure functions: no I/O, no clock.
+"""TrainingRun → Pod. Pure functions: no I/O, no clock (how a pod ended is read in ``controller.failures``).
 
 The pod holds two containers sharing an emptyDir run directory:
 
@@ -17,11 +17,10 @@ The pod holds two containers sharing an emptyDir run directory:
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from cairn import rundir
 from cairn.api import GROUP, KIND, VERSION, TrainingRun
@@ -42,8 +41,6 @@ OBJECTSTORE_KEYS = (("endpoint", Env.S3_ENDPOINT), ("accessKey", Env.S3_ACCESS_K
 METRICS_PORT = 9400  # the sidecar's live run metrics
 RUN_DIR = rundir.POD_RUN_DIR
 DATASET_DIR = f"{RUN_DIR}/{rundir.DATASET_DIR}"  # spec.dataset.stage: where the prepare step copies it
-RETRY_BASE_S = 5.0
-RETRY_CAP_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -281,79 +278,3 @@ def build_pod(tr: TrainingRun, settings: PodSettings, attempt: int, run_id: str,
         },
         "spec": pod_spec,
     }
-
-
-def phase_from_pod(pod: Mapping[str, Any]) -> str:
-    """The TrainingRun phase one attempt's pod stands for (Pending, Running, Succeeded or Failed).
-
-    A pod whose trainer has exited stays Running until the sidecar has drained and the pod itself
-    ends: only then is every record in the store. ``Unknown`` (the node stopped reporting) is still
-    Running; the node lifecycle controller fails the pod if the node does not come back.
-    """
-    phase = (pod.get("status") or {}).get("phase")
-    if phase in ("Running", "Unknown"):
-        return "Running"
-    if phase in ("Succeeded", "Failed"):
-        return phase
-    return "Pending"
-
-
-class FailureKind(enum.Enum):
-    USER_ERROR = "UserError"  # the trainer exited non-zero: counts against backoffLimit
-    OOM = "OOMKilled"  # killed for exceeding its memory limit: counts
-    INFRASTRUCTURE = "Infrastructure"  # eviction, preemption, node loss: retried without counting
-    DEADLINE = "DeadlineExceeded"  # the pod's own deadline: not retried
-    DATASET_MISMATCH = "DatasetMismatch"  # the dataset's digest is not the pinned one: not retried
-    DATASET_UNAVAILABLE = "DatasetUnavailable"  # no object store, bucket or access for the dataset: not retried
-
-    @property
-    def reason(self) -> str:
-        return self.value
-
-
-INFRASTRUCTURE_REASONS = {"Evicted", "Preempting", "NodeLost", "NodeShutdown", "Shutdown", "Terminated",
-                          "UnexpectedAdmissionError", "OutOfgpu", "OutOfcpu", "OutOfmemory"}
-
-
-def classify_pod_failure(pod: Mapping[str, Any]) -> tuple[FailureKind, str]:
-    """Why a Failed pod failed, as a retry policy needs to know it."""
-    status = pod.get("status") or {}
-    reason = status.get("reason") or ""
-    if reason == "DeadlineExceeded":
-        return FailureKind.DEADLINE, status.get("message") or "the pod's active deadline passed"
-    for c in status.get("conditions") or []:
-        if c.get("type") == "DisruptionTarget" and c.get("status") == "True":
-            return FailureKind.INFRASTRUCTURE, f"{c.get('reason') or 'disrupted'}: {c.get('message') or ''}".strip(": ")
-    if reason in INFRASTRUCTURE_REASONS or reason.startswith("OutOf"):
-        return FailureKind.INFRASTRUCTURE, f"{reason}: {status.get('message') or ''}".strip(": ")
-    prepare = next((cs for cs in status.get("initContainerStatuses") or [] if cs.get("name") == PREPARE), None)
-    prep_term = ((prepare or {}).get("state") or {}).get("terminated") or {}
-    prep_code = prep_term.get("exitCode")
-    if prep_code in (PREPARE_DATASET_MISMATCH_EXIT, PREPARE_DATASET_UNAVAILABLE_EXIT):
-        kind = (FailureKind.DATASET_MISMATCH if prep_code == PREPARE_DATASET_MISMATCH_EXIT
-                else FailureKind.DATASET_UNAVAILABLE)
-        lines = (prep_term.get("message") or "").strip().splitlines()
-        return kind, (lines[-1][:1000] if lines else f"the prepare step exited with code {prep_code}")
-    trainer = next((cs for cs in status.get("containerStatuses") or [] if cs.get("name") == TRAINER), None)
-    term = ((trainer or {}).get("state") or {}).get("terminated")
-    if term is None:
-        if prep_code:
-            lines = (prep_term.get("message") or "").strip().splitlines()
-            return FailureKind.INFRASTRUCTURE, (f"the prepare step failed (exit code {prep_code})"
-                                                + (f": {lines[-1][:200]}" if lines else ""))
-        return FailureKind.INFRASTRUCTURE, status.get("message") or "the pod failed before the trainer ran"
-    code = term.get("exitCode")
-    if term.get("reason") == "OOMKilled":
-        return FailureKind.OOM, f"the trainer ran out of memory (exit code {code})"
-    detail = (term.get("message") or "").strip().splitlines()
-    tail = f": {detail[-1][:200]}" if detail else ""
-    if code and code >= 128 and term.get("reason") not in (None, "Error", "Completed"):
-        return FailureKind.INFRASTRUCTURE, f"the trainer was killed ({term.get('reason')}, exit code {code})"
-    return FailureKind.USER_ERROR, f"the trainer exited with code {code}{tail}"
-
-
-def retry_delay(failures: int, base: float = RETRY_BASE_S, cap: float = RETRY_CAP_S) -> float:
-    """Seconds before the next attempt: base after an uncounted failure, doubling per counted one."""
-    if failures <= 0:
-        return base
-    return min(cap, base * 2.0 ** min(failures - 1, 64))

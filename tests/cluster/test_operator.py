@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -174,3 +176,21 @@ def test_operator_metrics(kubectl, namespace, running_operator):
     assert "cairn_apply_to_running_seconds_count 1.0" in text or "cairn_apply_to_running_seconds_bucket" in text
     gpu = [line for line in text.splitlines() if line.startswith("cairn_gpu_seconds_total")]
     assert gpu and float(gpu[0].split()[-1]) > 0
+
+
+def test_status_follows_pod_phase_changes_within_seconds(kubectl, namespace, running_operator):
+    """No polling behind it: the TrainingRun's phase follows its pod's within 3 s, both ways."""
+    kubectl.apply(trainingrun("quick", python_trainer("import time; time.sleep(4)")), namespace=namespace)
+    first_seen: dict[tuple[str, str], float] = {}
+
+    def finished():  # noqa: ANN202
+        out = kubectl.run("-n", namespace, "get", "pod/quick-1", "trainingruns.cairn.dev/quick", "-o",
+                          "jsonpath={range .items[*]}{.kind}={.status.phase} {end}", check=False).stdout.split()
+        now = time.monotonic()
+        for kind, _, phase in (item.partition("=") for item in out):
+            first_seen.setdefault((kind, phase), now)
+        return ("TrainingRun", "Succeeded") in first_seen
+    wait_until(finished, 120, "the quick TrainingRun to succeed", interval=0.2)
+    for phase in ("Running", "Succeeded"):
+        lag = first_seen[("TrainingRun", phase)] - first_seen[("Pod", phase)]
+        assert lag <= 3, (phase, lag, first_seen)

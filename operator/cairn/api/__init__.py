@@ -20,5 +20,5 @@ def from_manifest(obj: Mapping[str, Any]) -> TrainingRun:
         uid=meta.get("uid", ""),
         generation=meta.get("generation"),
         spec=from_dict(TrainingRunSpec, obj.get("spec") or {}),
-        status=dict(obj.get("status") or {}),
+        status=from_dict(TrainingRunStatus, obj.get("status") or {}),
     )

@@ -7,7 +7,6 @@ description, default, bounds and cross-field rule is written here once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from cairn.api.schema import Scalar, field
 
@@ -227,5 +226,5 @@ class TrainingRun:
     namespace: str
     uid: str
     spec: TrainingRunSpec
-    status: dict[str, Any]
+    status: TrainingRunStatus
     generation: int | None = None

@@ -51,47 +51,45 @@ def agent(ctx: click.Context, run_dir, run_id, metrics_files, once, exit_on_fini
 
 
 @click.command("operator", cls=RoleCommand)
-@click.option("-n", "--namespace", "namespaces", multiple=True, envvar=Env.NAMESPACES,
-              help="Watch only this namespace (repeatable; default: every namespace).")
-@click.option("--sidecar-image", envvar=Env.SIDECAR_IMAGE, help="Image of the tracking sidecar.")
-@click.option("--image-pull-policy", envvar=Env.IMAGE_PULL_POLICY,
-              type=click.Choice(["Always", "IfNotPresent", "Never"]), help="Pull policy of the pods' images.")
-@click.option("--database-secret", envvar=Env.DATABASE_SECRET,
-              help="Secret (key 'url') in each run's namespace with the store URL for the sidecar.")
-@click.option("--metrics-port", envvar=Env.METRICS_PORT, type=int, default=9090, show_default=True)
-@click.option("--liveness-port", envvar=Env.LIVENESS_PORT, type=int, default=8080, show_default=True)
-@click.option("--objectstore-secret", envvar=Env.OBJECTSTORE_SECRET,
+@click.option("-n", "--namespace", "namespaces", multiple=True,
+              help=f"Watch only this namespace (repeatable; default: {Env.NAMESPACES}, else every namespace).")
+@click.option("--sidecar-image", help=f"Image of the tracking sidecar (default: {Env.SIDECAR_IMAGE}).")
+@click.option("--image-pull-policy", type=click.Choice(["Always", "IfNotPresent", "Never"]),
+              help=f"Pull policy of the pods' images (default: {Env.IMAGE_PULL_POLICY}).")
+@click.option("--database-secret",
+              help="Secret (key 'url') in each run's namespace with the store URL for the sidecar "
+                   f"(default: {Env.DATABASE_SECRET}).")
+@click.option("--metrics-port", type=int, help=f"Port of the operator's metrics (default: {Env.METRICS_PORT}, 9090).")
+@click.option("--liveness-port", type=int, help=f"Port of /healthz (default: {Env.LIVENESS_PORT}, 8080).")
+@click.option("--objectstore-secret",
               help="Secret (keys endpoint, accessKey, secretKey, bucket, region) in each run's namespace with the "
-                   "object store for artifacts, checkpoints and datasets (default cairn-objectstore).")
+                   f"object store for artifacts, checkpoints and datasets (default: {Env.OBJECTSTORE_SECRET}, "
+                   "else cairn-objectstore; empty: none).")
 @click.pass_context
 def operator_cmd(ctx: click.Context, namespaces, sidecar_image, image_pull_policy, database_secret,  # noqa: ANN001
                  metrics_port, liveness_port, objectstore_secret) -> None:
-    """Run the TrainingRun operator."""
-    import os
-
+    """Run the TrainingRun operator. Flags win over the CAIRN_* variables (docs/settings.md)."""
     import kopf
 
-    for var, value in ((Env.NAMESPACES, " ".join(namespaces)), (Env.SIDECAR_IMAGE, sidecar_image),
-                       (Env.IMAGE_PULL_POLICY, image_pull_policy), (Env.DATABASE_SECRET, database_secret),
-                       (Env.METRICS_PORT, str(metrics_port)), (Env.LIVENESS_PORT, str(liveness_port)),
-                       (Env.DATABASE_URL, ctx.obj.get("database_url"))):
-        if value:
-            os.environ[var] = value
-    if objectstore_secret is not None:
-        os.environ[Env.OBJECTSTORE_SECRET] = objectstore_secret
     import cairn.controller  # noqa: F401  (registers the handlers)
-    from cairn.controller.handlers import operator
+    from cairn.controller.handlers import Operator
+    from cairn.controller.settings import OperatorSettings
     from cairn.store import db as store_db
 
-    op = operator()
+    flags = {"namespaces": namespaces or None, "sidecar_image": sidecar_image, "image_pull_policy": image_pull_policy,
+             "database_secret": database_secret, "metrics_port": metrics_port, "liveness_port": liveness_port,
+             "objectstore_secret": objectstore_secret, "database_url": ctx.obj.get("database_url")}
+    settings = OperatorSettings(**{k: v for k, v in flags.items() if v is not None})
+    op = Operator.connect(settings)
     store_db.check_reachable(op.store.engine)
     logging.getLogger("cairn").setLevel(logging.INFO)
-    liveness_host = op.settings.liveness_host
     kopf.run(
         standalone=True,
-        clusterwide=not namespaces,
-        namespaces=list(namespaces),
-        liveness_endpoint=f"http://{liveness_host}:{liveness_port}/healthz" if liveness_port else None,
+        clusterwide=not settings.namespaces,
+        namespaces=list(settings.namespaces),
+        liveness_endpoint=(f"http://{settings.liveness_host}:{settings.liveness_port}/healthz"
+                           if settings.liveness_port else None),
+        memo=kopf.Memo(operator=op),
     )
 
 

@@ -1,89 +1,118 @@
-"""Kopf handlers: gather the cluster's view of a TrainingRun, ask ``reconcile.plan``, carry it out."""
+"""Kopf handlers: gather the cluster's view of a TrainingRun, ask ``reconcile.plan``, carry it out.
+
+Nothing polls. A TrainingRun is reconciled when it is created, its spec changes or the operator
+starts (resume); when one of its pods changes (the pod watch is filtered by label on the server);
+and when its last plan asked to be looked at again (a retry's backoff, the deadline, the TTL). A
+finished TrainingRun costs nothing until its TTL fires. The latest step and headline metric of the
+Running runs are copied from the store into status with one batched query every few seconds.
+
+Handlers find the :class:`Operator` in Kopf's memo: ``cairn operator`` puts it there; under
+``kopf run -m cairn.controller`` the startup handler builds it from the environment.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import threading
-import time
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Mapping
 
 import kopf
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from cairn import podspec
-from cairn.api import from_manifest
+from cairn.api import GROUP, KIND, PLURAL, VERSION, TrainingRun, TrainingRunStatus, from_manifest, to_dict
 from cairn.controller import reconcile as R
 from cairn.controller.metrics import OperatorMetrics
+from cairn.controller.runtime import KeyedLocks, NodeLabelCache, Requeuer, RunningRuns, RunRef, metrics_patch
 from cairn.controller.settings import OperatorSettings
+from cairn.rundir import RunStatus
+from cairn.store import TrackingStore
 
-GROUP, VERSION, PLURAL, KIND = "cairn.dev", "v1alpha1", "trainingruns", "TrainingRun"
 TRAININGRUN_LABEL = podspec.TRAININGRUN_LABEL
+STATUS_METRICS_INTERVAL_S = 10.0  # how often the Running runs' latest metrics are copied into status
+STORE_RETRY_S = 30.0  # a run whose store write failed is reconciled again after this long
+LATEST_METRICS_BATCH = 500  # runs per store query
 
 log = logging.getLogger("cairn.controller")
 
 
 class Operator:
-    """Everything the handlers share: settings, API clients, the store, metrics, per-run locks."""
+    """Everything the handlers share: settings, API clients, the store, metrics and bounded per-run
+    bookkeeping (locks, node labels, requeue times, Running runs, runs the store is behind on)."""
 
-    def __init__(self, settings: OperatorSettings) -> None:
-        from cairn.store import TrackingStore
-
-        self.settings = settings
-        api = _api_client()
-        self.core = client.CoreV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
-        self.store = TrackingStore(settings.database_url)
+    def __init__(self, settings: OperatorSettings, core: client.CoreV1Api, custom: client.CustomObjectsApi,
+                 store: TrackingStore) -> None:
+        self.settings, self.core, self.custom, self.store = settings, core, custom, store
         self.metrics = OperatorMetrics()
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
-        self._node_labels: dict[str, tuple[float, dict[str, str]]] = {}
+        self.locks = KeyedLocks()
+        self.node_labels = NodeLabelCache(self._read_node_labels)
+        self.running = RunningRuns()
         self.store_behind: set[str] = set()  # runs whose last store write failed
-        self.synced_metrics: dict[str, tuple[Any, Any]] = {}
+        self._requeue_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cairn-requeue")
+        self.requeues = Requeuer(lambda key: self._requeue_pool.submit(self._reconcile_key, key))
+        self._stop = threading.Event()
 
-    def lock(self, namespace: str, name: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(f"{namespace}/{name}", threading.Lock())
+    @classmethod
+    def connect(cls, settings: OperatorSettings) -> "Operator":
+        """Clients from the in-cluster service account or the kubeconfig, and the store (not yet reached)."""
+        from kubernetes import config
 
-    def node_labels(self, node: str | None) -> dict[str, str] | None:
-        if not node:
-            return None
-        cached = self._node_labels.get(node)
-        if cached and time.monotonic() - cached[0] < 300:
-            return cached[1]
         try:
-            labels = self.core.read_node(node).metadata.labels or {}
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        api_config = client.Configuration.get_default_copy()
+        api_config.connection_pool_maxsize = 32  # Kopf's 16 workers and the requeue pool, without discarding
+        api = client.ApiClient(api_config)
+        return cls(settings, client.CoreV1Api(api), client.CustomObjectsApi(api),
+                   TrackingStore(settings.database_url))
+
+    def start(self) -> None:
+        if self.settings.metrics_port:
+            self.metrics.serve(self.settings.metrics_port)
+        self.requeues.start()
+        threading.Thread(target=self._copy_metrics_forever, name="cairn-status-metrics", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.requeues.stop()
+        self._requeue_pool.shutdown(wait=False, cancel_futures=True)
+
+    def forget(self, uid: str, namespace: str, name: str) -> None:
+        """Drop everything kept about a deleted TrainingRun."""
+        self.requeues.cancel(f"{namespace}/{name}")
+        self.running.forget(uid)
+        self.store_behind.discard(uid)
+        self.metrics.phases.forget(uid)
+
+    def _read_node_labels(self, node: str) -> dict[str, str]:
+        try:
+            return self.core.read_node(node).metadata.labels or {}
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            labels = {}
-        self._node_labels[node] = (time.monotonic(), labels)
-        return labels
+            return {}
+
+    def _reconcile_key(self, key: str) -> None:
+        namespace, name = key.split("/", 1)
+        reconcile_trainingrun(self, namespace, name)
+
+    def _copy_metrics_forever(self) -> None:
+        while not self._stop.wait(STATUS_METRICS_INTERVAL_S):
+            runs = self.running.snapshot()
+            for start in range(0, len(runs), LATEST_METRICS_BATCH):
+                copy_metrics_to_status(self, runs[start:start + LATEST_METRICS_BATCH])
 
 
-_operator: Operator | None = None
-
-
-def _api_client() -> client.ApiClient:
-    from kubernetes import config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
-
-
-def operator() -> Operator:
-    global _operator
-    if _operator is None:
-        _operator = Operator(OperatorSettings())
-    return _operator
+def _operator(memo: kopf.Memo) -> Operator:
+    return memo["operator"]
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = "cairn.dev/finalizer"
     # Kopf's bookkeeping goes to annotations, keeping .status to the documented schema.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.cairn.dev")
@@ -91,91 +120,99 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
+    # Only the pods of TrainingRuns reach the operator (and its memory), not every pod of the namespace.
+    settings.watching.label_selectors["", "v1", "pods"] = TRAININGRUN_LABEL
     settings.execution.max_workers = 16
-    op = operator()
-    if op.settings.metrics_port:
-        op.metrics.serve(op.settings.metrics_port)
+    if "operator" not in memo:  # kopf run -m cairn.controller
+        memo["operator"] = Operator.connect(OperatorSettings())
+    op = _operator(memo)
+    op.start()
     log.info("operator ready: store %s, sidecar image %s", op.store.engine.url.render_as_string(hide_password=True),
              op.settings.pod.sidecar_image)
+
+
+@kopf.on.cleanup()
+def shut_down(memo: kopf.Memo, **_: Any) -> None:
+    _operator(memo).stop()
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def on_trainingrun(body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
-    record_run(body)
-    reconcile_trainingrun(namespace, name)
+def on_trainingrun(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    op = _operator(memo)
+    tr = from_manifest(body)
+    if tr.status.phase in R.TERMINAL and tr.spec.ttl_seconds_after_finished is None:
+        return  # the operator restarted: a finished run without a TTL needs nothing
+    record_run(op, tr)
+    reconcile_trainingrun(op, namespace, name)
 
 
 @kopf.on.event("", "v1", "pods", labels={TRAININGRUN_LABEL: kopf.PRESENT})
-def on_pod_event(labels: dict[str, str], namespace: str, **_: Any) -> None:
-    reconcile_trainingrun(namespace, labels[TRAININGRUN_LABEL])
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=10.0, initial_delay=5.0, idle=0)
-def on_timer(body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
-    reconcile_trainingrun(namespace, name)
-    copy_metrics_to_status(body)
+def on_pod_event(type: str, body: kopf.Body, labels: Mapping[str, str], namespace: str, name: str,  # noqa: A002
+                 memo: kopf.Memo, **_: Any) -> None:
+    seen = None if type == "DELETED" else body
+    reconcile_trainingrun(_operator(memo), namespace, labels[TRAININGRUN_LABEL], seen_pod=(name, seen))
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-def on_delete(body: kopf.Body, namespace: str, name: str, uid: str, **_: Any) -> None:
-    op = operator()
+def on_delete(body: kopf.Body, namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any) -> None:
+    op = _operator(memo)
     pods = op.core.list_namespaced_pod(namespace, label_selector=f"{TRAININGRUN_LABEL}={name}")
     for pod in pods.items:
         if pod.metadata.owner_references and any(o.uid == uid for o in pod.metadata.owner_references):
             _ignore_404(op.core.delete_namespaced_pod, pod.metadata.name, namespace, grace_period_seconds=30)
-    phase = (body.get("status") or {}).get("phase")
-    if phase not in R.TERMINAL:
-        op.store.update_run(uid, status="KILLED", end_time=dt.datetime.now(dt.timezone.utc),
+    if from_manifest(body).status.phase not in R.TERMINAL:
+        op.store.update_run(uid, status=RunStatus.KILLED, end_time=dt.datetime.now(dt.timezone.utc),
                             reason="TrainingRun deleted")
-    op.metrics.phases.forget(uid)
-    op.synced_metrics.pop(uid, None)
+    op.forget(uid, namespace, name)
 
 
-def record_run(body: kopf.Body) -> None:
+def record_run(op: Operator, tr: TrainingRun) -> None:
     """Create the run in the store (idempotent: the run id is the TrainingRun's uid)."""
-    op = operator()
-    tr = from_manifest(dict(body))
-    meta = body["metadata"]
-    spec = body.get("spec") or {}
+    spec = tr.spec
     op.store.create_run(
-        experiment=tr.spec.experiment, name=meta["name"], run_id=meta["uid"], params=dict(spec.get("params") or {}),
-        tags={"cairn.mode": "kubernetes", "kubernetes.namespace": meta["namespace"]},
-        status="PENDING", namespace=meta["namespace"], k8s_uid=meta["uid"], image=spec.get("image"),
-        resources=spec.get("resources"),
+        experiment=spec.experiment, name=tr.name, run_id=tr.uid, params=dict(spec.params),
+        tags={"cairn.mode": "kubernetes", "kubernetes.namespace": tr.namespace},
+        status=RunStatus.PENDING, namespace=tr.namespace, k8s_uid=tr.uid, image=spec.image,
+        resources=to_dict(spec.resources),
     )
-    code = spec.get("code") or {}
-    if code.get("commit"):
-        op.store.record_code(meta["uid"], code.get("repository"), code["commit"])
-    dataset = spec.get("dataset") or {}
-    if dataset.get("uri"):
-        op.store.record_dataset(meta["uid"], dataset["uri"], None, dataset.get("sha256"))
+    if spec.code is not None:
+        op.store.record_code(tr.uid, spec.code.repository, spec.code.commit)
+    if spec.dataset is not None:
+        op.store.record_dataset(tr.uid, spec.dataset.uri, None, spec.dataset.sha256)
 
 
-def reconcile_trainingrun(namespace: str, name: str) -> None:
-    op = operator()
-    with op.lock(namespace, name), op.metrics.reconcile_seconds.time():
+def reconcile_trainingrun(op: Operator, namespace: str, name: str,
+                          seen_pod: tuple[str, Mapping[str, Any] | None] | None = None) -> None:
+    """Read the TrainingRun and its current pod, plan, carry the plan out. ``seen_pod`` is a pod (name,
+    body or None once deleted) an event has just shown; it is not read again when it is the current one."""
+    with op.locks.hold(f"{namespace}/{name}"), op.metrics.reconcile_seconds.time():
         try:
-            tr = op.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            manifest = op.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
         except ApiException as exc:
             if exc.status == 404:
                 return
             raise
-        if tr["metadata"].get("deletionTimestamp"):
+        if manifest["metadata"].get("deletionTimestamp"):
             return
-        status = tr.get("status") or {}
-        attempt = int(status.get("attempts") or 0)
-        pod = _read_pod(op, namespace, podspec.pod_name(name, attempt)) if attempt else None
+        tr = from_manifest(manifest)
+        attempt = tr.status.attempts or 0
+        current = podspec.pod_name(name, attempt) if attempt else None
+        if current is None:
+            pod = None
+        elif seen_pod is not None and seen_pod[0] == current:
+            pod = seen_pod[1]
+        else:
+            pod = _read_pod(op, namespace, current)
         node = ((pod or {}).get("spec") or {}).get("nodeName")
         now = dt.datetime.now(dt.timezone.utc)
-        plan = R.plan(tr, pod, op.node_labels(node), now)
-        carry_out(op, tr, plan, now)
+        plan = R.plan(tr, pod, op.node_labels.get(node), now)
+        carry_out(op, tr, R.parse_time(manifest["metadata"].get("creationTimestamp")), plan, now)
 
 
-def carry_out(op: Operator, tr: dict, plan: R.Plan, now: dt.datetime) -> None:
-    meta = tr["metadata"]
-    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+def carry_out(op: Operator, tr: TrainingRun, created: dt.datetime | None, plan: R.Plan, now: dt.datetime) -> None:
+    namespace, name, uid = tr.namespace, tr.name, tr.uid
     if plan.delete_trainingrun:
         _ignore_404(op.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
         return
@@ -183,38 +220,55 @@ def carry_out(op: Operator, tr: dict, plan: R.Plan, now: dt.datetime) -> None:
         _ignore_404(op.core.delete_namespaced_pod, plan.delete_pod, namespace, grace_period_seconds=30)
     if plan.create_attempt is not None:
         # The pod first, then the status: a crash in between re-creates the same pod name (409).
-        body = podspec.build_pod(from_manifest(tr), op.settings.pod, plan.create_attempt, uid)
+        body = podspec.build_pod(tr, op.settings.pod, plan.create_attempt, uid)
         try:
             op.core.create_namespaced_pod(namespace, body)
         except ApiException as exc:
             if exc.status != 409:
                 raise
-    old = tr.get("status") or {}
+    old = to_dict(tr.status)
     changed = {k: v for k, v in plan.status.items() if old.get(k) != v}
     if changed:
         op.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": changed})
     for ev in plan.events:
         post_event(op, tr, ev, now)
-    new_phase = plan.status.get("phase") or old.get("phase")
-    if new_phase:
-        op.metrics.phases.set(uid, new_phase)
+    status = R.merge_status(tr.status, plan.status)
+    record_metrics(op, tr, status, created, plan, now)
+    if plan.store or uid in op.store_behind:
+        write_store(op, uid, {**R.store_fields(status), **plan.store})
+    run = RunRef(uid, namespace, name, tr.spec.tracking.headline_metric)
+    if status.phase == R.RUNNING:
+        op.running.track(run)
+    elif status.phase in R.TERMINAL and tr.status.phase not in R.TERMINAL:
+        copy_metrics_to_status(op, [run])  # the final values, once the sidecar has drained
+        op.running.forget(uid)
+    else:
+        op.running.forget(uid)
+    delays = [d for d in (plan.requeue_after, STORE_RETRY_S if uid in op.store_behind else None) if d is not None]
+    if delays:
+        op.requeues.schedule(f"{namespace}/{name}", min(delays))
+    else:
+        op.requeues.cancel(f"{namespace}/{name}")
+
+
+def record_metrics(op: Operator, tr: TrainingRun, status: TrainingRunStatus, created: dt.datetime | None, plan: R.Plan,
+                   now: dt.datetime) -> None:
+    """The operator's own Prometheus metrics for what this plan did."""
+    if status.phase:
+        op.metrics.phases.set(tr.uid, status.phase)
     if plan.retried_for:
         op.metrics.retries.labels(plan.retried_for).inc()
-    if new_phase == R.RUNNING and old.get("phase") != R.RUNNING and int(old.get("attempts") or 0) <= 1:
-        created = R.parse_time(meta.get("creationTimestamp"))
-        if created:
-            op.metrics.apply_to_running_seconds.observe(max(0.0, (now - created).total_seconds()))
+    if status.phase == R.RUNNING and tr.status.phase != R.RUNNING and (tr.status.attempts or 0) <= 1 and created:
+        op.metrics.apply_to_running_seconds.observe(max(0.0, (now - created).total_seconds()))
     if plan.finished_pod is not None:
-        gpus = int(((tr.get("spec") or {}).get("resources") or {}).get("gpus") or 0)
-        started = R.parse_time(((plan.finished_pod.get("status") or {}).get("startTime")))
+        started = R.parse_time((plan.finished_pod.get("status") or {}).get("startTime"))
+        gpus = tr.spec.resources.gpus
         if gpus and started:
-            op.metrics.gpu_seconds.labels(namespace).inc(gpus * max(0.0, (now - started).total_seconds()))
-    if plan.store or uid in op.store_behind:
-        write_store(op, uid, {**R.store_fields({**old, **plan.status}), **plan.store})
+            op.metrics.gpu_seconds.labels(tr.namespace).inc(gpus * max(0.0, (now - started).total_seconds()))
 
 
 def write_store(op: Operator, uid: str, fields: dict[str, Any]) -> None:
-    """Store writes never block the cluster side; a failed one is redone by the next reconcile."""
+    """Store writes never block the cluster side; a failed one is redone by a later reconcile."""
     try:
         op.store.update_run(uid, **fields)
         op.store_behind.discard(uid)
@@ -223,46 +277,40 @@ def write_store(op: Operator, uid: str, fields: dict[str, Any]) -> None:
         log.warning("store update of run %s failed, will retry: %s", uid, exc)
 
 
-def copy_metrics_to_status(body: kopf.Body) -> None:
-    """The latest step and headline metric, from the store into status (at most once per timer tick)."""
-    op = operator()
-    meta = body["metadata"]
-    uid = meta["uid"]
-    headline = ((body.get("spec") or {}).get("tracking") or {}).get("headlineMetric")
-    latest = op.store.latest_metrics([uid]).get(uid) or {}
-    if not latest:
+def copy_metrics_to_status(op: Operator, runs: list[RunRef]) -> None:
+    """The latest step and headline metric of ``runs``, from the store into status (one query), for
+    those that changed since the last copy."""
+    try:
+        latest = op.store.latest_metrics([r.uid for r in runs])
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not read the latest metrics of %d runs: %s", len(runs), exc)
         return
-    step = max(v.step for v in latest.values())
-    value = latest[headline].value if headline in latest else None
-    if op.synced_metrics.get(uid) == (step, value):
-        return
-    patch: dict[str, Any] = {"step": step}
-    if headline:
-        patch["metric"] = None if value is None else _status_number(value)
-    op.custom.patch_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], PLURAL, meta["name"],
-                                                   {"status": patch})
-    op.synced_metrics[uid] = (step, value)
+    for run in runs:
+        patch = metrics_patch(latest.get(run.uid) or {}, run.headline)
+        if patch is None or not op.running.is_new(run.uid, patch):
+            continue
+        try:
+            op.custom.patch_namespaced_custom_object_status(GROUP, VERSION, run.namespace, PLURAL, run.name,
+                                                           {"status": patch})
+        except ApiException as exc:
+            if exc.status != 404:
+                log.warning("could not copy metrics into %s/%s: %s", run.namespace, run.name, exc.reason)
 
 
-def _status_number(v: float) -> str:
-    return f"{v:.6g}"
-
-
-def post_event(op: Operator, tr: dict, ev: R.Event, now: dt.datetime) -> None:
-    meta = tr["metadata"]
+def post_event(op: Operator, tr: TrainingRun, ev: R.Event, now: dt.datetime) -> None:
     stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     body = client.CoreV1Event(
-        metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
-        involved_object=client.V1ObjectReference(api_version=f"{GROUP}/{VERSION}", kind=KIND, name=meta["name"],
-                                                 namespace=meta["namespace"], uid=meta["uid"]),
+        metadata=client.V1ObjectMeta(generate_name=f"{tr.name}.", namespace=tr.namespace),
+        involved_object=client.V1ObjectReference(api_version=f"{GROUP}/{VERSION}", kind=KIND, name=tr.name,
+                                                 namespace=tr.namespace, uid=tr.uid),
         type=ev.type, reason=ev.reason, message=ev.message[:1024], first_timestamp=stamp, last_timestamp=stamp,
         count=1, source=client.V1EventSource(component="cairn-operator"),
         reporting_component="cairn.dev/operator", reporting_instance="cairn-operator",
     )
     try:
-        op.core.create_namespaced_event(meta["namespace"], body)
+        op.core.create_namespaced_event(tr.namespace, body)
     except ApiException as exc:
-        log.warning("could not post event %s for %s: %s", ev.reason, meta["name"], exc.reason)
+        log.warning("could not post event %s for %s: %s", ev.reason, tr.name, exc.reason)
 
 
 def _read_pod(op: Operator, namespace: str, name: str) -> dict | None:

@@ -1,32 +1,36 @@
 """What to do about one TrainingRun, decided from what the cluster shows now. No I/O.
 
-The operator is level-triggered: every handler (TrainingRun change, pod change, timer) gathers
-the TrainingRun, the pod of its current attempt and that pod's node, calls :func:`plan`, and
-carries the plan out. Pod names are deterministic per attempt, so carrying out the same plan
-twice (a restarted operator, two handlers racing) creates nothing twice.
+The operator is level-triggered: every handler (TrainingRun change, pod event, a requeue an earlier
+plan asked for) gathers the TrainingRun, the pod of its current attempt and that pod's node, calls
+:func:`plan`, and carries the plan out. Pod names are deterministic per attempt, so carrying out the
+same plan twice (a restarted operator, two handlers racing) creates nothing twice.
+
+:func:`plan` finds the phase the run is in and hands over to one function per phase. They write
+into a :class:`_Draft`, which keeps phase moves, conditions, events and store columns consistent.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from cairn.api.types import PARAM_KEY
-from cairn.podspec import FailureKind, classify_pod_failure, retry_delay
+from cairn.api import TrainingRun, to_dict
+from cairn.api.schema import from_dict
+from cairn.api.types import GPU_PRODUCT_LABEL, PARAM_KEY, Condition, TrainingRunStatus
+from cairn.controller.failures import FailureKind, classify_pod_failure, phase_from_pod, retry_delay
+from cairn.podspec import TRAINER
+from cairn.rundir import RunStatus
 
 PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED = "Pending", "Running", "Succeeded", "Failed", "Suspended"
 TERMINAL = (SUCCEEDED, FAILED)
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-TRAINER_CONTAINER = "trainer"
 PARAM_KEY_RE = re.compile(PARAM_KEY)
 
-# Failures a new attempt cannot fix: the deadline, a dataset that is not the pinned one or not there.
-NOT_RETRIED = (FailureKind.DEADLINE, FailureKind.DATASET_MISMATCH, FailureKind.DATASET_UNAVAILABLE)
-
 # Store statuses for the TrainingRun phases.
-STORE_STATUS = {PENDING: "PENDING", RUNNING: "RUNNING", SUCCEEDED: "FINISHED", FAILED: "FAILED", SUSPENDED: "PENDING"}
+STORE_STATUS = {PENDING: RunStatus.PENDING, RUNNING: RunStatus.RUNNING, SUCCEEDED: RunStatus.FINISHED,
+                FAILED: RunStatus.FAILED, SUSPENDED: RunStatus.PENDING}
 
 
 @dataclass
@@ -38,7 +42,7 @@ class Event:
 
 @dataclass
 class Plan:
-    status: dict[str, Any] = field(default_factory=dict)  # merge into .status
+    status: dict[str, Any] = field(default_factory=dict)  # camelCase merge patch of .status (None removes)
     create_attempt: int | None = None  # create the pod of this attempt
     delete_pod: str | None = None
     delete_trainingrun: bool = False
@@ -46,7 +50,7 @@ class Plan:
     store: dict[str, Any] = field(default_factory=dict)  # run columns to set in the store
     retried_for: str | None = None  # failure reason, when this plan schedules a retry
     finished_pod: Mapping[str, Any] | None = None  # a pod that just ended (for GPU-seconds)
-    requeue_after: float | None = None
+    requeue_after: float | None = None  # seconds until the run must be looked at again, pod events or not
 
 
 def parse_time(value: str | None) -> dt.datetime | None:
@@ -59,20 +63,55 @@ def fmt_time(t: dt.datetime) -> str:
     return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def set_condition(conditions: list[dict], ctype: str, status: bool, reason: str, message: str,
-                  generation: int | None, now: dt.datetime) -> list[dict]:
+def set_condition(conditions: list[Condition], ctype: str, status: bool, reason: str, message: str,
+                  generation: int | None, now: dt.datetime) -> list[Condition]:
     """Conditions per the API conventions: lastTransitionTime moves only when status changes."""
     value = "True" if status else "False"
-    out = [dict(c) for c in conditions]
-    for c in out:
-        if c.get("type") == ctype:
-            if c.get("status") != value:
-                c["lastTransitionTime"] = fmt_time(now)
-            c.update(status=value, reason=reason, message=message, observedGeneration=generation)
-            return out
-    out.append({"type": ctype, "status": value, "reason": reason, "message": message,
-                "lastTransitionTime": fmt_time(now), "observedGeneration": generation})
+    new = Condition(type=ctype, status=value, reason=reason, message=message, last_transition_time=fmt_time(now),
+                    observed_generation=generation)
+    out = []
+    for c in conditions:
+        if c.type == ctype:
+            if c.status == value:
+                new = dataclasses.replace(new, last_transition_time=c.last_transition_time)
+            out.append(new)
+        else:
+            out.append(c)
+    return out if any(c.type == ctype for c in conditions) else [*out, new]
+
+
+def merge_status(status: TrainingRunStatus, patch: Mapping[str, Any]) -> TrainingRunStatus:
+    """The status once a plan's merge patch is applied."""
+    return from_dict(TrainingRunStatus, {**to_dict(status), **patch})
+
+
+def store_fields(status: TrainingRunStatus) -> dict[str, Any]:
+    """The run columns that mirror a TrainingRun's status (idempotent to write again)."""
+    out: dict[str, Any] = {"attempts": status.attempts or 0}
+    if status.phase in STORE_STATUS:
+        out["status"] = STORE_STATUS[status.phase]
+    for column in ("node_name", "gpu_product", "image_digest", "exit_code"):
+        if getattr(status, column) is not None:
+            out[column] = getattr(status, column)
+    if status.start_time:
+        out["start_time"] = parse_time(status.start_time)
+    if status.completion_time:
+        out["end_time"] = parse_time(status.completion_time)
     return out
+
+
+def invalid_params(params: Mapping[str, Any]) -> str | None:
+    """What the CRD schema cannot say about params: each value must be a scalar."""
+    for key, value in params.items():
+        if not isinstance(value, (str, int, float, bool)):
+            return f"spec.params.{key}: must be a string, number or boolean, not {type(value).__name__}"
+        if not PARAM_KEY_RE.match(key):
+            return f"spec.params.{key}: names start with a letter or _ and use letters, digits, _ . - /"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading the pod
 
 
 def container_status(pod: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
@@ -84,8 +123,7 @@ def container_status(pod: Mapping[str, Any], name: str) -> Mapping[str, Any] | N
 
 def image_digest(pod: Mapping[str, Any]) -> str | None:
     """The trainer image's digest from the pod's imageID (``...@sha256:...`` or a bare ``sha256:...``)."""
-    cs = container_status(pod, TRAINER_CONTAINER)
-    image_id = (cs or {}).get("imageID") or ""
+    image_id = (container_status(pod, TRAINER) or {}).get("imageID") or ""
     if "sha256:" in image_id:
         return "sha256:" + image_id.rsplit("sha256:", 1)[1]
     return None
@@ -99,224 +137,244 @@ def unschedulable_message(pod: Mapping[str, Any]) -> str | None:
 
 
 def _pod_started(pod: Mapping[str, Any]) -> dt.datetime | None:
-    cs = container_status(pod, TRAINER_CONTAINER) or {}
-    state = cs.get("state") or {}
+    state = (container_status(pod, TRAINER) or {}).get("state") or {}
     for key in ("running", "terminated"):
         if state.get(key, {}).get("startedAt"):
             return parse_time(state[key]["startedAt"])
     return parse_time((pod.get("status") or {}).get("startTime"))
 
 
-def _trainer_exit(pod: Mapping[str, Any]) -> tuple[int | None, dt.datetime | None]:
-    cs = container_status(pod, TRAINER_CONTAINER) or {}
-    term = (cs.get("state") or {}).get("terminated") or {}
-    return term.get("exitCode"), parse_time(term.get("finishedAt"))
-
-
-def plan(tr: Mapping[str, Any], pod: Mapping[str, Any] | None, node_labels: Mapping[str, str] | None,
-         now: dt.datetime) -> Plan:
-    spec = tr.get("spec") or {}
-    status = dict(tr.get("status") or {})
-    meta = tr.get("metadata") or {}
-    generation = meta.get("generation")
-    attempts = int(status.get("attempts") or 0)
-    failures = int(status.get("failures") or 0)
-    phase = status.get("phase")
-    conditions = list(status.get("conditions") or [])
-    p = Plan()
-
-    def cond(ctype: str, ok: bool, reason: str, message: str) -> None:
-        nonlocal conditions
-        conditions = set_condition(conditions, ctype, ok, reason, message, generation, now)
-        p.status["conditions"] = conditions
-
-    def move(new_phase: str, reason: str, message: str, event_type: str = "Normal") -> None:
-        if phase != new_phase:
-            p.events.append(Event(event_type, reason, message))
-            p.store["status"] = STORE_STATUS[new_phase]
-        p.status.update(phase=new_phase, reason=reason, message=message)
-
-    p.status["observedGeneration"] = generation
-
-    # -- finished: only the TTL is left to enforce ----------------------------------------------
-    if phase in TERMINAL:
-        ttl = spec.get("ttlSecondsAfterFinished")
-        done = parse_time(status.get("completionTime"))
-        if ttl is not None and done is not None:
-            left = (done + dt.timedelta(seconds=int(ttl)) - now).total_seconds()
-            if left <= 0:
-                p.delete_trainingrun = True
-            else:
-                p.requeue_after = left
-        return p
-
-    start = parse_time(status.get("startTime"))
-    deadline = spec.get("activeDeadlineSeconds")
-    pod_name = status.get("podName")
-
-    def finish(new_phase: str, reason: str, message: str, exit_code: int | None) -> None:
-        move(new_phase, reason, message, "Normal" if new_phase == SUCCEEDED else "Warning")
-        p.status.update(completionTime=fmt_time(now), exitCode=exit_code, retryAfter=None)
-        p.store.update(exit_code=exit_code, end_time=now, reason=None if new_phase == SUCCEEDED else f"{reason}: {message}")
-        cond("Complete" if new_phase == SUCCEEDED else "Failed", True, reason, message)
-
-    problem = invalid_params(spec.get("params") or {})
-    if problem and phase is None:
-        finish(FAILED, "InvalidSpec", problem, None)
-        return p
-
-    # -- deadline over every attempt ---------------------------------------------------------------
-    if deadline is not None and start is not None and (now - start).total_seconds() >= int(deadline):
-        if pod is not None and not _pod_done(pod):
-            p.delete_pod = pod["metadata"]["name"]
-        finish(FAILED, "DeadlineExceeded", f"the run was active for more than {deadline}s", None)
-        return p
-
-    # -- suspend / resume ----------------------------------------------------------------------------
-    if spec.get("suspend"):
-        if pod is not None and not _pod_done(pod):
-            p.delete_pod = pod["metadata"]["name"]
-        if phase != SUSPENDED:
-            move(SUSPENDED, "Suspended", "spec.suspend is true; the pod was stopped")
-            cond("Suspended", True, "Suspended", "spec.suspend is true")
-        return p
-    if phase == SUSPENDED:
-        cond("Suspended", False, "Resumed", "spec.suspend is false")
-        p.events.append(Event("Normal", "Resumed", f"starting attempt {attempts + 1}"))
-        return _new_attempt(p, attempts, move, "Resumed")
-
-    # -- no pod yet, or the current attempt's pod is gone ---------------------------------------------
-    if pod is None:
-        retry_at = parse_time(status.get("retryAfter"))
-        if attempts == 0:
-            return _new_attempt(p, attempts, move, "Created")
-        if retry_at is not None and now < retry_at:
-            p.requeue_after = (retry_at - now).total_seconds()
-            return p
-        if retry_at is None:
-            # The pod vanished (deleted by someone, node gone): not the code's fault, not counted.
-            p.events.append(Event("Warning", "PodLost", f"pod {pod_name} disappeared; starting a new attempt"))
-            p.retried_for = FailureKind.INFRASTRUCTURE.value
-        return _new_attempt(p, attempts, move, "Retrying")
-
-    pod_phase = (pod.get("status") or {}).get("phase")
-    p.status["podName"] = pod["metadata"]["name"]
-    node = (pod.get("spec") or {}).get("nodeName")
-    if node and status.get("nodeName") != node:
-        p.status["nodeName"] = node
-        p.store["node_name"] = node
-    gpu = (node_labels or {}).get(GPU_PRODUCT_LABEL)
-    if gpu and int((spec.get("resources") or {}).get("gpus") or 0) > 0 and status.get("gpuProduct") != gpu:
-        p.status["gpuProduct"] = gpu
-        p.store["gpu_product"] = gpu
-    digest = image_digest(pod)
-    if digest and status.get("imageDigest") != digest:
-        p.status["imageDigest"] = digest
-        p.store["image_digest"] = digest
-
-    if pod_phase == "Pending" or pod_phase is None:
-        why = unschedulable_message(pod)
-        if why:
-            cond("Scheduled", False, "Unschedulable", why)
-            move(PENDING, "Unschedulable", why, "Warning")
-        else:
-            if node:
-                cond("Scheduled", True, "Scheduled", f"scheduled on {node}")
-            move(PENDING, "PodPending", f"pod {pod['metadata']['name']} is starting")
-        return p
-
-    if pod_phase == "Running":
-        cond("Scheduled", True, "Scheduled", f"scheduled on {node}")
-        started = _pod_started(pod) or now
-        if start is None:
-            p.status["startTime"] = fmt_time(started)
-            p.store["start_time"] = started
-        if any(c.get("type") == "Retrying" and c.get("status") == "True" for c in conditions):
-            cond("Retrying", False, "Running", f"attempt {attempts} is running")
-        move(RUNNING, "Running", f"attempt {attempts} is running on {node}")
-        if deadline is not None:
-            first = start or started
-            p.requeue_after = max(0.0, (first + dt.timedelta(seconds=int(deadline)) - now).total_seconds())
-        return p
-
-    if pod_phase == "Succeeded":
-        code, _ = _trainer_exit(pod)
-        p.finished_pod = pod
-        finish(SUCCEEDED, "Succeeded", f"attempt {attempts} finished", 0 if code is None else code)
-        return p
-
-    if pod_phase == "Failed":
-        retry_at = parse_time(status.get("retryAfter"))
-        if retry_at is not None:  # this failure was counted already; waiting out the backoff
-            if now < retry_at:
-                p.requeue_after = (retry_at - now).total_seconds()
-                return p
-            return _new_attempt(p, attempts, move, "Retrying")
-        kind, message = classify_pod_failure(pod)
-        code, _ = _trainer_exit(pod)
-        p.finished_pod = pod
-        p.status["exitCode"] = code
-        p.store["exit_code"] = code
-        counted = kind != FailureKind.INFRASTRUCTURE
-        if counted:
-            failures += 1
-            p.status["failures"] = failures
-        limit = int(spec.get("backoffLimit", 3))
-        final = kind in NOT_RETRIED
-        if final or (counted and failures > limit):
-            why = message if final else f"{message}; backoffLimit {limit} reached"
-            finish(FAILED, kind.reason, why, code)
-            return p
-        delay = retry_delay(failures if counted else 0)
-        retry_at = now + dt.timedelta(seconds=delay)
-        p.status["retryAfter"] = fmt_time(retry_at)
-        p.status["reason"] = kind.reason
-        p.status["message"] = f"attempt {attempts} failed: {message}; retrying in {delay:.0f}s"
-        p.events.append(Event("Warning", kind.reason, p.status["message"]))
-        p.store["reason"] = f"{kind.reason}: {message}"
-        p.retried_for = kind.value
-        p.requeue_after = delay
-        cond("Retrying", True, kind.reason, p.status["message"])
-        return p
-
-    return p
-
-
-def invalid_params(params: Mapping[str, Any]) -> str | None:
-    """What the CRD schema cannot say about params: each value must be a scalar."""
-    for key, value in params.items():
-        if not isinstance(value, (str, int, float, bool)):
-            return f"spec.params.{key}: must be a string, number or boolean, not {type(value).__name__}"
-        if not PARAM_KEY_RE.match(key):
-            return f"spec.params.{key}: names start with a letter or _ and use letters, digits, _ . - /"
-    return None
+def _trainer_exit_code(pod: Mapping[str, Any]) -> int | None:
+    state = (container_status(pod, TRAINER) or {}).get("state") or {}
+    return (state.get("terminated") or {}).get("exitCode")
 
 
 def _pod_done(pod: Mapping[str, Any]) -> bool:
     return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
 
-def _new_attempt(p: Plan, attempts: int, move, reason: str) -> Plan:  # noqa: ANN001
-    attempt = attempts + 1
-    p.create_attempt = attempt
-    p.status.update(attempts=attempt, retryAfter=None)
-    p.store["attempts"] = attempt
-    move(PENDING, reason, f"creating the pod of attempt {attempt}")
-    p.events.append(Event("Normal", "PodCreated", f"attempt {attempt}"))
-    return p
+# ---------------------------------------------------------------------------------------------------
+# The plan
 
 
-def store_fields(status: Mapping[str, Any]) -> dict[str, Any]:
-    """The run columns that mirror a TrainingRun's status (idempotent to write again)."""
-    out: dict[str, Any] = {"attempts": int(status.get("attempts") or 0)}
-    if status.get("phase") in STORE_STATUS:
-        out["status"] = STORE_STATUS[status["phase"]]
-    for key, column in (("nodeName", "node_name"), ("gpuProduct", "gpu_product"), ("imageDigest", "image_digest"),
-                        ("exitCode", "exit_code")):
-        if status.get(key) is not None:
-            out[column] = status[key]
-    if status.get("startTime"):
-        out["start_time"] = parse_time(status["startTime"])
-    if status.get("completionTime"):
-        out["end_time"] = parse_time(status["completionTime"])
-    return out
+class _Draft:
+    """A plan being written for one TrainingRun at ``now``."""
+
+    def __init__(self, tr: TrainingRun, now: dt.datetime) -> None:
+        self.tr, self.spec, self.status, self.now = tr, tr.spec, tr.status, now
+        self.attempts = tr.status.attempts or 0
+        self.start = parse_time(tr.status.start_time)
+        self.node: str | None = None
+        self.finished = False
+        self._conditions = list(tr.status.conditions)
+        self.plan = Plan(status={"observedGeneration": tr.generation})
+
+    def condition(self, ctype: str, ok: bool, reason: str, message: str) -> None:
+        self._conditions = set_condition(self._conditions, ctype, ok, reason, message, self.tr.generation, self.now)
+        self.plan.status["conditions"] = to_dict(self._conditions)
+
+    def has_condition(self, ctype: str) -> bool:
+        return any(c.type == ctype and c.status == "True" for c in self._conditions)
+
+    def move(self, phase: str, reason: str, message: str, event_type: str = "Normal") -> None:
+        if self.status.phase != phase:
+            self.plan.events.append(Event(event_type, reason, message))
+            self.plan.store["status"] = STORE_STATUS[phase]
+        self.plan.status.update(phase=phase, reason=reason, message=message)
+
+    def finish(self, phase: str, reason: str, message: str, exit_code: int | None) -> None:
+        self.finished = True
+        self.move(phase, reason, message, "Normal" if phase == SUCCEEDED else "Warning")
+        self.plan.status.update(completionTime=fmt_time(self.now), exitCode=exit_code, retryAfter=None)
+        self.plan.store.update(exit_code=exit_code, end_time=self.now,
+                               reason=None if phase == SUCCEEDED else f"{reason}: {message}")
+        self.condition("Complete" if phase == SUCCEEDED else "Failed", True, reason, message)
+        ttl = self.spec.ttl_seconds_after_finished
+        if ttl is not None:
+            self.requeue_by(self.now + dt.timedelta(seconds=ttl))
+
+    def new_attempt(self, reason: str) -> None:
+        attempt = self.attempts + 1
+        self.plan.create_attempt = attempt
+        self.plan.status.update(attempts=attempt, retryAfter=None)
+        self.plan.store["attempts"] = attempt
+        self.move(PENDING, reason, f"creating the pod of attempt {attempt}")
+        self.plan.events.append(Event("Normal", "PodCreated", f"attempt {attempt}"))
+
+    def requeue_by(self, when: dt.datetime) -> None:
+        after = max(0.0, (when - self.now).total_seconds())
+        if self.plan.requeue_after is None or after < self.plan.requeue_after:
+            self.plan.requeue_after = after
+
+    def deadline(self) -> dt.datetime | None:
+        """When ``activeDeadlineSeconds`` runs out: counted from the first attempt's start."""
+        limit = self.spec.active_deadline_seconds
+        if limit is None or self.start is None:
+            return None
+        return self.start + dt.timedelta(seconds=limit)
+
+    def observe_pod(self, pod: Mapping[str, Any], node_labels: Mapping[str, str] | None) -> None:
+        """Copy what the pod shows (its name, node, the node's GPU model, the image digest) into status."""
+        self.plan.status["podName"] = pod["metadata"]["name"]
+        self.node = (pod.get("spec") or {}).get("nodeName")
+        gpu = (node_labels or {}).get(GPU_PRODUCT_LABEL)
+        for key, column, value in (("nodeName", "node_name", self.node),
+                                   ("gpuProduct", "gpu_product", gpu if self.spec.resources.gpus > 0 else None),
+                                   ("imageDigest", "image_digest", image_digest(pod))):
+            if value and getattr(self.status, column) != value:
+                self.plan.status[key] = value
+                self.plan.store[column] = value
+
+
+def plan(tr: TrainingRun, pod: Mapping[str, Any] | None, node_labels: Mapping[str, str] | None,
+         now: dt.datetime) -> Plan:
+    """What to do about ``tr`` at ``now``, given the pod of its current attempt (None: not created yet,
+    or gone) and the labels of that pod's node."""
+    d = _Draft(tr, now)
+    if tr.status.phase in TERMINAL:
+        _finished(d)
+        return d.plan
+    problem = invalid_params(tr.spec.params)
+    deadline = d.deadline()
+    if problem and tr.status.phase is None:
+        d.finish(FAILED, "InvalidSpec", problem, None)
+    elif deadline is not None and now >= deadline:
+        _deadline_exceeded(d, pod)
+    elif tr.spec.suspend:
+        _suspended(d, pod)
+    elif tr.status.phase == SUSPENDED:
+        _resumed(d)
+    elif pod is None:
+        _without_pod(d)
+    else:
+        d.observe_pod(pod, node_labels)
+        _BY_POD_PHASE[phase_from_pod(pod)](d, pod)
+    deadline = d.deadline()
+    if deadline is not None and not d.finished:
+        d.requeue_by(deadline)
+    return d.plan
+
+
+def _finished(d: _Draft) -> None:
+    """Succeeded or Failed: only ``ttlSecondsAfterFinished`` is left, which deletes the TrainingRun."""
+    ttl = d.spec.ttl_seconds_after_finished
+    done = parse_time(d.status.completion_time)
+    if ttl is None or done is None:
+        return
+    expires = done + dt.timedelta(seconds=ttl)
+    if d.now >= expires:
+        d.plan.delete_trainingrun = True
+    else:
+        d.requeue_by(expires)
+
+
+def _deadline_exceeded(d: _Draft, pod: Mapping[str, Any] | None) -> None:
+    """``activeDeadlineSeconds`` ran out, over every attempt: stop the pod, fail the run."""
+    if pod is not None and not _pod_done(pod):
+        d.plan.delete_pod = pod["metadata"]["name"]
+    d.finish(FAILED, "DeadlineExceeded", f"the run was active for more than {d.spec.active_deadline_seconds}s", None)
+
+
+def _suspended(d: _Draft, pod: Mapping[str, Any] | None) -> None:
+    """``spec.suspend`` is true: the pod is stopped and no new attempt starts."""
+    if pod is not None and not _pod_done(pod):
+        d.plan.delete_pod = pod["metadata"]["name"]
+    if d.status.phase != SUSPENDED:
+        d.move(SUSPENDED, "Suspended", "spec.suspend is true; the pod was stopped")
+        d.condition("Suspended", True, "Suspended", "spec.suspend is true")
+
+
+def _resumed(d: _Draft) -> None:
+    """``spec.suspend`` went back to false: the next attempt starts."""
+    d.condition("Suspended", False, "Resumed", "spec.suspend is false")
+    d.plan.events.append(Event("Normal", "Resumed", f"starting attempt {d.attempts + 1}"))
+    d.new_attempt("Resumed")
+
+
+def _without_pod(d: _Draft) -> None:
+    """No pod for the current attempt: the first one is due, a retry waits out its backoff, or the
+    pod vanished (deleted by someone, its node gone), which is not the code's fault and not counted."""
+    if d.attempts == 0:
+        d.new_attempt("Created")
+        return
+    retry_at = parse_time(d.status.retry_after)
+    if retry_at is not None and d.now < retry_at:
+        d.requeue_by(retry_at)
+        return
+    if retry_at is None:
+        d.plan.events.append(Event("Warning", "PodLost",
+                                   f"pod {d.status.pod_name} disappeared; starting a new attempt"))
+        d.plan.retried_for = FailureKind.INFRASTRUCTURE.value
+    d.new_attempt("Retrying")
+
+
+def _pending(d: _Draft, pod: Mapping[str, Any]) -> None:
+    """The pod waits for a node or for its containers; the scheduler's reason is shown when it has none."""
+    why = unschedulable_message(pod)
+    if why:
+        d.condition("Scheduled", False, "Unschedulable", why)
+        d.move(PENDING, "Unschedulable", why, "Warning")
+        return
+    if d.node:
+        d.condition("Scheduled", True, "Scheduled", f"scheduled on {d.node}")
+    d.move(PENDING, "PodPending", f"pod {pod['metadata']['name']} is starting")
+
+
+def _running(d: _Draft, pod: Mapping[str, Any]) -> None:
+    """The pod runs: the run's start time is the first attempt's; a Retrying condition is cleared."""
+    d.condition("Scheduled", True, "Scheduled", f"scheduled on {d.node}")
+    if d.start is None:
+        d.start = _pod_started(pod) or d.now
+        d.plan.status["startTime"] = fmt_time(d.start)
+        d.plan.store["start_time"] = d.start
+    if d.has_condition("Retrying"):
+        d.condition("Retrying", False, "Running", f"attempt {d.attempts} is running")
+    d.move(RUNNING, "Running", f"attempt {d.attempts} is running on {d.node}")
+
+
+def _succeeded(d: _Draft, pod: Mapping[str, Any]) -> None:
+    """The pod ended well (the sidecar has drained every record): the run succeeded."""
+    code = _trainer_exit_code(pod)
+    d.plan.finished_pod = pod
+    d.finish(SUCCEEDED, "Succeeded", f"attempt {d.attempts} finished", 0 if code is None else code)
+
+
+def _failed(d: _Draft, pod: Mapping[str, Any]) -> None:
+    """The pod failed: counted once (``retryAfter`` marks it), then the run fails or retries after a
+    backoff. Infrastructure failures are retried without counting; some failures are final."""
+    retry_at = parse_time(d.status.retry_after)
+    if retry_at is not None:  # this failure was counted already; waiting out the backoff
+        if d.now < retry_at:
+            d.requeue_by(retry_at)
+        else:
+            d.new_attempt("Retrying")
+        return
+    kind, message = classify_pod_failure(pod)
+    code = _trainer_exit_code(pod)
+    d.plan.finished_pod = pod
+    d.plan.status["exitCode"] = code
+    d.plan.store["exit_code"] = code
+    failures = d.status.failures or 0
+    if kind.counts:
+        failures += 1
+        d.plan.status["failures"] = failures
+    limit = d.spec.backoff_limit
+    if kind.is_final or (kind.counts and failures > limit):
+        d.finish(FAILED, kind.reason, message if kind.is_final else f"{message}; backoffLimit {limit} reached", code)
+        return
+    _retry_later(d, kind, message, failures if kind.counts else 0)
+
+
+def _retry_later(d: _Draft, kind: FailureKind, message: str, counted_failures: int) -> None:
+    delay = retry_delay(counted_failures)
+    text = f"attempt {d.attempts} failed: {message}; retrying in {delay:.0f}s"
+    d.plan.status.update(retryAfter=fmt_time(d.now + dt.timedelta(seconds=delay)), reason=kind.reason, message=text)
+    d.plan.events.append(Event("Warning", kind.reason, text))
+    d.plan.store["reason"] = f"{kind.reason}: {message}"
+    d.plan.retried_for = kind.value
+    d.requeue_by(d.now + dt.timedelta(seconds=delay))
+    d.condition("Retrying", True, kind.reason, text)
+
+
+_BY_POD_PHASE: dict[str, Callable[[_Draft, Mapping[str, Any]], None]] = {
+    "Pending": _pending, "Running": _running, "Succeeded": _succeeded, "Failed": _failed}

@@ -1,0 +1,108 @@
+"""The operator's bookkeeping: requeue times, locks, node labels and status metrics stay bounded."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+from cairn.controller.runtime import KeyedLocks, NodeLabelCache, Requeuer, RunningRuns, RunRef, metrics_patch
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_requeuer_keeps_one_time_per_key_the_newest():
+    clock = Clock()
+    q = Requeuer(lambda key: None, clock=clock)
+    q.schedule("ns/a", 30)
+    q.schedule("ns/a", 5)  # the newest plan wins, earlier or later
+    q.schedule("ns/b", 10)
+    assert q.pending() == {"ns/a": 5, "ns/b": 10}
+    clock.now = 6
+    assert q.pop_due() == ["ns/a"] and q.pending() == {"ns/b": 10}
+    q.schedule("ns/b", 100)
+    clock.now = 50
+    assert q.pop_due() == []
+    q.cancel("ns/b")
+    clock.now = 1000
+    assert q.pop_due() == [] and q.pending() == {}
+
+
+def test_requeuer_heap_does_not_grow_with_reschedules():
+    q = Requeuer(lambda key: None, clock=Clock())
+    for i in range(10_000):
+        q.schedule(f"ns/{i % 10}", i)
+    assert len(q.pending()) == 10 and len(q._heap) <= 2 * 10 + 65
+
+
+def test_requeuer_thread_calls_back_when_due():
+    called = []
+    done = threading.Event()
+    q = Requeuer(lambda key: (called.append(key), done.set()))
+    q.start()
+    try:
+        q.schedule("ns/later", 30)
+        q.schedule("ns/soon", 0.05)  # scheduled after a longer wait began: still on time
+        assert done.wait(5)
+        assert called == ["ns/soon"] and q.pending() == {"ns/later": q.pending()["ns/later"]}
+    finally:
+        q.stop()
+
+
+def test_keyed_locks_serialise_a_key_and_are_dropped_when_released():
+    locks = KeyedLocks()
+    order = []
+
+    def second() -> None:
+        with locks.hold("ns/a"):
+            order.append("second")
+    with locks.hold("ns/a"):
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.05)
+        order.append("first")
+        with locks.hold("ns/b"):
+            assert len(locks) == 2
+    t.join(5)
+    assert order == ["first", "second"] and len(locks) == 0
+
+
+def test_node_labels_are_cached_for_a_while_and_capped():
+    clock, reads = Clock(), []
+
+    def fetch(node: str) -> dict[str, str]:
+        reads.append(node)
+        return {"n": node}
+    cache = NodeLabelCache(fetch, ttl_s=60, max_nodes=2, clock=clock)
+    assert cache.get("a") == {"n": "a"} and cache.get("a") == {"n": "a"} and reads == ["a"]
+    assert cache.get(None) is None
+    cache.get("b")
+    cache.get("c")
+    assert len(cache) == 2
+    clock.now = 61
+    cache.get("c")
+    assert reads == ["a", "b", "c", "c"]
+
+
+def test_running_runs_copy_only_what_changed_and_forget():
+    runs = RunningRuns()
+    runs.track(RunRef("u1", "ns", "a", "acc"))
+    assert runs.is_new("u1", {"step": 1}) and not runs.is_new("u1", {"step": 1})
+    assert runs.is_new("u1", {"step": 2})
+    runs.forget("u1")
+    assert len(runs) == 0 and runs._copied == {}
+    assert runs.is_new("u9", {"step": 1}) and runs._copied == {}  # untracked runs leave nothing behind
+
+
+def test_metrics_patch():
+    latest = {"loss": SimpleNamespace(step=7, value=0.25), "acc": SimpleNamespace(step=6, value=0.912345678)}
+    assert metrics_patch(latest, "acc") == {"step": 7, "metric": "0.912346"}
+    assert metrics_patch(latest, None) == {"step": 7}
+    assert metrics_patch(latest, "f1") == {"step": 7, "metric": None}
+    assert metrics_patch({}, "acc") is None
