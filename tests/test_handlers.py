@@ -11,7 +11,7 @@ import pytest
 from kubernetes.client.rest import ApiException
 
 from cairn.controller import handlers as H
-from cairn.controller.settings import ControllerSettings
+from cairn.controller.settings import OperatorSettings
 
 
 def merge(into: dict, patch: dict) -> None:
@@ -97,7 +97,7 @@ def make_operator():
     made = []
 
     def make(manifest: dict) -> H.Operator:
-        op = H.Operator(ControllerSettings(), FakeCore(), FakeCustom(manifest), FakeStore())
+        op = H.Operator(OperatorSettings(), FakeCore(), FakeCustom(manifest), FakeStore())
         made.append(op)
         return op
     yield make
