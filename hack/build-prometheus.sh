@@ -17,7 +17,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 MODULE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/prometheus"
 VERSION="$(awk '$1 == "require" && $2 == "github.com/prometheus/prometheus" {print $3}' "$MODULE_DIR/go.mod")"
-KEY="$VERSION-$(sha256sum "$MODULE_DIR/go.mod" "$MODULE_DIR/go.sum" | sha256sum | cut -c1-8)"
+# Hashed from inside the folder, so the key is the same wherever the repository is checked out.
+KEY="$VERSION-$(cd "$MODULE_DIR" && sha256sum go.mod go.sum | sha256sum | cut -c1-8)"
 BIN="$CACHE_ROOT/prometheus-$KEY/bin/prometheus"
 LOG="$CACHE_ROOT/build-prometheus.log"
 
