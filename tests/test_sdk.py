@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -29,7 +30,9 @@ def test_init_records_identity_params_environment_and_code(tmp_path):
     env = first["environment"]
     assert env["python_version"] == f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
     assert env["hostname"] and "numpy" in {k.lower() for k in env["packages"]}
-    assert env["gpu_count"] == 0  # no nvidia-smi here
+    visible = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout if shutil.which(
+        "nvidia-smi") else ""
+    assert env["gpu_count"] == len([line for line in visible.splitlines() if line.startswith("GPU ")])
 
 
 def test_code_version_is_taken_from_the_git_checkout(tmp_path, monkeypatch):
@@ -48,6 +51,25 @@ def test_code_version_is_taken_from_the_git_checkout(tmp_path, monkeypatch):
     assert code["commit"] == head and code["dirty"] is False
     (repo / "train.py").write_text("print(2)\n")
     assert sdk.code_version(str(repo))["dirty"] is True
+
+
+@pytest.mark.parametrize("remote, recorded", [
+    ("https://oauth2:glpat-SECRET@git.example.org/ml/digits.git", "https://git.example.org/ml/digits.git"),
+    ("https://user:p%40ss@git.example.org:8443/ml/digits", "https://git.example.org:8443/ml/digits"),
+    ("git@git.example.org:ml/digits.git", "git@git.example.org:ml/digits.git"),
+    ("ssh://git@git.example.org/ml/digits.git", "ssh://git@git.example.org/ml/digits.git"),
+    ("ssh://git:hunter2@git.example.org/ml/digits.git", "ssh://git.example.org/ml/digits.git"),
+])
+def test_the_recorded_remote_carries_no_credentials(tmp_path, remote, recorded):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.email=a@b", "-c", "user.name=a"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "remote", "add", "origin", remote], check=True)
+    (repo / "train.py").write_text("print(1)\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    assert sdk.code_version(str(repo))["repository"] == recorded
 
 
 def test_log_records_steps_numpy_scalars_nan_and_inf(tmp_path):
@@ -159,3 +181,39 @@ def test_records_reach_the_file_without_finish_within_the_flush_interval(tmp_pat
             break
         time.sleep(0.05)
     assert any(r["type"] == "metric" for r in read_records(tmp_path / "r"))
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A real 1 MiB tmpfs, unmounted afterwards."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_records_wait_in_memory_while_the_disk_is_full_and_land_once_when_it_frees(small_filesystem, capfd):
+    run = cairn.init(experiment="full-disk", run_dir=str(small_filesystem / "run"), capture_env=False)
+    filler = small_filesystem / "filler"
+    with open(filler, "wb", buffering=0) as f:  # fill the file system to the last block
+        with pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+    for step in range(2000):
+        cairn.log({"loss": 1.0 / (step + 1), "acc": step / 2000}, step=step)
+    with pytest.raises(OSError):
+        run.flush()
+    with pytest.raises(OSError):
+        run.flush()
+    warnings = [line for line in capfd.readouterr().err.splitlines() if "cannot write records" in line]
+    assert len(warnings) == 1, warnings
+
+    filler.unlink()
+    cairn.finish()
+    assert "written to" in capfd.readouterr().err
+    lines = (small_filesystem / "run" / "records.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # every line whole: no half-written record
+    assert [r["seq"] for r in records] == list(range(len(records)))
+    assert [r["step"] for r in records if r["type"] == "metric"] == list(range(2000))
+    assert records[-1]["type"] == "finish"

@@ -43,6 +43,11 @@ from cairn.sdk.environment import capture_environment, code_version
 
 FLUSH_INTERVAL_S = 1.0
 FLUSH_AT_RECORDS = 5000
+# While the run directory cannot be written (a full disk), records wait in memory up to these bounds;
+# past them new records are dropped and counted, never the ones already kept.
+MAX_BUFFERED_RECORDS = 200_000
+MAX_UNWRITTEN_BYTES = 64 * 1024 * 1024
+FINISH_WRITE_TIMEOUT_S = 30.0
 
 
 class Config(dict):
@@ -156,6 +161,9 @@ class Run:
         self._seq = 0
         self._next_step = 0
         self._buffer: list[tuple] = []
+        self._unwritten = b""  # serialised records a failed write left behind, possibly from mid-line
+        self._dropped = 0  # records refused while the buffer was full
+        self._write_error: str | None = None  # set while writes fail; one warning per outage
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._wake = threading.Event()
@@ -164,7 +172,7 @@ class Run:
         self._flusher: threading.Thread | None = None
         if not disabled:
             os.makedirs(os.path.join(run_dir, rundir.ARTIFACTS_DIR), exist_ok=True)
-            self._file = open(os.path.join(run_dir, rundir.RECORDS_FILE), "ab")
+            self._file = open(os.path.join(run_dir, rundir.RECORDS_FILE), "ab", buffering=0)
             self._flusher = threading.Thread(target=self._flush_loop, name="cairn-flush", daemon=True)
             self._flusher.start()
 
@@ -177,6 +185,9 @@ class Run:
         if self.disabled:
             return
         with self._lock:
+            if len(self._buffer) >= MAX_BUFFERED_RECORDS:
+                self._dropped += 1
+                return
             if step is None:
                 step = self._next_step
             self._next_step = step + 1
@@ -190,6 +201,9 @@ class Run:
         if self.disabled:
             return
         with self._lock:
+            if len(self._buffer) >= MAX_BUFFERED_RECORDS and kind != rundir.FINISH:
+                self._dropped += 1
+                return
             self._buffer.append((kind, self._seq, payload))
             self._seq += 1
 
@@ -201,16 +215,38 @@ class Run:
         return _dumps({"seq": seq, "type": kind, **payload})
 
     def flush(self) -> None:
-        """Write buffered records to the run directory."""
+        """Write buffered records to the run directory.
+
+        A failed write (``OSError``, e.g. a full disk) raises after keeping every record not yet
+        written, a half-written line's remainder included, so the next flush completes the file
+        exactly; the backlog is bounded (``MAX_BUFFERED_RECORDS``, ``MAX_UNWRITTEN_BYTES``).
+        """
         if self._file is None:
             return
-        with self._lock:
-            pending, self._buffer = self._buffer, []
-        if pending:
-            data = "".join(self._serialise(item) + "\n" for item in pending).encode("utf-8")
-            with self._write_lock:
-                self._file.write(data)
-                self._file.flush()
+        with self._write_lock:
+            with self._lock:
+                pending, self._buffer = self._buffer, []
+            data = self._unwritten + "".join(self._serialise(item) + "\n" for item in pending).encode("utf-8")
+            if len(data) > MAX_UNWRITTEN_BYTES:
+                keep = data.rfind(b"\n", 0, MAX_UNWRITTEN_BYTES) + 1
+                self._dropped += data.count(b"\n", keep)
+                data = data[:keep]
+            written = 0
+            try:
+                while written < len(data):
+                    written += os.write(self._file.fileno(), data[written:])
+            except OSError as exc:
+                self._unwritten = data[written:]
+                if self._write_error is None:
+                    self._write_error = str(exc)
+                    print(f"cairn: cannot write records to {self.dir} ({exc}); keeping them in memory "
+                          f"(up to {MAX_BUFFERED_RECORDS} records) until it can", file=sys.stderr)
+                raise
+            self._unwritten = b""
+            if self._write_error is not None:
+                self._write_error = None
+                lost = f"; {self._dropped} record(s) beyond the bound were dropped" if self._dropped else ""
+                print(f"cairn: records are written to {self.dir} again{lost}", file=sys.stderr)
 
     def _flush_loop(self) -> None:
         while not self._closed:
@@ -218,8 +254,8 @@ class Run:
             self._wake.clear()
             try:
                 self.flush()
-            except OSError as exc:  # a full disk must not kill training; records stay buffered
-                print(f"cairn: could not write records: {exc}", file=sys.stderr)
+            except OSError:  # a full disk must not stop training; flush kept the records and warned
+                pass
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._append(rundir.PARAMS, {"params": dict(params)})
@@ -312,7 +348,17 @@ class Run:
         self._wake.set()
         if self._flusher is not None:
             self._flusher.join(timeout=5)
-        self.flush()
+        deadline = time.monotonic() + FINISH_WRITE_TIMEOUT_S
+        while True:
+            try:
+                self.flush()
+                break
+            except OSError as exc:
+                if time.monotonic() >= deadline:
+                    print(f"cairn: gave up writing the last records to {self.dir} after "
+                          f"{FINISH_WRITE_TIMEOUT_S:.0f} s: {exc}", file=sys.stderr)
+                    return
+                time.sleep(1.0)
         if self._file is not None:
             os.fsync(self._file.fileno())
             self._file.close()

@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import urllib.parse
 
 PROBE_TIMEOUT_S = 5
 
@@ -61,6 +62,19 @@ def gpu_info() -> dict:
     return info
 
 
+def without_credentials(url: str | None) -> str | None:
+    """A remote URL without the user and password or token it may carry (``https://tok@host/x``)."""
+    if not url:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url  # also scp-like "git@host:repo", which urlsplit does not parse as a URL
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    if parts.scheme not in ("http", "https") and ":" not in userinfo:
+        return url  # "ssh://git@host/repo": an ssh user name, not a secret
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
 def code_version(path: str | None = None) -> dict:
     """Git commit, dirty flag, branch and remote of the repository containing ``path``."""
     cwd = path or os.getcwd()
@@ -71,7 +85,7 @@ def code_version(path: str | None = None) -> dict:
         return {}
     status = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd)
     return {
-        "repository": _run(["git", "config", "--get", "remote.origin.url"], cwd=cwd)
+        "repository": without_credentials(_run(["git", "config", "--get", "remote.origin.url"], cwd=cwd))
         or _run(["git", "rev-parse", "--show-toplevel"], cwd=cwd),
         "commit": commit,
         "branch": _run(["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=cwd),
