@@ -365,3 +365,21 @@ def test_sigterm_drains_before_exit(store_url, tmp_path):
             proc.kill()
     assert proc.returncode == 0, err
     assert store.get_run(run.id).summary.metrics["x"].count == 10000
+
+
+def test_artifact_records_that_could_leave_the_run_directory_are_refused(store, tmp_path):
+    run_dir = tmp_path / "run"
+    run = sdk.init(run_dir=str(run_dir))
+    deep = run_dir / "artifacts" / "a" / "b" / "c" / "d"
+    deep.mkdir(parents=True)
+    (run_dir / "pwned").write_text("inside the run dir, reached through a link")
+    (run_dir / "artifacts" / "deep").symlink_to(deep, target_is_directory=True)
+    (run_dir / "artifacts" / "link.txt").symlink_to(run_dir / "pwned")
+    (run_dir / "artifacts" / "ok.txt").write_text("fine")
+    for path in ("artifacts/deep/../../../../pwned", "/etc/passwd", "artifacts/link.txt", "artifacts//./ok.txt"):
+        sdk.run._append("artifact", {"path": path})
+    sdk.finish()
+    ingest_once(run_dir, store)
+    d = store.get_run(run.id)
+    assert d.ingest.rejected == {"unsafe_path": 2, "missing_artifact": 1}
+    assert [a.path for a in d.artifacts] == ["artifacts/ok.txt"]

@@ -27,7 +27,7 @@ from cairn.agent.uploader import ArtifactUploader, checkpoint_step, group_of
 from cairn.api import from_manifest
 from cairn.controller import failures, reconcile
 from cairn.store import TrackingStore
-from cairn.store.entities import DatasetRecord, Uploads
+from cairn.store.entities import ArtifactInfo, DatasetRecord, Uploads
 from tests.support.servers import clean_env, read_object, start_sidecar
 
 pytestmark = pytest.mark.usefixtures("fresh_sdk")
@@ -762,3 +762,53 @@ def test_database_down_uploads_go_on_and_each_row_arrives_once_when_it_returns(m
         assert all(a.sha256 == sha(files[a.path]) for a in arts)
     finally:
         pg.destroy()
+
+
+def test_links_and_fifos_the_trainer_makes_are_not_uploaded(minio_server, minio_bucket, pg_store, tmp_path):
+    run_dir = tmp_path / "run"
+    secret = write(tmp_path / "elsewhere" / "secret.txt", b"not the run's")
+    model = write(run_dir / "artifacts/model.npz", os.urandom(1000))
+    (run_dir / "artifacts/secret.txt").symlink_to(tmp_path / "elsewhere" / "secret.txt")
+    (run_dir / "artifacts/linked-dir").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    os.mkfifo(run_dir / "artifacts/pipe")
+    up = make_uploader(run_dir, pg_store, s3_config(minio_server, minio_bucket), attempt=1)
+    up.notify("artifacts/linked-dir/secret.txt")  # as an artifact record naming it would
+    started = time.monotonic()
+    assert up.upload_available() == 0
+    assert time.monotonic() - started < 10  # the FIFO did not block the pass
+    assert [a.path for a in pg_store.list_artifacts(RUN_ID)] == ["artifacts/model.npz"]
+    assert keys(minio_server.client(), minio_bucket) == [f"ml/digits/{RUN_ID}/artifacts/model.npz"]
+    assert pg_store.list_artifacts(RUN_ID)[0].sha256 == sha(model) != sha(secret)
+
+
+def test_download_refuses_paths_that_leave_the_destination(sqlite_url, tmp_path):
+    from sqlalchemy import create_engine, text
+
+    store = TrackingStore(sqlite_url)
+    run = store.create_run(experiment="digits", status="FINISHED")
+    source = write(tmp_path / "src" / "model.bin", b"weights")
+    good = ArtifactInfo("artifacts/model.bin", source_uri := (tmp_path / "src" / "model.bin").as_uri(), len(source),
+                        sha(source), "artifact")
+    store.record_artifacts(run, [good])
+    with pytest.raises(ValueError):  # the store keeps only normalised relative paths
+        store.record_artifacts(run, [ArtifactInfo("artifacts/deep/../../../../pwned", source_uri, 7, sha(source),
+                                                  "artifact")])
+    # A row written before that rule (or by hand) is refused again by the download.
+    with create_engine(sqlite_url).begin() as conn:
+        conn.execute(text("INSERT INTO artifacts (run_id, path, uri, size, sha256, kind, created_at) "
+                          "SELECT run_id, :p, uri, size, sha256, kind, created_at FROM artifacts"),
+                     {"p": "artifacts/deep/../../../../pwned"})
+    out = tmp_path / "a" / "b" / "out"
+    got = cli("--database-url", sqlite_url, "runs", "download", run, "-d", str(out))
+    assert got.returncode == 1 and "refused to write artifact" in got.stderr and "'..'" in got.stderr
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "a" / "pwned").exists()
+    assert (out / "artifacts/model.bin").read_bytes() == b"weights"
+
+    # A link already in the destination cannot lead a file elsewhere either.
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "artifacts").symlink_to(tmp_path / "elsewhere2", target_is_directory=True)
+    (tmp_path / "elsewhere2").mkdir()
+    got = cli("--database-url", sqlite_url, "runs", "download", run, "model.bin", "-d", str(linked))
+    assert got.returncode == 1 and "outside" in got.stderr
+    assert list((tmp_path / "elsewhere2").iterdir()) == []

@@ -9,6 +9,8 @@ statuses, and the names of every ``CAIRN_*`` environment variable.
 from __future__ import annotations
 
 import enum
+import os
+import stat
 
 # ---------------------------------------------------------------------------------------------
 # Run-directory layout (relative to the run directory)
@@ -38,6 +40,50 @@ ARTIFACT = "artifact"  # {"path": path relative to the run dir}
 FINISH = "finish"  # {"status": "FINISHED"|"FAILED", "exit_code": int|None, "ts": float}
 
 MAX_KEY_LENGTH = 250
+MAX_PATH_LENGTH = 1024
+
+
+class UnsafePath(ValueError):
+    """A path from the run directory that could name something outside it."""
+
+
+def safe_relative_path(path: str) -> str:
+    """``path`` as the normalised relative POSIX path every artifact is stored and downloaded under.
+
+    Refuses what could reach outside the directory it is joined to: an absolute path, a ``..``
+    segment, a backslash, a NUL, an empty path. ``./`` and doubled slashes are dropped.
+    """
+    if not isinstance(path, str) or not path:
+        raise UnsafePath("an empty path")
+    if len(path) > MAX_PATH_LENGTH:
+        raise UnsafePath(f"a path longer than {MAX_PATH_LENGTH} characters")
+    if "\0" in path or "\\" in path:
+        raise UnsafePath(f"{path[:200]!r} holds a NUL or a backslash")
+    if path.startswith("/"):
+        raise UnsafePath(f"{path[:200]!r} is absolute")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UnsafePath(f"{path[:200]!r} has a '..' segment")
+    if not parts:
+        raise UnsafePath(f"{path[:200]!r} names no file")
+    return "/".join(parts)
+
+
+def regular_file_below(root: str | os.PathLike, rel: str) -> bool:
+    """Whether ``root/rel`` is a regular file reached without following any symbolic link."""
+    current = os.fspath(root)
+    parts = rel.split("/")
+    for i, part in enumerate(parts):
+        current = os.path.join(current, part)
+        try:
+            mode = os.lstat(current).st_mode
+        except OSError:
+            return False
+        if stat.S_ISLNK(mode):
+            return False
+        if i < len(parts) - 1 and not stat.S_ISDIR(mode):
+            return False
+    return stat.S_ISREG(mode)
 
 
 class RunStatus(str, enum.Enum):

@@ -224,9 +224,11 @@ class IngestAgent:
         return len(parsed.batch.metrics)
 
     def _artifact(self, rel: str, describe: bool = True) -> ArtifactInfo | bool | None:
-        path = (self.run_dir / rel).resolve()
-        if not path.is_file() or self.run_dir.resolve() not in path.parents:
+        """The artifact at ``rel`` (already a safe relative path), or None unless it is a regular file
+        reached without a symbolic link: a link could make a stored path name a place elsewhere."""
+        if not R.regular_file_below(self.run_dir, rel):
             return None
+        path = (self.run_dir / rel).absolute()
         if not describe:
             return True
         from cairn.agent.uploader import artifact_kind, checkpoint_step

@@ -40,6 +40,7 @@ EMPTY_KEY = "empty_key"
 KEY_TOO_LONG = "key_too_long"
 NON_NUMERIC = "non_numeric"
 BAD_RECORD = "bad_record"
+UNSAFE_PATH = "unsafe_path"
 
 # ``MetricPoint(k, s, t, v)`` runs the NamedTuple's Python-level ``__new__``; building the same tuple
 # in C is several times cheaper, and the agent makes one per point.
@@ -65,7 +66,7 @@ class Rejection:
 @dataclass
 class ParsedLines:
     batch: IngestBatch = field(default_factory=IngestBatch)
-    artifact_paths: list[str] = field(default_factory=list)
+    artifact_paths: list[str] = field(default_factory=list)  # normalised, relative to the run directory
     rejections: list[Rejection] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
@@ -151,7 +152,10 @@ def parse_lines(lines: list[bytes], first_line_no: int, now_ms: int) -> ParsedLi
         elif kind == R.TAGS and isinstance(rec.get("tags"), dict):
             batch.tags.update({k: str(v) for k, v in _valid_keys(rec["tags"], line_no, reject).items()})
         elif kind == R.ARTIFACT and isinstance(rec.get("path"), str) and rec["path"]:
-            out.artifact_paths.append(rec["path"])
+            try:
+                out.artifact_paths.append(R.safe_relative_path(rec["path"]))
+            except R.UnsafePath as exc:
+                reject(Rejection(line_no, UNSAFE_PATH, str(exc)))
         elif kind == R.FINISH:
             finish = _finish(rec)
             if finish is None:

@@ -33,7 +33,8 @@ from cairn import rundir as R
 from cairn.rundir import Env
 from cairn.backoff import Backoff, retry
 from cairn.messages import one_line
-from cairn.objectstore import DEFAULT_PART_SIZE, FileChanged, S3Config, ensure_bucket, run_prefix, s3_uri, upload_file
+from cairn.objectstore import (DEFAULT_PART_SIZE, FileChanged, S3Config, ensure_bucket, run_prefix, s3_uri,
+                               upload_file)
 from cairn.store.entities import ArtifactInfo
 
 log = logging.getLogger("cairn.uploader")
@@ -163,12 +164,10 @@ class ArtifactUploader:
                 rel_dir = os.path.relpath(dirpath, self.run_dir)
                 found.update(f"{rel_dir}/{f}".replace(os.sep, "/") for f in filenames
                              if not f.startswith(".") and not f.endswith(".part"))
-        root = self.run_dir.resolve()
-        for rel in list(self._extra):
-            path = (self.run_dir / rel).resolve()
-            if root in path.parents and path.is_file():
-                found.add(path.relative_to(root).as_posix())
-        return sorted(found)
+        found.update(self._extra)
+        # Regular files only, reached without a symbolic link: a link or a FIFO the trainer made
+        # must neither send a file from elsewhere nor hang the upload.
+        return sorted(rel for rel in found if R.regular_file_below(self.run_dir, rel))
 
     def upload_available(self, final: bool = False) -> int:
         """Upload and record what is ready; returns how many files are still waiting.

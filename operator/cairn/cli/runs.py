@@ -33,7 +33,7 @@ from cairn.cli.output import (
     write_rows,
 )
 from cairn.cli.params import lower_is_better
-from cairn.rundir import Env
+from cairn.rundir import Env, UnsafePath, safe_relative_path
 from cairn.store.entities import ArtifactInfo, RunDetail, RunSummary
 
 
@@ -397,19 +397,26 @@ def runs_download(ctx: click.Context, run: str, path: str | None, dest: str) -> 
         client = cfg.client()
     out = Path(dest)
     bad = []
+    targets = []
+    for a in arts:
+        try:
+            targets.append((a, destination_inside(out, a.path)))
+        except UnsafePath as exc:
+            bad.append(f"refused to write artifact {a.path[:200]!r}: {exc}")
+    arts = [a for a, _ in targets]
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=err_console, transient=False) as progress:
         task = progress.add_task(f"{len(arts)} file(s)", total=sum(a.size for a in arts))
         advance = lambda n: progress.advance(task, n)  # noqa: E731
-        for a in arts:
+        for a, target in targets:
             progress.update(task, description=a.path)
             try:
                 if a.uri.startswith("s3://"):
                     bucket, key = S3.parse_s3_uri(a.uri)
-                    S3.download_file(client, bucket, key, out / a.path, a.sha256, progress=advance)
+                    S3.download_file(client, bucket, key, target, a.sha256, progress=advance)
                 else:
-                    _copy_local(a.uri, out / a.path, a.sha256, advance)
+                    _copy_local(a.uri, target, a.sha256, advance)
             except S3.ChecksumMismatch as exc:
                 bad.append(str(exc))
             except Exception as exc:  # noqa: BLE001
@@ -421,6 +428,16 @@ def runs_download(ctx: click.Context, run: str, path: str | None, dest: str) -> 
         sys.exit(1)
     click.echo(f"downloaded {len(arts)} file(s), {fmt_bytes(sum(a.size for a in arts))}, sha256 verified, "
                f"into {out}", err=True)
+
+
+def destination_inside(out: Path, path: str) -> Path:
+    """Where artifact ``path`` goes under ``out``: refused (``UnsafePath``) unless it is a safe relative
+    path that still resolves inside ``out`` (a symbolic link already in ``out`` cannot lead elsewhere)."""
+    target = out / safe_relative_path(path)
+    root = out.resolve()
+    if root not in target.resolve().parents:
+        raise UnsafePath(f"{path[:200]!r} would be written outside {out}")
+    return target
 
 
 def _copy_local(uri: str, dest: Path, expected: str, advance: Callable[[int], None]) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy import Uuid, and_, bindparam, case, func, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from cairn.rundir import RunStatus
+from cairn.rundir import RunStatus, safe_relative_path
 from cairn.store import db
 from cairn.store.backends import Backend, backend_for, nan_if_null
 from cairn.store.entities import (
@@ -376,6 +376,8 @@ class TrackingStore:
         )
 
     def _upsert_artifact(self, s: Session, rid: uuid.UUID, art: ArtifactInfo) -> None:
+        if safe_relative_path(art.path) != art.path:  # raises UnsafePath for what could escape a directory
+            raise ValueError(f"artifact path {art.path!r} is not normalised")
         values = {"uri": art.uri, "size": art.size, "sha256": art.sha256, "kind": art.kind, "step": art.step,
                   "attempt": art.attempt, "uploaded_at": art.uploaded_at}
         stmt = self.backend.insert(Artifact).values(run_id=rid, path=art.path, created_at=utcnow(), **values)
