@@ -330,17 +330,23 @@ def test_agent_started_while_database_is_down_catches_up(own_postgres, tmp_path)
     sdk.finish()
 
     proc = start_agent(run_dir, url)
+    err_lines: list[str] = []
+    reader = threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True)
+    reader.start()
     try:
-        time.sleep(2)
-        assert proc.poll() is None, "the agent gave up while the database was down"
+        deadline = time.monotonic() + 60
+        while not any("store unavailable, retrying" in line for line in err_lines):
+            assert proc.poll() is None, "the agent gave up while the database was down"
+            assert time.monotonic() < deadline, f"the agent never said the store was away: {err_lines}"
+            time.sleep(0.1)
         own_postgres.start()
-        _, err = proc.communicate(timeout=90)
+        proc.wait(timeout=90)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0, err
-    assert "store unavailable, retrying" in err
+    reader.join(timeout=10)
+    assert proc.returncode == 0, "".join(err_lines)
     counts = point_counts(url, run.id)
     assert len(counts) == 300 and set(counts.values()) == {1}
 
