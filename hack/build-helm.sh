@@ -36,19 +36,7 @@ build_helm() {
     ldflags+=" -X $MODULE/$pkg.k8sVersionMajor=$k8s_major -X $MODULE/$pkg.k8sVersionMinor=$k8s_minor"
   done
   log "compiling $MODULE/cmd/helm@$HELM_VERSION (default Kubernetes v$k8s_major.$k8s_minor; log: $LOG)"
-  set +e
-  CGO_ENABLED=0 GOBIN="$1" nice -n 10 go install -trimpath -pgo=off -p "${BUILD_JOBS:-2}" -v -ldflags "$ldflags" \
-    "$MODULE/cmd/helm@$HELM_VERSION" 2>&1 | tee "$LOG" |
-    awk '/^go: downloading/ {d++; next}
-         {n++; if (n % 100 == 0) {printf "[build-helm] %d packages compiled (%s)\n", n, $0; fflush()}}
-         END {printf "[build-helm] %d modules downloaded, %d packages compiled\n", d, n}' >&2
-  rc=${PIPESTATUS[0]}
-  set -e
-  if [[ $rc -ne 0 || ! -x "$1/helm" ]]; then
-    log "go install failed (exit $rc); last lines of $LOG:"
-    tail -n 20 "$LOG" >&2
-    exit 1
-  fi
+  go_install_logged "$1" "$ldflags" "$MODULE/cmd/helm@$HELM_VERSION" helm
   log "built: $("$1/helm" version --short 2>/dev/null)"
 }
 

@@ -38,19 +38,7 @@ build_minio() {
   log "compiling github.com/minio/minio@$MINIO_VERSION" \
     "(cold: downloads the module graph, then several minutes on 2 cores; log: $LOG)"
   # go install -v prints one line per compiled package; summarise every 100.
-  set +e
-  CGO_ENABLED=0 GOBIN="$1" nice -n 10 go install -trimpath -pgo=off -p "${BUILD_JOBS:-2}" -v -ldflags "$ldflags" \
-    "github.com/minio/minio@$MINIO_VERSION" 2>&1 | tee "$LOG" |
-    awk '/^go: downloading/ {d++; if (d % 50 == 0) {printf "[build-minio] %d modules downloaded\n", d; fflush()}; next}
-         /^[^ :]+$/ {n++; if (n % 100 == 0) {printf "[build-minio] %d packages compiled (%s)\n", n, $0; fflush()}}
-         END {printf "[build-minio] %d modules downloaded, %d packages compiled\n", d, n}' >&2
-  rc=${PIPESTATUS[0]}
-  set -e
-  if [[ $rc -ne 0 || ! -x "$1/minio" ]]; then
-    log "go install failed (exit $rc); last lines of $LOG:"
-    tail -n 20 "$LOG" >&2
-    exit 1
-  fi
+  go_install_logged "$1" "$ldflags" "github.com/minio/minio@$MINIO_VERSION" minio
   log "built: $("$1/minio" --version 2>/dev/null | head -1)"
 }
 

@@ -96,3 +96,22 @@ import_archive() {
   ctr --address "$sock" --namespace k8s.io images import "$archive" >/dev/null
   log "imported $archive into the node in $((SECONDS - t1))s"
 }
+
+# go_install_logged GOBIN LDFLAGS PACKAGE@VERSION BINARY: `go install` into GOBIN with the whole log in
+# $LOG and a line every 100 compiled packages on stderr; exits with the log's tail when it fails.
+go_install_logged() {
+  local gobin=$1 ldflags=$2 target=$3 binary=$4 rc
+  set +e
+  CGO_ENABLED=0 GOBIN="$gobin" nice -n 10 go install -trimpath -pgo=off -p "${BUILD_JOBS:-2}" -v -ldflags "$ldflags" \
+    "$target" 2>&1 | tee "$LOG" |
+    awk -v tag="$LOG_TAG" '/^go: downloading/ {d++; if (d % 50 == 0) {printf "[%s] %d modules downloaded\n", tag, d; fflush()}; next}
+         {n++; if (n % 100 == 0) {printf "[%s] %d packages compiled (%s)\n", tag, n, $0; fflush()}}
+         END {printf "[%s] %d modules downloaded, %d packages compiled\n", tag, d, n}' >&2
+  rc=${PIPESTATUS[0]}
+  set -e
+  if [[ $rc -ne 0 || ! -x "$gobin/$binary" ]]; then
+    log "go install failed (exit $rc); last lines of $LOG:"
+    tail -n 20 "$LOG" >&2
+    exit 1
+  fi
+}

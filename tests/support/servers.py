@@ -170,17 +170,22 @@ def _terminate(proc: subprocess.Popen | None, kill: bool = False, timeout: float
         proc.wait()
 
 
-def minio_binary(build: bool = True) -> str:
-    """The MinIO server built by hack/build-minio.sh; builds it first (minutes, once) if missing."""
-    script = REPO_ROOT / "hack" / "build-minio.sh"
-    path = subprocess.run(["bash", str(script), "--print-bin"], check=True, capture_output=True,
+def built_binary(script: str, build: bool = True) -> str:
+    """The binary hack/SCRIPT builds (cached by version); built first (minutes, once) if missing."""
+    path_of = REPO_ROOT / "hack" / script
+    path = subprocess.run(["bash", str(path_of), "--print-bin"], check=True, capture_output=True,
                           text=True).stdout.strip()
     if not os.access(path, os.X_OK):
         if not build:
-            raise RuntimeError(f"MinIO not built: run hack/build-minio.sh (expected {path})")
+            raise RuntimeError(f"not built: run hack/{script} (expected {path})")
         # Progress goes to stderr, which pytest shows with -s or when the fixture fails.
-        subprocess.run(["bash", str(script)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["bash", str(path_of)], check=True, stdout=subprocess.DEVNULL)
     return path
+
+
+def minio_binary(build: bool = True) -> str:
+    """The MinIO server built from its Go module."""
+    return built_binary("build-minio.sh", build)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -324,15 +329,8 @@ class MinioServer:
 
 
 def prometheus_binary(build: bool = True) -> str:
-    """Prometheus built by hack/build-prometheus.sh (Debian's lacks Kubernetes service discovery)."""
-    script = REPO_ROOT / "hack" / "build-prometheus.sh"
-    path = subprocess.run(["bash", str(script), "--print-bin"], check=True, capture_output=True,
-                          text=True).stdout.strip()
-    if not os.access(path, os.X_OK):
-        if not build:
-            raise RuntimeError(f"Prometheus not built: run hack/build-prometheus.sh (expected {path})")
-        subprocess.run(["bash", str(script)], check=True, stdout=subprocess.DEVNULL)
-    return path
+    """Prometheus built from its Go module (Debian's lacks Kubernetes service discovery)."""
+    return built_binary("build-prometheus.sh", build)
 
 
 class PrometheusServer:
