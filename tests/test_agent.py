@@ -389,3 +389,20 @@ def test_artifact_records_that_could_leave_the_run_directory_are_refused(store, 
     d = store.get_run(run.id)
     assert d.ingest.rejected == {"unsafe_path": 2, "missing_artifact": 1}
     assert [a.path for a in d.artifacts] == ["artifacts/ok.txt"]
+
+
+def test_lines_the_database_cannot_store_are_counted_and_ingest_goes_on_to_finish(store, tmp_path):
+    run_dir = tmp_path / "run"
+    run = sdk.init(run_dir=str(run_dir))
+    sdk.log({"loss": 1.0}, step=0)
+    sdk.run.flush()
+    with open(run_dir / "records.jsonl", "ab") as f:
+        f.write(b"[" * 100_000 + b"\n")
+        f.write(b'{"seq": 90, "type": "metric", "step": 1, "values": {"loss\\ud800": 0.5}}\n')
+        f.write(b'{"seq": 91, "type": "tags", "tags": {"team": "a\\u0000b"}}\n')
+    sdk.log({"loss": 0.5}, step=2)
+    sdk.finish()
+    ingest_once(run_dir, store)
+    d = store.get_run(run.id)
+    assert d.ingest.rejected == {"bad_json": 1, "bad_text": 2}
+    assert d.summary.status == "FINISHED" and d.summary.metrics["loss"].count == 2

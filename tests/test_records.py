@@ -139,3 +139,20 @@ def test_fuzzed_objects_yield_only_valid_points_and_count_every_dropped_value(ob
                     and r._timestamp_ms(next((o[f] for f in r.TIME_FIELDS if f in o), None), NOW) is not None]
     expected_values = sum(len([k for k in o if k != "step" and k not in r.TIME_FIELDS]) for o in usable_lines)
     assert kept + per_value == expected_values
+
+
+def test_lines_no_database_could_store_are_rejected_and_the_rest_still_parse():
+    lines = [
+        b"[" * 100_000 + b"\n",  # deeper than the JSON parser recurses
+        b'{"type": "metric", "step": 1, "values": {"loss\\ud800": 0.5}}\n',  # a lone surrogate in a key
+        b'{"type": "tags", "tags": {"team": "a\\u0000b"}}\n',  # a NUL in a tag value
+        b'{"type": "params", "params": {"k\\u0000": 1}}\n',  # a NUL in a parameter name
+        b'{"type": "metric", "step": 2, "values": {"caf\\u00e9": 0.25}}\n',  # an escape that is fine
+        b'{"type": "finish", "status": "FINISHED", "exit_code": 0, "ts": 1700000000.0}\n',
+    ]
+    out = parse_lines(lines, 1, now_ms=0)
+    assert [(x.line, x.reason) for x in out.rejections] == [
+        (1, r.BAD_JSON), (2, r.BAD_TEXT), (3, r.BAD_TEXT), (4, r.BAD_TEXT)]
+    assert [(p.key, p.step, p.value) for p in out.batch.metrics] == [("café", 2, 0.25)]
+    assert out.batch.tags == {} and out.batch.params == {}
+    assert out.batch.finish == RunFinish(RunStatus.FINISHED, 0, 1700000000.0)

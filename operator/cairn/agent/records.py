@@ -41,6 +41,7 @@ KEY_TOO_LONG = "key_too_long"
 NON_NUMERIC = "non_numeric"
 BAD_RECORD = "bad_record"
 UNSAFE_PATH = "unsafe_path"
+BAD_TEXT = "bad_text"  # a NUL or a lone surrogate in a string: no database can store it as text
 
 # ``MetricPoint(k, s, t, v)`` runs the NamedTuple's Python-level ``__new__``; building the same tuple
 # in C is several times cheaper, and the agent makes one per point.
@@ -126,8 +127,11 @@ def parse_lines(lines: list[bytes], first_line_no: int, now_ms: int) -> ParsedLi
         except UnicodeDecodeError:
             reject(Rejection(line_no, BAD_ENCODING, _excerpt(raw)))
             continue
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             reject(Rejection(line_no, BAD_JSON, _excerpt(raw)))
+            continue
+        if b"\\u" in raw and (bad := _unstorable_text(rec)) is not None:
+            reject(Rejection(line_no, BAD_TEXT, bad))
             continue
         if type(rec) is not dict:
             reject(Rejection(line_no, NOT_AN_OBJECT, _excerpt(raw)))
@@ -183,6 +187,29 @@ def _finish(rec: dict) -> RunFinish | None:
     if ts is not None and not (_is_number(ts) and 0 <= ts < 1e11):
         return None
     return RunFinish(status, exit_code, ts)
+
+
+def _unstorable_text(value: object) -> str | None:
+    """The first string (key or value) holding a NUL or a lone surrogate, described; None if none.
+
+    Only lines with a ``\\u`` escape can hold either, so the common line never gets here.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            if "\0" in item:
+                return f"{item[:60]!r} holds a NUL character"
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"{item[:60]!r} holds a lone surrogate"
+    return None
 
 
 def _valid_keys(values: dict, line_no: int, reject) -> dict:  # noqa: ANN001
