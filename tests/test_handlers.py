@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 import time
 from types import SimpleNamespace
 
@@ -48,16 +49,16 @@ class FakeCore:
         self.pods: dict[str, dict] = {}
         self.pod_reads = 0
         self.events: list[str] = []
-        self.api_client = SimpleNamespace(sanitize_for_serialization=lambda pod: pod)
 
     def create_namespaced_pod(self, namespace, body):  # noqa: ANN001, ANN201
         self.pods[body["metadata"]["name"]] = body
 
-    def read_namespaced_pod(self, name, namespace):  # noqa: ANN001, ANN201
+    def read_namespaced_pod(self, name, namespace, _preload_content=True):  # noqa: ANN001, ANN201
+        assert not _preload_content, "the operator reads pods as raw JSON"
         self.pod_reads += 1
         if name not in self.pods:
             raise ApiException(status=404)
-        return self.pods[name]
+        return SimpleNamespace(data=json.dumps(self.pods[name]).encode())
 
     def read_node(self, name):  # noqa: ANN001, ANN201
         return SimpleNamespace(metadata=SimpleNamespace(labels={"nvidia.com/gpu.product": "H100"}))

@@ -13,6 +13,7 @@ Handlers find the :class:`Operator` in Kopf's memo: ``cairn operator`` puts it t
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,7 @@ from kubernetes.client.rest import ApiException
 
 from cairn import podspec
 from cairn.api import GROUP, KIND, PLURAL, VERSION, TrainingRun, TrainingRunStatus, from_manifest, to_dict
+from cairn.controller import malloc
 from cairn.controller import reconcile as R
 from cairn.controller.metrics import OperatorMetrics
 from cairn.controller.runtime import KeyedLocks, NodeLabelCache, Requeuer, RunningRuns, RunRef, metrics_patch
@@ -34,6 +36,9 @@ from cairn.store import TrackingStore
 TRAININGRUN_LABEL = podspec.TRAININGRUN_LABEL
 STATUS_METRICS_INTERVAL_S = 10.0  # how often the Running runs' latest metrics are copied into status
 STORE_RETRY_S = 30.0  # a run whose store write failed is reconciled again after this long
+KOPF_WORKERS = 4  # threads for Kopf's sync handlers; a reconcile is a few API calls, so 4 keep latency far under 1 s
+KOPF_OBJECT_WORKERS = 32  # objects Kopf handles at once (their events queue meanwhile)
+REQUEUE_WORKERS = 4
 LATEST_METRICS_BATCH = 500  # runs per store query
 
 log = logging.getLogger("cairn.controller")
@@ -51,7 +56,7 @@ class Operator:
         self.node_labels = NodeLabelCache(self._read_node_labels)
         self.running = RunningRuns()
         self.store_behind: set[str] = set()  # runs whose last store write failed
-        self._requeue_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cairn-requeue")
+        self._requeue_pool = ThreadPoolExecutor(max_workers=REQUEUE_WORKERS, thread_name_prefix="cairn-requeue")
         self.requeues = Requeuer(lambda key: self._requeue_pool.submit(self._reconcile_key, key))
         self._stop = threading.Event()
 
@@ -65,7 +70,9 @@ class Operator:
         except config.ConfigException:
             config.load_kube_config()
         api_config = client.Configuration.get_default_copy()
-        api_config.connection_pool_maxsize = 32  # Kopf's 16 workers and the requeue pool, without discarding
+        # One connection per thread that calls the API (Kopf's workers, the requeue pool, the status-metrics
+        # thread), so none is opened and discarded per call.
+        api_config.connection_pool_maxsize = KOPF_WORKERS + REQUEUE_WORKERS + 1
         api = client.ApiClient(api_config)
         return cls(settings, client.CoreV1Api(api), client.CustomObjectsApi(api),
                    TrackingStore(settings.database_url))
@@ -105,6 +112,7 @@ class Operator:
             runs = self.running.snapshot()
             for start in range(0, len(runs), LATEST_METRICS_BATCH):
                 copy_metrics_to_status(self, runs[start:start + LATEST_METRICS_BATCH])
+            malloc.release_free_memory()  # what bursts of events left free in the heap (a few ms)
 
 
 def _operator(memo: kopf.Memo) -> Operator:
@@ -122,7 +130,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.client_timeout = 300
     # Only the pods of TrainingRuns reach the operator (and its memory), not every pod of the namespace.
     settings.watching.label_selectors["", "v1", "pods"] = TRAININGRUN_LABEL
-    settings.execution.max_workers = 16
+    settings.execution.max_workers = KOPF_WORKERS
+    # Kopf opens an API connection (a 256 KiB TLS read buffer each) per object it is handling at once, without
+    # limit: a thousand TrainingRuns applied together would open hundreds. Objects beyond this wait their turn.
+    settings.batching.worker_limit = KOPF_OBJECT_WORKERS
     if "operator" not in memo:  # kopf run -m cairn.controller
         memo["operator"] = Operator.connect(OperatorSettings())
     op = _operator(memo)
@@ -314,8 +325,9 @@ def post_event(op: Operator, tr: TrainingRun, ev: R.Event, now: dt.datetime) -> 
 
 
 def _read_pod(op: Operator, namespace: str, name: str) -> dict | None:
+    # The raw JSON: models for every field of a pod only to turn them back into a dict cost time and memory.
     try:
-        return op.core.api_client.sanitize_for_serialization(op.core.read_namespaced_pod(name, namespace))
+        return json.loads(op.core.read_namespaced_pod(name, namespace, _preload_content=False).data)
     except ApiException as exc:
         if exc.status == 404:
             return None
