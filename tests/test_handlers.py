@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import json
 import time
 from types import SimpleNamespace
 
@@ -53,18 +52,17 @@ class FakeCore:
     def create_namespaced_pod(self, namespace, body):  # noqa: ANN001, ANN201
         self.pods[body["metadata"]["name"]] = body
 
-    def read_namespaced_pod(self, name, namespace, _preload_content=True):  # noqa: ANN001, ANN201
-        assert not _preload_content, "the operator reads pods as raw JSON"
+    def read_namespaced_pod(self, name, namespace):  # noqa: ANN001, ANN201
         self.pod_reads += 1
         if name not in self.pods:
             raise ApiException(status=404)
-        return SimpleNamespace(data=json.dumps(self.pods[name]).encode())
+        return self.pods[name]
 
     def read_node(self, name):  # noqa: ANN001, ANN201
-        return SimpleNamespace(metadata=SimpleNamespace(labels={"nvidia.com/gpu.product": "H100"}))
+        return {"metadata": {"labels": {"nvidia.com/gpu.product": "H100"}}}
 
     def create_namespaced_event(self, namespace, body):  # noqa: ANN001, ANN201
-        self.events.append(body.reason)
+        self.events.append(body["reason"])
 
 
 class FakeStore:

@@ -13,7 +13,6 @@ Handlers find the :class:`Operator` in Kopf's memo: ``cairn operator`` puts it t
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ from kubernetes.client.rest import ApiException
 from cairn import podspec
 from cairn.api import GROUP, KIND, PLURAL, VERSION, TrainingRun, TrainingRunStatus, from_manifest, to_dict
 from cairn.controller import malloc
+from cairn.controller.kube import CoreApi
 from cairn.controller import reconcile as R
 from cairn.controller.metrics import OperatorMetrics
 from cairn.controller.runtime import KeyedLocks, NodeLabelCache, Requeuer, RunningRuns, RunRef, metrics_patch
@@ -48,7 +48,7 @@ class Operator:
     """Everything the handlers share: settings, API clients, the store, metrics and bounded per-run
     bookkeeping (locks, node labels, requeue times, Running runs, runs the store is behind on)."""
 
-    def __init__(self, settings: OperatorSettings, core: client.CoreV1Api, custom: client.CustomObjectsApi,
+    def __init__(self, settings: OperatorSettings, core: CoreApi, custom: client.CustomObjectsApi,
                  store: TrackingStore) -> None:
         self.settings, self.core, self.custom, self.store = settings, core, custom, store
         self.metrics = OperatorMetrics()
@@ -74,7 +74,7 @@ class Operator:
         # thread), so none is opened and discarded per call.
         api_config.connection_pool_maxsize = KOPF_WORKERS + REQUEUE_WORKERS + 1
         api = client.ApiClient(api_config)
-        return cls(settings, client.CoreV1Api(api), client.CustomObjectsApi(api),
+        return cls(settings, CoreApi(api), client.CustomObjectsApi(api),
                    TrackingStore(settings.database_url))
 
     def start(self) -> None:
@@ -97,7 +97,7 @@ class Operator:
 
     def _read_node_labels(self, node: str) -> dict[str, str]:
         try:
-            return self.core.read_node(node).metadata.labels or {}
+            return self.core.read_node(node)["metadata"].get("labels") or {}
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -170,9 +170,9 @@ def on_pod_event(type: str, body: kopf.Body, labels: Mapping[str, str], namespac
 def on_delete(body: kopf.Body, namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any) -> None:
     op = _operator(memo)
     pods = op.core.list_namespaced_pod(namespace, label_selector=f"{TRAININGRUN_LABEL}={name}")
-    for pod in pods.items:
-        if pod.metadata.owner_references and any(o.uid == uid for o in pod.metadata.owner_references):
-            _ignore_404(op.core.delete_namespaced_pod, pod.metadata.name, namespace, grace_period_seconds=30)
+    for pod in pods["items"]:
+        if any(o.get("uid") == uid for o in pod["metadata"].get("ownerReferences") or []):
+            _ignore_404(op.core.delete_namespaced_pod, pod["metadata"]["name"], namespace, grace_period_seconds=30)
     if from_manifest(body).status.phase not in R.TERMINAL:
         op.store.update_run(uid, status=RunStatus.KILLED, end_time=dt.datetime.now(dt.timezone.utc),
                             reason="TrainingRun deleted")
@@ -310,14 +310,14 @@ def copy_metrics_to_status(op: Operator, runs: list[RunRef]) -> None:
 
 def post_event(op: Operator, tr: TrainingRun, ev: R.Event, now: dt.datetime) -> None:
     stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    body = client.CoreV1Event(
-        metadata=client.V1ObjectMeta(generate_name=f"{tr.name}.", namespace=tr.namespace),
-        involved_object=client.V1ObjectReference(api_version=f"{GROUP}/{VERSION}", kind=KIND, name=tr.name,
-                                                 namespace=tr.namespace, uid=tr.uid),
-        type=ev.type, reason=ev.reason, message=ev.message[:1024], first_timestamp=stamp, last_timestamp=stamp,
-        count=1, source=client.V1EventSource(component="cairn-operator"),
-        reporting_component="cairn.dev/operator", reporting_instance="cairn-operator",
-    )
+    body = {
+        "metadata": {"generateName": f"{tr.name}.", "namespace": tr.namespace},
+        "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": tr.name,
+                           "namespace": tr.namespace, "uid": tr.uid},
+        "type": ev.type, "reason": ev.reason, "message": ev.message[:1024], "firstTimestamp": stamp,
+        "lastTimestamp": stamp, "count": 1, "source": {"component": "cairn-operator"},
+        "reportingComponent": "cairn.dev/operator", "reportingInstance": "cairn-operator",
+    }
     try:
         op.core.create_namespaced_event(tr.namespace, body)
     except ApiException as exc:
@@ -325,9 +325,8 @@ def post_event(op: Operator, tr: TrainingRun, ev: R.Event, now: dt.datetime) -> 
 
 
 def _read_pod(op: Operator, namespace: str, name: str) -> dict | None:
-    # The raw JSON: models for every field of a pod only to turn them back into a dict cost time and memory.
     try:
-        return json.loads(op.core.read_namespaced_pod(name, namespace, _preload_content=False).data)
+        return op.core.read_namespaced_pod(name, namespace)
     except ApiException as exc:
         if exc.status == 404:
             return None
