@@ -25,8 +25,8 @@ from kubernetes.client.rest import ApiException
 from cairn import podspec
 from cairn.api import GROUP, KIND, PLURAL, VERSION, TrainingRun, TrainingRunStatus, from_manifest, to_dict
 from cairn.controller import malloc
-from cairn.controller.kube import CoreApi
 from cairn.controller import reconcile as R
+from cairn.controller.kube import CoreApi
 from cairn.controller.metrics import OperatorMetrics
 from cairn.controller.runtime import KeyedLocks, NodeLabelCache, Requeuer, RunningRuns, RunRef, metrics_patch
 from cairn.controller.settings import OperatorSettings
