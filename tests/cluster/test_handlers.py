@@ -24,6 +24,7 @@ from kubernetes.client.rest import ApiException
 from cairn.api import GROUP, PLURAL, VERSION
 from cairn.api.types import GPU_PRODUCT_LABEL
 from cairn.controller import handlers as H
+from cairn.controller.kube import CoreApi
 from cairn.controller.settings import OperatorSettings
 from cairn.podspec import TRAINER, pod_name
 from cairn.rundir import METRICS_DIR, RunStatus
@@ -156,7 +157,7 @@ def make_operator(api_client, store_urls) -> Iterator:
     made: list[H.Operator] = []
 
     def make() -> H.Operator:
-        op = H.Operator(OperatorSettings(), Counting(client.CoreV1Api(api_client)),
+        op = H.Operator(OperatorSettings(), Counting(CoreApi(api_client)),
                         Counting(client.CustomObjectsApi(api_client)), Counting(TrackingStore(store_urls[0])))
         made.append(op)
         return op

@@ -24,7 +24,9 @@ from kubernetes.client.rest import ApiException
 
 from cairn import podspec
 from cairn.api import GROUP, KIND, PLURAL, VERSION, TrainingRun, TrainingRunStatus, from_manifest, to_dict
+from cairn.controller import malloc
 from cairn.controller import reconcile as R
+from cairn.controller.kube import CoreApi
 from cairn.controller.metrics import OperatorMetrics
 from cairn.controller.runtime import KeyedLocks, NodeLabelCache, Requeuer, RunningRuns, RunRef, metrics_patch
 from cairn.controller.settings import OperatorSettings
@@ -34,6 +36,9 @@ from cairn.store import TrackingStore
 TRAININGRUN_LABEL = podspec.TRAININGRUN_LABEL
 STATUS_METRICS_INTERVAL_S = 10.0  # how often the Running runs' latest metrics are copied into status
 STORE_RETRY_S = 30.0  # a run whose store write failed is reconciled again after this long
+KOPF_WORKERS = 4  # threads for Kopf's sync handlers; a reconcile is a few API calls, so 4 keep latency far under 1 s
+KOPF_OBJECT_WORKERS = 32  # objects Kopf handles at once (their events queue meanwhile)
+REQUEUE_WORKERS = 4
 LATEST_METRICS_BATCH = 500  # runs per store query
 
 log = logging.getLogger("cairn.controller")
@@ -43,7 +48,7 @@ class Operator:
     """Everything the handlers share: settings, API clients, the store, metrics and bounded per-run
     bookkeeping (locks, node labels, requeue times, Running runs, runs the store is behind on)."""
 
-    def __init__(self, settings: OperatorSettings, core: client.CoreV1Api, custom: client.CustomObjectsApi,
+    def __init__(self, settings: OperatorSettings, core: CoreApi, custom: client.CustomObjectsApi,
                  store: TrackingStore) -> None:
         self.settings, self.core, self.custom, self.store = settings, core, custom, store
         self.metrics = OperatorMetrics()
@@ -51,7 +56,7 @@ class Operator:
         self.node_labels = NodeLabelCache(self._read_node_labels)
         self.running = RunningRuns()
         self.store_behind: set[str] = set()  # runs whose last store write failed
-        self._requeue_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cairn-requeue")
+        self._requeue_pool = ThreadPoolExecutor(max_workers=REQUEUE_WORKERS, thread_name_prefix="cairn-requeue")
         self.requeues = Requeuer(lambda key: self._requeue_pool.submit(self._reconcile_key, key))
         self._stop = threading.Event()
 
@@ -65,9 +70,11 @@ class Operator:
         except config.ConfigException:
             config.load_kube_config()
         api_config = client.Configuration.get_default_copy()
-        api_config.connection_pool_maxsize = 32  # Kopf's 16 workers and the requeue pool, without discarding
+        # One connection per thread that calls the API (Kopf's workers, the requeue pool, the status-metrics
+        # thread), so none is opened and discarded per call.
+        api_config.connection_pool_maxsize = KOPF_WORKERS + REQUEUE_WORKERS + 1
         api = client.ApiClient(api_config)
-        return cls(settings, client.CoreV1Api(api), client.CustomObjectsApi(api),
+        return cls(settings, CoreApi(api), client.CustomObjectsApi(api),
                    TrackingStore(settings.database_url))
 
     def start(self) -> None:
@@ -90,7 +97,7 @@ class Operator:
 
     def _read_node_labels(self, node: str) -> dict[str, str]:
         try:
-            return self.core.read_node(node).metadata.labels or {}
+            return self.core.read_node(node)["metadata"].get("labels") or {}
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -105,6 +112,7 @@ class Operator:
             runs = self.running.snapshot()
             for start in range(0, len(runs), LATEST_METRICS_BATCH):
                 copy_metrics_to_status(self, runs[start:start + LATEST_METRICS_BATCH])
+            malloc.release_free_memory()  # what bursts of events left free in the heap (a few ms)
 
 
 def _operator(memo: kopf.Memo) -> Operator:
@@ -122,7 +130,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.client_timeout = 300
     # Only the pods of TrainingRuns reach the operator (and its memory), not every pod of the namespace.
     settings.watching.label_selectors["", "v1", "pods"] = TRAININGRUN_LABEL
-    settings.execution.max_workers = 16
+    settings.execution.max_workers = KOPF_WORKERS
+    # Kopf opens an API connection (a 256 KiB TLS read buffer each) per object it is handling at once, without
+    # limit: a thousand TrainingRuns applied together would open hundreds. Objects beyond this wait their turn.
+    settings.batching.worker_limit = KOPF_OBJECT_WORKERS
     if "operator" not in memo:  # kopf run -m cairn.controller
         memo["operator"] = Operator.connect(OperatorSettings())
     op = _operator(memo)
@@ -159,9 +170,9 @@ def on_pod_event(type: str, body: kopf.Body, labels: Mapping[str, str], namespac
 def on_delete(body: kopf.Body, namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any) -> None:
     op = _operator(memo)
     pods = op.core.list_namespaced_pod(namespace, label_selector=f"{TRAININGRUN_LABEL}={name}")
-    for pod in pods.items:
-        if pod.metadata.owner_references and any(o.uid == uid for o in pod.metadata.owner_references):
-            _ignore_404(op.core.delete_namespaced_pod, pod.metadata.name, namespace, grace_period_seconds=30)
+    for pod in pods["items"]:
+        if any(o.get("uid") == uid for o in pod["metadata"].get("ownerReferences") or []):
+            _ignore_404(op.core.delete_namespaced_pod, pod["metadata"]["name"], namespace, grace_period_seconds=30)
     if from_manifest(body).status.phase not in R.TERMINAL:
         op.store.update_run(uid, status=RunStatus.KILLED, end_time=dt.datetime.now(dt.timezone.utc),
                             reason="TrainingRun deleted")
@@ -299,14 +310,14 @@ def copy_metrics_to_status(op: Operator, runs: list[RunRef]) -> None:
 
 def post_event(op: Operator, tr: TrainingRun, ev: R.Event, now: dt.datetime) -> None:
     stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    body = client.CoreV1Event(
-        metadata=client.V1ObjectMeta(generate_name=f"{tr.name}.", namespace=tr.namespace),
-        involved_object=client.V1ObjectReference(api_version=f"{GROUP}/{VERSION}", kind=KIND, name=tr.name,
-                                                 namespace=tr.namespace, uid=tr.uid),
-        type=ev.type, reason=ev.reason, message=ev.message[:1024], first_timestamp=stamp, last_timestamp=stamp,
-        count=1, source=client.V1EventSource(component="cairn-operator"),
-        reporting_component="cairn.dev/operator", reporting_instance="cairn-operator",
-    )
+    body = {
+        "metadata": {"generateName": f"{tr.name}.", "namespace": tr.namespace},
+        "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": tr.name,
+                           "namespace": tr.namespace, "uid": tr.uid},
+        "type": ev.type, "reason": ev.reason, "message": ev.message[:1024], "firstTimestamp": stamp,
+        "lastTimestamp": stamp, "count": 1, "source": {"component": "cairn-operator"},
+        "reportingComponent": "cairn.dev/operator", "reportingInstance": "cairn-operator",
+    }
     try:
         op.core.create_namespaced_event(tr.namespace, body)
     except ApiException as exc:
@@ -315,7 +326,7 @@ def post_event(op: Operator, tr: TrainingRun, ev: R.Event, now: dt.datetime) -> 
 
 def _read_pod(op: Operator, namespace: str, name: str) -> dict | None:
     try:
-        return op.core.api_client.sanitize_for_serialization(op.core.read_namespaced_pod(name, namespace))
+        return op.core.read_namespaced_pod(name, namespace)
     except ApiException as exc:
         if exc.status == 404:
             return None
