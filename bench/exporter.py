@@ -15,7 +15,7 @@ import time
 import urllib.request
 
 from cairn.agent.exporter import LiveState, serve
-from tests.support.servers import free_port
+from bench.servers import free_port
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """Ingest benchmark (issue 2): Cairn's SDK → agent → PostgreSQL path against an MLflow tracking server.
 
-One run, one throwaway PostgreSQL (``tests/support/servers.py``) holding two databases: ``cairn`` (the
+One run, one throwaway PostgreSQL (``bench/servers.py``) holding two databases: ``cairn`` (the
 Cairn schema, via ``cairn.store.db.upgrade``) and ``mlflow`` (migrated by ``mlflow server`` itself).
 It prints:
 
@@ -51,7 +51,7 @@ for _var in [v for v in os.environ if v.startswith("CAIRN_")]:  # the SDK must n
     del os.environ[_var]
 
 from cairn.store import db  # noqa: E402
-from tests.support.servers import PostgresServer, free_port  # noqa: E402
+from bench.servers import Postgres, free_port  # noqa: E402
 
 KEYS = [f"metric_{i}" for i in range(10)]
 SEED = 20240607
@@ -470,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     from cairn.store import TrackingStore
 
     workdir = Path(tempfile.mkdtemp(prefix="cairn-bench-"))
-    pg = PostgresServer()
+    pg = Postgres()
     mlflow_server = None
     results: dict = {}
     began = time.time()
@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.time() - began:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
     try:
-        pg.init().start()
+        pg.start()
         cairn_url = pg.create_database("cairn")
         mlflow_url = pg.create_database("mlflow")
         engine = db.get_engine(cairn_url)

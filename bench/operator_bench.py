@@ -21,31 +21,23 @@ from __future__ import annotations
 
 import argparse
 import base64
-import glob
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench.servers import Postgres, free_port
+
 REPO = Path(__file__).resolve().parents[1]
 KWOK = {"nodeSelector": {"type": "kwok"},
         "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]}
 PODS_PER_NODE = 110
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cluster_env() -> dict[str, str]:
@@ -66,44 +58,6 @@ def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:  #
     if check and r.returncode:
         raise RuntimeError(f"kubectl {' '.join(args)}: {r.stderr}")
     return r.stdout
-
-
-class Postgres:
-    """A throwaway PostgreSQL on loopback for the operator's store (as root, run as user postgres)."""
-
-    def __init__(self) -> None:
-        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl")) or [shutil.which("pg_ctl") or ""]
-        if not found[-1]:
-            raise SystemExit("PostgreSQL server binaries not found: install the Debian package postgresql")
-        self.bindir = os.path.dirname(found[-1])
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="cairn-bench-pg-"))
-        self.as_root = os.geteuid() == 0
-        if self.as_root:
-            shutil.chown(self.dir, "postgres", "postgres")
-
-    def _run(self, tool: str, *args: str) -> None:
-        argv = [os.path.join(self.bindir, tool), *args]
-        subprocess.run(["runuser", "-u", "postgres", "--", *argv] if self.as_root else argv, check=True,
-                       capture_output=True)
-
-    def start(self) -> str:
-        """Start the server; the URL of a fresh database ``bench`` (trust authentication on loopback)."""
-        data = self.dir / "data"
-        self._run("initdb", "-D", str(data), "-U", "cairn", "-A", "trust", "-E", "UTF8")
-        with open(data / "postgresql.conf", "a") as f:
-            f.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.dir}'\n"
-                    "max_connections = 200\nshared_buffers = 256MB\n")
-        self._run("pg_ctl", "-D", str(data), "-l", str(self.dir / "server.log"), "-w", "-t", "60", "start")
-        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "cairn", "bench")
-        return f"postgresql+psycopg2://cairn@127.0.0.1:{self.port}/bench"
-
-    def destroy(self) -> None:
-        try:
-            self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop")
-        except subprocess.CalledProcessError:
-            pass
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Watch:
@@ -290,7 +244,8 @@ def main() -> int:
     operator = None
     core = core_api()
     try:
-        url = pg.start()
+        pg.start()
+        url = pg.create_database("bench")
         subprocess.run([sys.executable, "-m", "cairn.cli.main", "--database-url", url, "db", "upgrade"], check=True,
                        capture_output=True)
         secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cairn-database"},

@@ -34,10 +34,11 @@ def test_test_modules_import_no_other_test_module():
     assert not offenders, "shared test code belongs in tests/support:\n" + "\n".join(sorted(offenders))
 
 
-def test_examples_import_no_test_code():
+def test_examples_and_benchmarks_import_no_test_code():
     offenders = {
         f"{path.relative_to(REPO)}: {name}"
-        for path in python_files("examples")
+        for folder in ("examples", "bench")
+        for path in python_files(folder)
         for name in imported_modules(path)
         if name.split(".")[0] in {"tests", "servers", "conftest"}
     }
