@@ -122,6 +122,21 @@ def core_api():  # noqa: ANN201
     return client.CoreV1Api()
 
 
+def release_trainingruns(namespace: str) -> None:
+    """Drop the operator's finalizer from the bench's TrainingRuns once the operator has stopped, so
+    deleting the namespace does not wait for an operator that will not come back (the bench's store
+    is thrown away with them)."""
+    from kubernetes import client
+
+    custom = client.CustomObjectsApi()
+    names = [item["metadata"]["name"] for item in
+             custom.list_namespaced_custom_object("cairn.dev", "v1alpha1", namespace, "trainingruns")["items"]]
+    patch = {"metadata": {"finalizers": None}}
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda name: custom.patch_namespaced_custom_object(
+            "cairn.dev", "v1alpha1", namespace, "trainingruns", name, patch), names))
+
+
 def succeed_pod(core, namespace: str, name: str) -> None:  # noqa: ANN001
     """What the kubelet reports when the trainer and the sidecar have exited 0."""
     pod = core.read_namespaced_pod_status(name, namespace)
@@ -284,7 +299,9 @@ def main() -> int:
         if operator is not None:
             operator.terminate()
             operator.wait(timeout=60)
+        release_trainingruns(namespace)
         kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+        subprocess.run(["bash", str(REPO / "hack/cluster.sh"), "kwok", "0"], check=False, env=ENV)
         pg.destroy()
 
 
