@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Write the one file an air-gapped site needs: the Helm chart, the CRDs and every image as an OCI
-# archive, with SHA256SUMS and an image list. Carry it across, verify, push the images to the
-# site's registry mirror, install (docs/airgap.md).
+# archive, with SHA256SUMS and an image list, and OUT.tar.sha256 beside it (naming the file alone,
+# so `sha256sum -c` works wherever both are carried). Carry it across, verify, push the images to
+# the site's registry mirror, install (docs/airgap.md).
 #
 #   hack/airgap-bundle.sh [OUT.tar]     default dist/cairn-airgap-<version>.tar
 #
@@ -52,6 +53,7 @@ mkdir -p "$(dirname "$out")"
 # Written beside the target and renamed: an interrupted run never leaves a partial bundle at $out.
 tar --sort=name --owner=0 --group=0 --numeric-owner -C "$stage" -cf "$out.partial" .
 mv -f "$out.partial" "$out"
+(cd "$(dirname "$out")" && sha256sum "$(basename "$out")" >"$(basename "$out").sha256")
 log "wrote $out ($(du -h "$out" | cut -f1)); images:"
 column -t "$stage/images.txt" >&2 || cat "$stage/images.txt" >&2
 echo "$out"

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import tarfile
 import tomllib
@@ -85,6 +86,17 @@ def test_the_script_prints_only_the_bundle_path(bundle):
     path, stdout = bundle
     assert stdout == f"{path}\n"
     assert not Path(f"{path}.partial").exists()
+
+
+def test_the_bundle_checksum_verifies_where_the_site_carries_it(bundle, tmp_path):
+    path, _ = bundle
+    carried = tmp_path / "usb"
+    carried.mkdir()
+    shutil.copy(path, carried / path.name)
+    shutil.copy(f"{path}.sha256", carried / f"{path.name}.sha256")
+    ok = subprocess.run(["sha256sum", "-c", f"{path.name}.sha256"], cwd=carried, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout == f"{path.name}: OK\n"
 
 
 def test_bundle_holds_the_chart_every_crd_and_every_image(bundle, unpacked):
