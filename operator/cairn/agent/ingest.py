@@ -50,6 +50,10 @@ def read_complete_lines(path: Path, offset: int, max_bytes: int = MAX_BATCH_BYTE
         f.seek(offset)
         chunk = f.read(max_bytes)
         end = chunk.rfind(b"\n")
+        if end < 0 and len(chunk) == max_bytes < MAX_LINE_BYTES:
+            # A first line longer than a batch but within the line limit: read on to its end.
+            chunk += f.read(MAX_LINE_BYTES + 1 - max_bytes)
+            end = chunk.find(b"\n")
         if end >= 0:
             lines = chunk[: end + 1].splitlines(keepends=True)
             return lines, offset + end + 1
