@@ -58,7 +58,8 @@ good_lines = st.one_of(
               steps, st.dictionaries(keys, values, min_size=1, max_size=5)),
     st.builds(lambda step, vals: {"step": step, **vals}, steps, st.dictionaries(plain_keys, values, min_size=1,
                                                                                 max_size=5)),
-    st.builds(lambda p: {"type": "params", "params": p}, st.dictionaries(keys, values | st.text(storable, max_size=10))),
+    st.builds(lambda p: {"type": "params", "params": p},
+              st.dictionaries(keys, values | st.text(storable, max_size=10))),
     st.builds(lambda t: {"type": "tags", "tags": t}, st.dictionaries(keys, keys)),
 )
 # Lines each rejected exactly once, whatever is around them; several reach the database without the checks.

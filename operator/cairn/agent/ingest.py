@@ -4,7 +4,9 @@ Each source file has a committed byte offset in the store (``ingest_progress``).
 complete lines from that offset, parses them, and commits the rows together with the new offset
 in one transaction. Whatever happens around that commit — a SIGKILL, a lost connection, a
 database restart — the offset in the store says exactly which lines are in, so nothing is lost
-or written twice. The run directory itself is the backlog while the database is away.
+or written twice. The offset only moves from where the batch was read (compare-and-set), so a
+second agent on the same files cannot store a line again either. The run directory itself is the
+backlog while the database is away.
 """
 
 from __future__ import annotations

@@ -261,7 +261,9 @@ class TrackingStore:
         """Offset, line number and file identity committed for a source file of a run."""
         with self._session() as s:
             row = s.get(IngestProgress, (_as_uuid(run_id), source))
-            return IngestPosition(row.offset, row.lines, row.head_bytes, row.head_sha256) if row else IngestPosition(0, 0)
+            if row is None:
+                return IngestPosition(0, 0)
+            return IngestPosition(row.offset, row.lines, row.head_bytes, row.head_sha256)
 
     def ingest_batch(
         self,
