@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cairn import rundir as R
-from cairn.agent.records import STORE_REJECTED, MAX_LINE_BYTES, OversizeLine, ParsedLines, Rejection, parse_lines
+from cairn.agent.records import MAX_LINE_BYTES, STORE_REJECTED, OversizeLine, ParsedLines, Rejection, parse_lines
 from cairn.backoff import Backoff
 from cairn.messages import one_line
 from cairn.store.db import BatchRefused, IngestConflict
@@ -43,8 +43,8 @@ BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 
 
-def read_complete_lines(path: Path, offset: int, max_bytes: int = MAX_BATCH_BYTES) -> tuple[list[bytes], int]:
-    """Complete lines from ``offset`` (at most about ``max_bytes``) and the offset after them.
+def read_complete_lines(path: Path, offset: int, max_bytes: int = MAX_BATCH_BYTES) -> list[bytes]:
+    """Complete lines from ``offset``, at most about ``max_bytes`` of them (a longer first line whole).
 
     A trailing line without its newline is still being written and is left for the next round.
     """
@@ -57,20 +57,19 @@ def read_complete_lines(path: Path, offset: int, max_bytes: int = MAX_BATCH_BYTE
             chunk += f.read(MAX_LINE_BYTES + 1 - max_bytes)
             end = chunk.find(b"\n")
         if end >= 0:
-            lines = chunk[: end + 1].splitlines(keepends=True)
-            return lines, offset + end + 1
+            return chunk[: end + 1].splitlines(keepends=True)
         if len(chunk) <= MAX_LINE_BYTES:
-            return [], offset
+            return []
         # One line longer than the limit: skip to its newline without holding it in memory.
         size = len(chunk)
         while True:
             more = f.read(1 << 20)
             if not more:
-                return [], offset  # not finished yet; look again later
+                return []  # not finished yet; look again later
             nl = more.find(b"\n")
             if nl >= 0:
                 size += nl + 1
-                return [OversizeLine(size)], offset + size
+                return [OversizeLine(size)]
             size += len(more)
 
 
@@ -253,7 +252,7 @@ class IngestAgent:
         if path.stat().st_size < offset:
             self._set_source_aside(source, SOURCE_TRUNCATED, offset)
             return None
-        lines, _ = read_complete_lines(path, offset, self.max_batch_bytes)
+        lines = read_complete_lines(path, offset, self.max_batch_bytes)
         if not lines:
             return None
         try:
