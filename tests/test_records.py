@@ -156,3 +156,40 @@ def test_lines_no_database_could_store_are_rejected_and_the_rest_still_parse():
     assert [(p.key, p.step, p.value) for p in out.batch.metrics] == [("café", 2, 0.25)]
     assert out.batch.tags == {} and out.batch.params == {}
     assert out.batch.finish == RunFinish(RunStatus.FINISHED, 0, 1700000000.0)
+
+
+def test_run_records_the_store_could_not_hold_are_rejected_naming_the_field():
+    bad = {
+        "code": ({"code": "abc"}, "code is not an object"),
+        "tags": ({"tags": ["a", "b"]}, "tags is not an object"),
+        "huge ts": ({"ts": 1e300}, "ts is not seconds since the epoch"),
+        "text ts": ({"ts": "x"}, "ts is not seconds since the epoch"),
+        "long name": ({"name": "n" * 256}, "name is longer than 255 characters"),
+        "number name": ({"name": 5}, "name is not a string"),
+        "long commit": ({"code": {"commit": "c" * 65}}, "code.commit is longer than 64 characters"),
+        "gpu count": ({"environment": {"gpu_count": "8"}}, "environment.gpu_count is not a count"),
+        "packages": ({"environment": {"packages": {"torch": 2}}}, "environment.packages is not an object"),
+        "dirty": ({"code": {"dirty": "yes"}}, "code.dirty is not true or false"),
+    }
+    for case, (fields, message) in bad.items():
+        out = parse_lines(lines({"type": "run", "experiment": "e", **fields}), 1, NOW)
+        assert out.batch.run_info is None, case
+        assert [(x.reason, x.detail[:len(message)]) for x in out.rejections] == [(r.BAD_RECORD, message)], case
+
+
+def test_a_run_record_keeps_its_good_params_and_tags_and_counts_the_bad_keys():
+    rec = {"type": "run", "experiment": "e", "ts": 1.7e9, "params": {"lr": 0.1, "p" * 251: 1},
+           "tags": {"team": 7, "": "x"}, "code": {"commit": "abc", "dirty": True}}
+    out = parse_lines(lines(rec), 1, NOW)
+    assert sorted(x.reason for x in out.rejections) == [r.EMPTY_KEY, r.KEY_TOO_LONG]
+    assert out.batch.run_info["params"] == {"lr": 0.1} and out.batch.run_info["tags"] == {"team": "7"}
+    assert out.batch.run_info["code"] == {"commit": "abc", "dirty": True}
+
+
+def test_a_parse_stops_at_the_line_that_reaches_max_points_and_says_how_far_it_got():
+    data = lines(*({"step": s, **{f"k{i}": float(i) for i in range(200)}} for s in range(10)), "not json")
+    out = parse_lines(data, 1, NOW, max_points=500)
+    assert out.lines_used == 3 and out.bytes_used == sum(map(len, data[:3]))
+    assert len(out.batch.metrics) == 600 and out.rejections == []
+    whole = parse_lines(data, 1, NOW)
+    assert whole.lines_used == 11 and whole.bytes_used == sum(map(len, data)) and len(whole.batch.metrics) == 2000

@@ -64,6 +64,28 @@ def test_history_is_one_series_whole_in_step_then_arrival_order(store):
     assert store.metric_history(store.create_run("exp"), "loss") == []
 
 
+def test_a_batch_commits_only_from_the_offset_the_store_holds(store):
+    rid = store.create_run("exp")
+    store.ingest_batch(rid, "f", IngestBatch(metrics=points("a", [0])), 50, 1, start=0, head=(50, "ab" * 32))
+    for stale_start in (0, 20):
+        with pytest.raises(db.IngestConflict, match="another agent"):
+            store.ingest_batch(rid, "f", IngestBatch(metrics=points("a", [1])), 90, 2, {"bad_json": 1},
+                               start=stale_start)
+    store.ingest_batch(rid, "f", IngestBatch(metrics=points("a", [2])), 80, 2, start=50)
+    assert [p.step for p in store.metric_history(rid, "a")] == [0, 2]
+    assert store.ingest_position(rid, "f") == (80, 2, 50, "ab" * 32)
+    assert store.get_run(rid).ingest.rejected == {} and store.get_run(rid).ingest.points == 2
+
+
+def test_a_value_the_database_cannot_hold_refuses_the_batch_and_leaves_nothing(store):
+    rid = store.create_run("exp")
+    batch = IngestBatch(metrics=points("a", [0]) + [MetricPoint("a", 1 << 63, 0, 1.0)], params={"p": 1})
+    with pytest.raises(db.BatchRefused):
+        store.ingest_batch(rid, "f", batch, 10, 1, start=0)
+    assert store.metric_history(rid, "a") == [] and store.get_run(rid).params == {}
+    assert store.ingest_position(rid, "f") == (0, 0, None, None)
+
+
 def test_offset_and_rows_commit_together_and_never_move_back(store):
     rid = store.create_run("exp")
     store.ingest_batch(rid, "f", IngestBatch(metrics=points("a", [0])), 50, 1, {"bad_json": 2})

@@ -4,7 +4,9 @@ Each source file has a committed byte offset in the store (``ingest_progress``).
 complete lines from that offset, parses them, and commits the rows together with the new offset
 in one transaction. Whatever happens around that commit — a SIGKILL, a lost connection, a
 database restart — the offset in the store says exactly which lines are in, so nothing is lost
-or written twice. The run directory itself is the backlog while the database is away.
+or written twice. The offset only moves from where the batch was read (compare-and-set), so a
+second agent on the same files cannot store a line again either. The run directory itself is the
+backlog while the database is away.
 """
 
 from __future__ import annotations
@@ -15,26 +17,34 @@ import logging
 import os
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cairn import rundir as R
-from cairn.agent.records import MAX_LINE_BYTES, OversizeLine, Rejection, parse_lines
+from cairn.agent.records import MAX_LINE_BYTES, STORE_REJECTED, OversizeLine, ParsedLines, Rejection, parse_lines
 from cairn.backoff import Backoff
 from cairn.messages import one_line
-from cairn.store.entities import ArtifactInfo
+from cairn.store.db import BatchRefused, IngestConflict
+from cairn.store.entities import ArtifactInfo, IngestBatch, IngestPosition
 
 log = logging.getLogger("cairn.agent")
 
 MAX_BATCH_BYTES = 8 << 20
+# Points take far more memory than the bytes they come from (about 100 bytes each in the agent, as
+# much again on the way to the database): 20,000 keeps a batch of 200-key lines to a few MiB.
+MAX_BATCH_POINTS = 20_000
+HEAD_BYTES = 4096  # how much of a file's start identifies it
 MISSING_ARTIFACT = "missing_artifact"
+SOURCE_TRUNCATED = "source_truncated"  # a file shorter than what was already ingested from it
+SOURCE_REPLACED = "source_replaced"  # a file whose first bytes differ from those first ingested
 REJECTIONS_LOGGED_PER_REASON = 20
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 
 
-def read_complete_lines(path: Path, offset: int, max_bytes: int = MAX_BATCH_BYTES) -> tuple[list[bytes], int]:
-    """Complete lines from ``offset`` (at most about ``max_bytes``) and the offset after them.
+def read_complete_lines(path: Path, offset: int, max_bytes: int = MAX_BATCH_BYTES) -> list[bytes]:
+    """Complete lines from ``offset``, at most about ``max_bytes`` of them (a longer first line whole).
 
     A trailing line without its newline is still being written and is left for the next round.
     """
@@ -42,22 +52,50 @@ def read_complete_lines(path: Path, offset: int, max_bytes: int = MAX_BATCH_BYTE
         f.seek(offset)
         chunk = f.read(max_bytes)
         end = chunk.rfind(b"\n")
+        if end < 0 and len(chunk) == max_bytes < MAX_LINE_BYTES:
+            # A first line longer than a batch but within the line limit: read on to its end.
+            chunk += f.read(MAX_LINE_BYTES + 1 - max_bytes)
+            end = chunk.find(b"\n")
         if end >= 0:
-            lines = chunk[: end + 1].splitlines(keepends=True)
-            return lines, offset + end + 1
+            return chunk[: end + 1].splitlines(keepends=True)
         if len(chunk) <= MAX_LINE_BYTES:
-            return [], offset
+            return []
         # One line longer than the limit: skip to its newline without holding it in memory.
         size = len(chunk)
         while True:
             more = f.read(1 << 20)
             if not more:
-                return [], offset  # not finished yet; look again later
+                return []  # not finished yet; look again later
             nl = more.find(b"\n")
             if nl >= 0:
                 size += nl + 1
-                return [OversizeLine(size)], offset + size
+                return [OversizeLine(size)]
             size += len(more)
+
+
+def head_identity(lines: list[bytes], limit: int = HEAD_BYTES) -> tuple[int, str]:
+    """(n, sha256 of the first n bytes) of lines read from the start of a file, n at most ``limit``."""
+    h = hashlib.sha256()
+    n = 0
+    for line in lines:
+        if n >= limit:
+            break
+        part = line[: limit - n]
+        h.update(part)
+        n += len(part)
+    return n, h.hexdigest()
+
+
+def changed_since(path: Path, position: IngestPosition) -> str | None:
+    """Why ingest of ``path`` cannot go on from ``position`` (a rejection reason), or None when it can."""
+    if path.stat().st_size < position.offset:
+        return SOURCE_TRUNCATED
+    if position.head_bytes:
+        with open(path, "rb") as f:
+            head = f.read(position.head_bytes)
+        if hashlib.sha256(head).hexdigest() != position.head_sha256:
+            return SOURCE_REPLACED
+    return None
 
 
 def sha256_file(path: Path) -> str:
@@ -81,7 +119,12 @@ def find_run_id(run_dir: Path) -> str | None:
         rec = json.loads(first)
     except ValueError:
         return None
-    return rec.get("run_id") if isinstance(rec, dict) and rec.get("type") == R.RUN else None
+    if not isinstance(rec, dict) or rec.get("type") != R.RUN or not isinstance(rec.get("run_id"), str):
+        return None
+    try:
+        return str(uuid.UUID(rec["run_id"]))
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -106,6 +149,7 @@ class IngestAgent:
         extra_sources: tuple[str, ...] = (),
         poll_interval: float = 0.5,
         max_batch_bytes: int = MAX_BATCH_BYTES,
+        max_batch_points: int = MAX_BATCH_POINTS,
         store=None,  # noqa: ANN001 - a TrackingStore, for callers that already have one
         attempt: int | None = None,
     ) -> None:
@@ -115,6 +159,7 @@ class IngestAgent:
         self.extra_sources = extra_sources
         self.poll_interval = poll_interval
         self.max_batch_bytes = max_batch_bytes
+        self.max_batch_points = max_batch_points
         # Each attempt of a retried pod writes fresh files; its offsets are kept apart.
         self.source_prefix = f"attempt-{attempt}/" if attempt is not None else ""
         self.stats = AgentStats()
@@ -124,6 +169,7 @@ class IngestAgent:
         self.artifact_sink = None
         self._store = store
         self._offsets: dict[str, tuple[int, int]] = {}
+        self._set_aside: set[str] = set()  # sources truncated or replaced since their ingest began
         self._logged: dict[tuple[str, str], int] = {}
 
     @property
@@ -145,10 +191,27 @@ class IngestAgent:
         found += [s for s in self.extra_sources if (self.run_dir / s).exists() and s not in found]
         return found
 
-    def _progress(self, source: str) -> tuple[int, int]:
+    def _progress(self, source: str) -> tuple[int, int] | None:
+        """The committed (offset, line number) of ``source``; None when it is set aside, found truncated
+        or replaced after its ingest began (reading on would start mid-line in another file)."""
+        if source in self._set_aside:
+            return None
         if source not in self._offsets:
-            self._offsets[source] = self.store.ingest_progress(self.run_id, self.source_prefix + source)
+            position = self.store.ingest_position(self.run_id, self.source_prefix + source)
+            reason = changed_since(self.run_dir / source, position) if position.offset else None
+            if reason is not None:
+                self._set_source_aside(source, reason, position.offset)
+                return None
+            self._offsets[source] = position[:2]
         return self._offsets[source]
+
+    def _set_source_aside(self, source: str, reason: str, offset: int) -> None:
+        log.error("%s: %s after %d bytes were ingested; it is not read further (its lines from then on are "
+                  "not in the store)", source, reason.replace("_", " "), offset)
+        self.store.count_rejections(self.run_id, self.source_prefix + source, {reason: 1})
+        self._set_aside.add(source)
+        self._offsets.pop(source, None)
+        self.stats.rejected[reason] = self.stats.rejected.get(reason, 0) + 1
 
     def ingest_available(self) -> int:
         """Commit every complete line present now; returns the number of points committed."""
@@ -180,15 +243,77 @@ class IngestAgent:
         return waiting
 
     def _ingest_one_batch(self, source: str) -> int | None:
-        offset, line_no = self._progress(source)
+        """Commit the next batch of ``source``: the number of points, or None when there is none."""
+        progress = self._progress(source)
+        if progress is None:
+            return None
+        offset, line_no = progress
         path = self.run_dir / source
         if path.stat().st_size < offset:
-            log.error("%s is shorter than the %d bytes already ingested; it was truncated or replaced", source, offset)
+            self._set_source_aside(source, SOURCE_TRUNCATED, offset)
             return None
-        lines, new_offset = read_complete_lines(path, offset, self.max_batch_bytes)
+        lines = read_complete_lines(path, offset, self.max_batch_bytes)
         if not lines:
             return None
-        parsed = parse_lines(lines, line_no + 1, now_ms=int(time.time() * 1000))
+        try:
+            return self._commit_lines(source, lines, offset, line_no)[0]
+        except IngestConflict as exc:
+            log.info("%s: %s; going on from where it got to", source, exc)
+            self._offsets.pop(source, None)
+            return 0
+        except BaseException:
+            # The commit may or may not have happened: read the offset back from the store.
+            self._offsets.pop(source, None)
+            raise
+
+    def _commit_lines(self, source: str, lines: list[bytes], offset: int, line_no: int) -> tuple[int, int, int]:
+        """Parse ``lines`` (read from byte ``offset``, after line ``line_no``) and commit as many as one
+        batch holds; returns (points, lines, bytes) committed.
+
+        When the database refuses the batch for its data, the lines are split in halves and each is
+        committed on its own, down to the single line at fault, which is rejected with the database's
+        message: a line costs at most about log2(lines) more commits, and never stops the ingest.
+        """
+        parsed = parse_lines(lines, line_no + 1, now_ms=int(time.time() * 1000), max_points=self.max_batch_points)
+        self._collect_artifacts(parsed, line_no)
+        end, end_line = offset + parsed.bytes_used, line_no + parsed.lines_used
+        head = head_identity(lines) if offset == 0 else None
+        if self.live is not None:
+            self.live.observe(parsed.batch.metrics)
+            if parsed.batch.finish is not None:
+                self.live.finished = True
+        rejected = parsed.counts()
+        try:
+            self.store.ingest_batch(self.run_id, self.source_prefix + source, parsed.batch, end, end_line, rejected,
+                                    start=offset, head=head)
+        except BatchRefused as exc:
+            if parsed.lines_used > 1:
+                half = parsed.lines_used // 2
+                first = self._commit_lines(source, lines[:half], offset, line_no)
+                rest = self._commit_lines(source, lines[first[1]:parsed.lines_used], offset + first[2],
+                                          line_no + first[1])
+                return first[0] + rest[0], first[1] + rest[1], first[2] + rest[2]
+            # Nothing of the line is stored; what the parser found wrong with it is still counted.
+            parsed = ParsedLines(rejections=[*parsed.rejections, Rejection(line_no + 1, STORE_REJECTED, str(exc))],
+                                 lines_used=1, bytes_used=parsed.bytes_used)
+            rejected = parsed.counts()
+            self.store.ingest_batch(self.run_id, self.source_prefix + source, IngestBatch(), end, end_line, rejected,
+                                    start=offset, head=head)
+        self._offsets[source] = (end, end_line)
+        self._report(source, parsed.rejections, rejected)
+        if self.live is not None:
+            self.live.rejected.update(rejected)
+            self.live.last_commit = time.time()
+        self.stats.points += len(parsed.batch.metrics)
+        self.stats.lines += parsed.lines_used
+        self.stats.commits += 1
+        self.stats.last_commit = time.time()
+        if parsed.batch.finish is not None:
+            self.stats.finished = True
+        return len(parsed.batch.metrics), end_line - line_no, end - offset
+
+    def _collect_artifacts(self, parsed: ParsedLines, line_no: int) -> None:
+        """Hand artifact records to the uploader, or describe them into the batch; reject missing ones."""
         for rel in parsed.artifact_paths:
             art = self._artifact(rel, describe=self.artifact_sink is None)
             if art is None:
@@ -197,31 +322,6 @@ class IngestAgent:
                 self.artifact_sink(rel)
             else:
                 parsed.batch.artifacts.append(art)
-        rejected = parsed.counts()
-        new_line_no = line_no + len(lines)
-        if self.live is not None:
-            self.live.observe(parsed.batch.metrics)
-            if parsed.batch.finish is not None:
-                self.live.finished = True
-        try:
-            self.store.ingest_batch(self.run_id, self.source_prefix + source, parsed.batch, new_offset, new_line_no,
-                                    rejected)
-        except BaseException:
-            # The commit may or may not have happened: read the offset back from the store.
-            self._offsets.pop(source, None)
-            raise
-        self._offsets[source] = (new_offset, new_line_no)
-        self._report(source, parsed.rejections, rejected)
-        if self.live is not None:
-            self.live.rejected.update(rejected)
-            self.live.last_commit = time.time()
-        self.stats.points += len(parsed.batch.metrics)
-        self.stats.lines += len(lines)
-        self.stats.commits += 1
-        self.stats.last_commit = time.time()
-        if parsed.batch.finish is not None:
-            self.stats.finished = True
-        return len(parsed.batch.metrics)
 
     def _artifact(self, rel: str, describe: bool = True) -> ArtifactInfo | bool | None:
         """The artifact at ``rel`` (already a safe relative path), or None unless it is a regular file

@@ -42,6 +42,16 @@ NON_NUMERIC = "non_numeric"
 BAD_RECORD = "bad_record"
 UNSAFE_PATH = "unsafe_path"
 BAD_TEXT = "bad_text"  # a NUL or a lone surrogate in a string: no database can store it as text
+STORE_REJECTED = "store_rejected"  # the database refused the line (counted by the agent, not the parser)
+PARSER_ERROR = "parser_error"  # the parser failed on the line in a way it does not foresee
+
+# Lengths of the run record's text fields, as the store's columns hold them (None: any length).
+MAX_NAME_LENGTH = 255
+RUN_TEXT_FIELDS = {"experiment": MAX_NAME_LENGTH, "name": MAX_NAME_LENGTH}
+ENVIRONMENT_TEXT_FIELDS = {"python_version": 32, "platform": None, "hostname": MAX_NAME_LENGTH, "cuda_version": 32,
+                           "driver_version": 64, "gpu_model": MAX_NAME_LENGTH}
+CODE_TEXT_FIELDS = {"repository": None, "commit": 64, "branch": MAX_NAME_LENGTH}
+MAX_TIMESTAMP_S = 1e11  # about the year 5138; past it a timestamp is a mistake, and dates overflow
 
 # ``MetricPoint(k, s, t, v)`` runs the NamedTuple's Python-level ``__new__``; building the same tuple
 # in C is several times cheaper, and the agent makes one per point.
@@ -69,6 +79,8 @@ class ParsedLines:
     batch: IngestBatch = field(default_factory=IngestBatch)
     artifact_paths: list[str] = field(default_factory=list)  # normalised, relative to the run directory
     rejections: list[Rejection] = field(default_factory=list)
+    lines_used: int = 0  # how many of the given lines this parse covers
+    bytes_used: int = 0  # and their length in the file
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -92,9 +104,7 @@ def _step(value: object) -> int | None:
 def _timestamp_ms(value: object, default_ms: int) -> int | None:
     if value is None:
         return default_ms
-    # The range check also rules out NaN and infinities, and unlike math.isfinite it cannot
-    # overflow on an integer too large for a float.
-    if _is_number(value) and 0 <= value < 1e11:
+    if _valid_timestamp_s(value):
         return int(value * 1000)
     return None
 
@@ -105,72 +115,131 @@ def _excerpt(raw: bytes | str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def parse_lines(lines: list[bytes], first_line_no: int, now_ms: int) -> ParsedLines:
+def parse_lines(lines: list[bytes], first_line_no: int, now_ms: int, max_points: int | None = None) -> ParsedLines:
     """Parse complete lines (each ending in a newline) numbered from ``first_line_no``.
 
-    ``now_ms`` stamps plain metric lines that carry no time of their own.
+    ``now_ms`` stamps plain metric lines that carry no time of their own. With ``max_points`` the
+    parse stops after the line that brings the batch to that many points (``lines_used`` and
+    ``bytes_used`` say how far it got), so a batch's memory is bounded by points as well as bytes.
     """
     out = ParsedLines()
+    total = 0
+    for offset, raw in enumerate(lines):
+        line_no = first_line_no + offset
+        points_before = len(out.batch.metrics)
+        try:
+            _parse_line(raw, line_no, now_ms, out)
+        except Exception as exc:  # noqa: BLE001 - an unforeseen failure costs its line, never the ingest
+            del out.batch.metrics[points_before:]
+            out.rejections.append(Rejection(line_no, PARSER_ERROR, f"{type(exc).__name__}: {exc}"[:200]))
+        out.lines_used = offset + 1
+        total += len(raw) if type(raw) is not OversizeLine else raw.size
+        out.bytes_used = total
+        if max_points is not None and len(out.batch.metrics) >= max_points:
+            break
+    return out
+
+
+def _parse_line(raw: bytes, line_no: int, now_ms: int, out: ParsedLines) -> None:
     batch = out.batch
     points = batch.metrics
     reject = out.rejections.append
-    loads = json.loads
-    for offset, raw in enumerate(lines):
-        line_no = first_line_no + offset
-        if type(raw) is OversizeLine or len(raw) > MAX_LINE_BYTES:
-            reject(Rejection(line_no, LINE_TOO_LONG, f"{getattr(raw, 'size', len(raw))} bytes"))
-            continue
-        if not raw.strip():
-            continue
+    if type(raw) is OversizeLine or len(raw) > MAX_LINE_BYTES:
+        reject(Rejection(line_no, LINE_TOO_LONG, f"{getattr(raw, 'size', len(raw))} bytes"))
+        return
+    if not raw.strip():
+        return
+    try:
+        rec = json.loads(raw)
+    except UnicodeDecodeError:
+        reject(Rejection(line_no, BAD_ENCODING, _excerpt(raw)))
+        return
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
+        reject(Rejection(line_no, BAD_JSON, _excerpt(raw)))
+        return
+    if b"\\u" in raw and (bad := _unstorable_text(rec)) is not None:
+        reject(Rejection(line_no, BAD_TEXT, bad))
+        return
+    if type(rec) is not dict:
+        reject(Rejection(line_no, NOT_AN_OBJECT, _excerpt(raw)))
+        return
+    kind = rec.get("type")
+    if kind == R.METRIC:
+        values = rec.get("values")
+        if type(values) is not dict:
+            reject(Rejection(line_no, BAD_VALUES, _excerpt(raw)))
+            return
+        _add_points(rec, values, line_no, now_ms, raw, points, reject)
+    elif kind is None:
+        values = {k: v for k, v in rec.items() if k != "step" and k not in TIME_FIELDS}
+        _add_points(rec, values, line_no, now_ms, raw, points, reject)
+    elif kind == R.RUN:
+        problem = _run_record_problem(rec)
+        if problem is not None:
+            reject(Rejection(line_no, BAD_RECORD, problem))
+            return
+        batch.run_info = dict(rec, params=_valid_keys(rec.get("params") or {}, line_no, reject),
+                              tags={k: str(v) for k, v in _valid_keys(rec.get("tags") or {}, line_no, reject).items()})
+    elif kind == R.PARAMS and isinstance(rec.get("params"), dict):
+        batch.params.update(_valid_keys(rec["params"], line_no, reject))
+    elif kind == R.TAGS and isinstance(rec.get("tags"), dict):
+        batch.tags.update({k: str(v) for k, v in _valid_keys(rec["tags"], line_no, reject).items()})
+    elif kind == R.ARTIFACT and isinstance(rec.get("path"), str) and rec["path"]:
         try:
-            rec = loads(raw)
-        except UnicodeDecodeError:
-            reject(Rejection(line_no, BAD_ENCODING, _excerpt(raw)))
-            continue
-        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
-            reject(Rejection(line_no, BAD_JSON, _excerpt(raw)))
-            continue
-        if b"\\u" in raw and (bad := _unstorable_text(rec)) is not None:
-            reject(Rejection(line_no, BAD_TEXT, bad))
-            continue
-        if type(rec) is not dict:
-            reject(Rejection(line_no, NOT_AN_OBJECT, _excerpt(raw)))
-            continue
-        kind = rec.get("type")
-        if kind == R.METRIC:
-            values = rec.get("values")
-            if type(values) is not dict:
-                reject(Rejection(line_no, BAD_VALUES, _excerpt(raw)))
-                continue
-            _add_points(rec, values, line_no, now_ms, raw, points, reject)
-        elif kind is None:
-            values = {k: v for k, v in rec.items() if k != "step" and k not in TIME_FIELDS}
-            _add_points(rec, values, line_no, now_ms, raw, points, reject)
-        elif kind == R.RUN:
-            if not isinstance(rec.get("params", {}), dict) or not isinstance(rec.get("environment", {}), dict):
-                reject(Rejection(line_no, BAD_RECORD, _excerpt(raw)))
-                continue
-            batch.run_info = rec
-        elif kind == R.PARAMS and isinstance(rec.get("params"), dict):
-            batch.params.update(_valid_keys(rec["params"], line_no, reject))
-        elif kind == R.TAGS and isinstance(rec.get("tags"), dict):
-            batch.tags.update({k: str(v) for k, v in _valid_keys(rec["tags"], line_no, reject).items()})
-        elif kind == R.ARTIFACT and isinstance(rec.get("path"), str) and rec["path"]:
-            try:
-                out.artifact_paths.append(R.safe_relative_path(rec["path"]))
-            except R.UnsafePath as exc:
-                reject(Rejection(line_no, UNSAFE_PATH, str(exc)))
-        elif kind == R.FINISH:
-            finish = _finish(rec)
-            if finish is None:
-                reject(Rejection(line_no, BAD_RECORD, _excerpt(raw)))
-            else:
-                batch.finish = finish
-        elif kind in (R.PARAMS, R.TAGS, R.ARTIFACT):
+            out.artifact_paths.append(R.safe_relative_path(rec["path"]))
+        except R.UnsafePath as exc:
+            reject(Rejection(line_no, UNSAFE_PATH, str(exc)))
+    elif kind == R.FINISH:
+        finish = _finish(rec)
+        if finish is None:
             reject(Rejection(line_no, BAD_RECORD, _excerpt(raw)))
         else:
-            reject(Rejection(line_no, UNKNOWN_TYPE, _excerpt(raw)))
-    return out
+            batch.finish = finish
+    elif kind in (R.PARAMS, R.TAGS, R.ARTIFACT):
+        reject(Rejection(line_no, BAD_RECORD, _excerpt(raw)))
+    else:
+        reject(Rejection(line_no, UNKNOWN_TYPE, _excerpt(raw)))
+
+
+def _valid_timestamp_s(value: object) -> bool:
+    # The range check also rules out NaN and infinities, and unlike math.isfinite it cannot
+    # overflow on an integer too large for a float.
+    return _is_number(value) and 0 <= value < MAX_TIMESTAMP_S
+
+
+def _text_problem(section: str, values: dict, limits: dict[str, int | None]) -> str | None:
+    for name, limit in limits.items():
+        value = values.get(name)
+        if value is None:
+            continue
+        if type(value) is not str:
+            return f"{section}{name} is not a string: {repr(value)[:60]}"
+        if limit is not None and len(value) > limit:
+            return f"{section}{name} is longer than {limit} characters"
+    return None
+
+
+def _run_record_problem(rec: dict) -> str | None:
+    """What makes a run record unstorable, described; None when it can be stored."""
+    for name in ("params", "tags", "environment", "code"):
+        if rec.get(name) is not None and type(rec[name]) is not dict:
+            return f"{name} is not an object"
+    if rec.get("ts") is not None and not _valid_timestamp_s(rec["ts"]):
+        return f"ts is not seconds since the epoch: {repr(rec['ts'])[:60]}"
+    env, code = rec.get("environment") or {}, rec.get("code") or {}
+    problem = (_text_problem("", rec, RUN_TEXT_FIELDS) or _text_problem("environment.", env, ENVIRONMENT_TEXT_FIELDS)
+               or _text_problem("code.", code, CODE_TEXT_FIELDS))
+    if problem is not None:
+        return problem
+    gpu_count = env.get("gpu_count")
+    if gpu_count is not None and not (type(gpu_count) is int and 0 <= gpu_count < MAX_EXIT):
+        return f"environment.gpu_count is not a count: {repr(gpu_count)[:60]}"
+    packages = env.get("packages")
+    if packages is not None and not (type(packages) is dict and all(type(v) is str for v in packages.values())):
+        return "environment.packages is not an object of version strings"
+    if code.get("dirty") is not None and type(code["dirty"]) is not bool:
+        return f"code.dirty is not true or false: {repr(code['dirty'])[:60]}"
+    return None
 
 
 def _finish(rec: dict) -> RunFinish | None:
@@ -184,7 +253,7 @@ def _finish(rec: dict) -> RunFinish | None:
         return None
     if exit_code is not None and not (type(exit_code) is int and -MAX_EXIT <= exit_code < MAX_EXIT):
         return None
-    if ts is not None and not (_is_number(ts) and 0 <= ts < 1e11):
+    if ts is not None and not _valid_timestamp_s(ts):
         return None
     return RunFinish(status, exit_code, ts)
 

@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from cairn import rundir as R
-from cairn.agent.ingest import IngestAgent
+from cairn.agent.ingest import MAX_BATCH_POINTS, IngestAgent
 from cairn.agent.uploader import start_uploads
 from cairn.objectstore import S3Config
 from cairn.settings import CairnSettings
@@ -43,6 +43,9 @@ class SidecarSettings(CairnSettings):
     database_url: str | None = Field(
         None, repr=False, description="SQLAlchemy URL of the store (default: SQLite under `CAIRN_HOME`).")
     drain_timeout: float = Field(60.0, ge=0, description="Seconds to drain records and uploads after SIGTERM.")
+    max_batch_points: int = Field(
+        MAX_BATCH_POINTS, ge=1, description="Most metric points committed in one transaction; bounds the sidecar's "
+        "memory while it catches up after a database outage.")
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of the live run metrics; 0: none.")
     export_keys: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="Metric keys exported live, separated by commas (at most 20 with the headline metric).",
@@ -97,7 +100,7 @@ def run_sidecar(cfg: SidecarSettings, s3: S3Config | None, stop: threading.Event
             signal.signal(sig, lambda *_: stop.set())
     prepare_run_dir(cfg)
     agent = IngestAgent(cfg.run_dir, cfg.database_url, cfg.run_id, poll_interval=POLL_INTERVAL_S,
-                        attempt=cfg.attempt)
+                        max_batch_points=cfg.max_batch_points, attempt=cfg.attempt)
     if cfg.metrics_port:
         from cairn.agent.exporter import LiveState, export_keys, serve
 

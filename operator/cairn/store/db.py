@@ -10,7 +10,7 @@ from typing import Iterator
 
 from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cairn.rundir import Env
@@ -24,6 +24,35 @@ class StoreError(Exception):
     def __init__(self, message: str, code: str = "STORE_ERROR") -> None:
         super().__init__(message)
         self.code = code
+
+
+class IngestConflict(StoreError):
+    """Another writer committed lines of the same source first: the batch was not stored."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="INGEST_OFFSET_CONFLICT")
+
+
+class BatchRefused(StoreError):
+    """The database refused a batch for what it holds (a value it cannot store), not for being away:
+    sending the same batch again cannot help."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="BATCH_REFUSED")
+
+
+def refused_for_its_data(engine: Engine, exc: BaseException) -> bool:
+    """Whether ``exc`` from a write is the data's fault rather than the database's (unreachable,
+    restarting, out of disk, a lock timeout: those are ``OperationalError``/``InterfaceError``)."""
+    dbapi = engine.dialect.loaded_dbapi
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return False
+    if isinstance(orig, dbapi.Error):
+        return isinstance(orig, (dbapi.DataError, dbapi.IntegrityError, dbapi.ProgrammingError,
+                                 dbapi.NotSupportedError))
+    # Raised by the driver or SQLAlchemy before the server sees the value (an integer too large).
+    return isinstance(orig, (ValueError, TypeError, OverflowError))
 
 
 def cairn_home() -> Path:

@@ -54,6 +54,15 @@ class IngestBatch:
         return not (self.metrics or self.params or self.tags or self.run_info or self.artifacts or self.finish)
 
 
+class IngestPosition(NamedTuple):
+    """Where ingest of one source file stands, and which file that was (see ``IngestProgress``)."""
+
+    offset: int
+    lines: int
+    head_bytes: int | None = None
+    head_sha256: str | None = None
+
+
 @dataclass(frozen=True)
 class LatestValue:
     key: str

@@ -189,6 +189,10 @@ class IngestProgress(Base):
     lines: Mapped[int] = mapped_column(BigInteger, default=0)
     points: Mapped[int] = mapped_column(BigInteger, default=0)
     rejected: Mapped[dict] = mapped_column(JSONDoc, default=dict)
+    # The file's identity: the sha256 of its first ``head_bytes`` bytes when the first batch was
+    # committed, so a file replaced under the same name is noticed instead of read from mid-line.
+    head_bytes: Mapped[int | None] = mapped_column(Integer)
+    head_sha256: Mapped[str | None] = mapped_column(String(64))
     updated_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow, server_default=func.now()
     )

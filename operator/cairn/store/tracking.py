@@ -13,6 +13,7 @@ from sqlalchemy import Uuid, and_, bindparam, case, func, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from cairn.messages import one_line
 from cairn.rundir import RunStatus, safe_relative_path
 from cairn.store import db
 from cairn.store.backends import Backend, backend_for, nan_if_null
@@ -25,6 +26,7 @@ from cairn.store.entities import (
     ExperimentSummary,
     HistoryBucket,
     IngestBatch,
+    IngestPosition,
     IngestSummary,
     LatestValue,
     MetricPoint,
@@ -90,6 +92,13 @@ def _ingest_summary(progress: Iterable[IngestProgress]) -> IngestSummary:
         for reason, n in (p.rejected or {}).items():
             rejected[reason] = rejected.get(reason, 0) + n
     return IngestSummary(sources, sum(s.points for s in sources.values()), rejected)
+
+
+def _merged_counts(counts: dict[str, int] | None, more: dict[str, int]) -> dict[str, int]:
+    merged = dict(counts or {})
+    for reason, n in more.items():
+        merged[reason] = merged.get(reason, 0) + n
+    return merged
 
 
 class TrackingStore:
@@ -246,9 +255,15 @@ class TrackingStore:
     # -- ingest ---------------------------------------------------------------------------------
     def ingest_progress(self, run_id: str, source: str) -> tuple[int, int]:
         """(byte offset, line number) already committed for a source file of a run."""
+        return self.ingest_position(run_id, source)[:2]
+
+    def ingest_position(self, run_id: str, source: str) -> IngestPosition:
+        """Offset, line number and file identity committed for a source file of a run."""
         with self._session() as s:
             row = s.get(IngestProgress, (_as_uuid(run_id), source))
-            return (row.offset, row.lines) if row else (0, 0)
+            if row is None:
+                return IngestPosition(0, 0)
+            return IngestPosition(row.offset, row.lines, row.head_bytes, row.head_sha256)
 
     def ingest_batch(
         self,
@@ -258,41 +273,70 @@ class TrackingStore:
         offset: int,
         lines: int,
         rejected: dict[str, int] | None = None,
+        start: int | None = None,
+        head: tuple[int, str] | None = None,
     ) -> None:
         """Commit a batch and the source offset it ends at, atomically.
 
         A crash before the commit leaves the old offset, so the agent re-reads the same lines;
         a crash after it leaves the new one. Either way each point is stored exactly once.
+        With ``start`` (the offset the batch was read from) the commit is a compare-and-set: when
+        another writer has moved the offset since, nothing is stored and ``IngestConflict`` is
+        raised. ``head`` is the file's identity, (bytes, sha256 of them), kept from the first batch.
+        ``BatchRefused`` says the database refused the batch's data, which no retry can change.
         """
         rid = _as_uuid(run_id)
+        try:
+            with self._session() as s:
+                # First, so that on SQLite the write lock is taken before anything is read.
+                claimed = start is not None and self._claim_progress(s, rid, source, start, offset, lines,
+                                                                      len(batch.metrics), rejected or {})
+                self._write_batch(s, rid, batch)
+                if not claimed:
+                    self._advance_progress(s, rid, source, offset, lines, len(batch.metrics), rejected or {},
+                                           head, exclusive=start is not None)
+        except db.StoreError:
+            raise
+        except Exception as exc:
+            if db.refused_for_its_data(self.engine, exc):
+                raise db.BatchRefused(one_line(exc)) from exc
+            raise
+
+    def count_rejections(self, run_id: str, source: str, rejected: dict[str, int]) -> None:
+        """Add rejection counts to a source without moving its offset (a file found replaced)."""
         with self._session() as s:
-            if batch.run_info is not None:
-                self._apply_run_info(s, rid, batch.run_info)
-            elif s.get(Run, rid) is None:
-                s.execute(
-                    self.backend.insert(Run)
-                    .values(id=rid, experiment_id=self._experiment_id(s, "default"), status=RunStatus.RUNNING,
-                            start_time=utcnow(), created_at=utcnow(), attempts=0)
-                    .on_conflict_do_nothing()
-                )
-            if batch.params:
-                self._upsert_params(s, rid, batch.params)
-            if batch.tags:
-                self._upsert_tags(s, rid, batch.tags)
-            if batch.metrics:
-                self.backend.write_metrics(s, rid, batch.metrics)
-                self._update_latest(s, rid, batch.metrics)
-            for art in batch.artifacts:
-                self._upsert_artifact(s, rid, art)
-            if batch.finish is not None:
-                fin = batch.finish
-                end = dt.datetime.fromtimestamp(fin.ts, dt.timezone.utc) if fin.ts else utcnow()
-                s.execute(
-                    update(Run)
-                    .where(Run.id == rid, Run.status.notin_(FINAL_STATUSES))
-                    .values(status=fin.status, exit_code=fin.exit_code, end_time=end)
-                )
-            self._advance_progress(s, rid, source, offset, lines, len(batch.metrics), rejected or {})
+            row = s.get(IngestProgress, (_as_uuid(run_id), source), with_for_update=True)
+            if row is None:
+                raise db.StoreError(f"run {run_id} has no ingest progress for {source}", code="NO_INGEST_PROGRESS")
+            row.rejected = _merged_counts(row.rejected, rejected)
+
+    def _write_batch(self, s: Session, rid: uuid.UUID, batch: IngestBatch) -> None:
+        if batch.run_info is not None:
+            self._apply_run_info(s, rid, batch.run_info)
+        elif s.get(Run, rid) is None:
+            s.execute(
+                self.backend.insert(Run)
+                .values(id=rid, experiment_id=self._experiment_id(s, "default"), status=RunStatus.RUNNING,
+                        start_time=utcnow(), created_at=utcnow(), attempts=0)
+                .on_conflict_do_nothing()
+            )
+        if batch.params:
+            self._upsert_params(s, rid, batch.params)
+        if batch.tags:
+            self._upsert_tags(s, rid, batch.tags)
+        if batch.metrics:
+            self.backend.write_metrics(s, rid, batch.metrics)
+            self._update_latest(s, rid, batch.metrics)
+        for art in batch.artifacts:
+            self._upsert_artifact(s, rid, art)
+        if batch.finish is not None:
+            fin = batch.finish
+            end = dt.datetime.fromtimestamp(fin.ts, dt.timezone.utc) if fin.ts else utcnow()
+            s.execute(
+                update(Run)
+                .where(Run.id == rid, Run.status.notin_(FINAL_STATUSES))
+                .values(status=fin.status, exit_code=fin.exit_code, end_time=end)
+            )
 
     def _apply_run_info(self, s: Session, rid: uuid.UUID, info: dict[str, Any]) -> None:
         exp_id = self._experiment_id(s, info.get("experiment") or "default")
@@ -419,22 +463,58 @@ class TrackingStore:
             rows = s.execute(select(Resume).where(Resume.run_id == _as_uuid(run_id)).order_by(Resume.attempt))
             return [ResumeInfo(r.attempt, r.step, r.from_attempt, r.uri) for r in rows.scalars()]
 
+    def _claim_progress(self, s: Session, rid: uuid.UUID, source: str, start: int, offset: int, lines: int,
+                        points: int, rejected: dict[str, int]) -> bool:
+        """Move the source's offset from ``start`` to ``offset`` if it is still at ``start``.
+
+        False when the source has no progress yet and ``start`` is 0 (the first batch inserts it);
+        ``IngestConflict`` when another writer has moved it. On PostgreSQL the UPDATE locks the row,
+        so a second writer waits for the first to commit and then finds the offset moved.
+        """
+        here = (IngestProgress.run_id == rid) & (IngestProgress.source == source)
+        moved = s.execute(
+            update(IngestProgress).where(here, IngestProgress.offset == start)
+            .values(offset=offset, lines=lines, points=IngestProgress.points + points, updated_at=utcnow())
+        )
+        if moved.rowcount == 1:
+            if rejected:
+                row = s.get(IngestProgress, (rid, source))
+                row.rejected = _merged_counts(row.rejected, rejected)
+            return True
+        stored = s.execute(select(IngestProgress.offset).where(here)).scalar_one_or_none()
+        if stored is None and start == 0:
+            return False
+        raise db.IngestConflict(f"{source} of run {rid} is at byte {stored} in the store, not at {start} where this "
+                                f"batch starts: another agent ingests it too")
+
     def _advance_progress(self, s: Session, rid: uuid.UUID, source: str, offset: int, lines: int,
-                          points: int, rejected: dict[str, int]) -> None:
+                          points: int, rejected: dict[str, int], head: tuple[int, str] | None = None,
+                          exclusive: bool = False) -> None:
+        """Insert the source's progress, or move it forward. ``exclusive``: the caller claimed the
+        source as new, so a row that appeared meanwhile means another writer got there first."""
+        head_bytes, head_sha256 = head if head is not None else (None, None)
+        if exclusive:
+            inserted = s.execute(
+                self.backend.insert(IngestProgress)
+                .values(run_id=rid, source=source, offset=offset, lines=lines, points=points, rejected=dict(rejected),
+                        head_bytes=head_bytes, head_sha256=head_sha256, updated_at=utcnow())
+                .on_conflict_do_nothing()
+            )
+            if inserted.rowcount != 1:
+                raise db.IngestConflict(f"{source} of run {rid} was started by another agent meanwhile")
+            return
         row = s.get(IngestProgress, (rid, source), with_for_update=True)  # no-op on SQLite
         if row is None:
             s.add(IngestProgress(run_id=rid, source=source, offset=offset, lines=lines, points=points,
-                                 rejected=dict(rejected)))
+                                 rejected=dict(rejected), head_bytes=head_bytes, head_sha256=head_sha256))
             return
         if offset < row.offset:
             raise db.StoreError(
                 f"ingest of {source} for run {rid} would move back from byte {row.offset} to {offset}",
                 code="INGEST_OFFSET_REGRESSION",
             )
-        merged = dict(row.rejected or {})
-        for reason, n in rejected.items():
-            merged[reason] = merged.get(reason, 0) + n
-        row.offset, row.lines, row.points, row.rejected = offset, lines, row.points + points, merged
+        row.offset, row.lines, row.points = offset, lines, row.points + points
+        row.rejected = _merged_counts(row.rejected, rejected)
 
     # -- reads ----------------------------------------------------------------------------------
     def _latest(self, s: Session, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, dict[str, LatestValue]]:
