@@ -1,4 +1,4 @@
-"""Peak memory of the ingest agent catching up on a backlog (issue 12): wide lines, one batch at a time.
+"""Peak memory of the ingest agent catching up on a backlog: wide lines, one batch at a time.
 
 A run directory holds 8 MiB of 200-key metric lines, the backlog a sidecar finds after a database
 outage. A fresh process ingests it with ``IngestAgent`` and reports its peak RSS (``ru_maxrss``)
