@@ -17,8 +17,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 from cairn import rundir as R
+from cairn.agent.precedence import CODE_PREFIX, keep_recorded_facts
 from cairn.agent.records import MAX_LINE_BYTES, OversizeLine, Rejection, parse_lines
 from cairn.backoff import Backoff
 from cairn.messages import one_line
@@ -108,6 +110,7 @@ class IngestAgent:
         max_batch_bytes: int = MAX_BATCH_BYTES,
         store=None,  # noqa: ANN001 - a TrackingStore, for callers that already have one
         attempt: int | None = None,
+        manifest_params: Mapping[str, Any] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.database_url = database_url
@@ -115,6 +118,8 @@ class IngestAgent:
         self.extra_sources = extra_sources
         self.poll_interval = poll_interval
         self.max_batch_bytes = max_batch_bytes
+        # The run's parameters as given from outside: the code's params records cannot replace them.
+        self.manifest_params = dict(manifest_params or {})
         # Each attempt of a retried pod writes fresh files; its offsets are kept apart.
         self.source_prefix = f"attempt-{attempt}/" if attempt is not None else ""
         self.stats = AgentStats()
@@ -197,6 +202,11 @@ class IngestAgent:
                 self.artifact_sink(rel)
             else:
                 parsed.batch.artifacts.append(art)
+        overridden = keep_recorded_facts(parsed.batch, self.manifest_params)
+        if overridden:
+            log.warning("%s: the code logged %s, set by the run's manifest or the operator: their values are kept, "
+                        "the code's are stored under %s<key>", source, ", ".join(sorted(set(overridden))[:20]),
+                        CODE_PREFIX)
         rejected = parsed.counts()
         new_line_no = line_no + len(lines)
         if self.live is not None:

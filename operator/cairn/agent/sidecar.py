@@ -117,7 +117,7 @@ def run_sidecar(cfg: SidecarSettings, s3: S3Config | None, stop: threading.Event
     live = start_exporter(cfg) if cfg.metrics_port else None
     prepare_run_dir(cfg)
     agent = IngestAgent(cfg.run_dir, cfg.database_url, cfg.run_id, poll_interval=POLL_INTERVAL_S,
-                        attempt=cfg.attempt)
+                        attempt=cfg.attempt, manifest_params=cfg.params)
     agent.live = live
     # Artifacts and checkpoints to the object store, in a thread beside the agent (None without one).
     uploads = start_uploads(cfg.run_dir, cfg.run_id, cfg.attempt, cfg.database_url, stop, cfg.drain_timeout, agent,
