@@ -58,7 +58,8 @@ def test_sidecar_is_a_native_sidecar_with_the_only_database_credentials():
     assert not any("secret" in str(e).lower() for e in trainer["env"])
     assert sidecar["startupProbe"]["exec"]["command"][-1] == "/cairn/run/.sidecar-ready"
     assert trainer["volumeMounts"] == [{"name": "run", "mountPath": "/cairn/run"}]
-    assert sidecar["volumeMounts"] == [{"name": "run", "mountPath": "/cairn/run"}, {"name": "cairn-tmp", "mountPath": "/tmp"}]
+    assert sidecar["volumeMounts"] == [{"name": "run", "mountPath": "/cairn/run"},
+                                       {"name": "cairn-tmp", "mountPath": "/tmp"}]
 
 
 def test_trainer_env_tells_the_sdk_everything():

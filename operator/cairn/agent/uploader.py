@@ -11,8 +11,9 @@ Exactly once: the object key is the file's path below the run's prefix and the s
 MinIO or PostgreSQL coming back — overwrites rather than duplicates. What is done is kept in
 ``<run dir>/.cairn-uploads.json`` (size, mtime, inode, sha256, recorded) so a restarted sidecar
 does not upload again what is already up. That file lies where the trainer can write, so on start
-an entry is believed only when the store has the same row (uri, size, sha256); the rest go again. While MinIO or the database is away the files simply
-wait on disk (backoff 0.5 s doubling to 30 s); training never waits for an upload.
+an entry is believed only when the store has the same row (uri, size, sha256, attempt); the rest go
+again. While MinIO or the database is away the files simply wait on disk (backoff 0.5 s doubling
+to 30 s); training never waits for an upload.
 
 Only regular files reached without a symbolic link are uploaded: a link could send a file from
 elsewhere and a FIFO would hang the read. Anything else is skipped, logged and counted by reason
