@@ -631,7 +631,8 @@ def test_object_store_credentials_reach_only_cairns_containers():
     assert not any(e["name"].startswith("CAIRN_S3_") or "valueFrom" in e for e in trainer["env"])
     env = {e["name"]: e.get("value") for e in prepare["env"]}
     assert env["CAIRN_DATASET_URI"] == "s3://data/mnist" and env["CAIRN_DATASET_SHA256"] == "a" * 64
-    assert prepare["volumeMounts"] == trainer["volumeMounts"]
+    assert prepare["volumeMounts"] == sidecar["volumeMounts"]  # the run directory and its own /tmp
+    assert trainer["volumeMounts"][0] in prepare["volumeMounts"]
     assert prepare["securityContext"]["allowPrivilegeEscalation"] is False
 
 
