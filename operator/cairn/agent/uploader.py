@@ -357,6 +357,9 @@ class ArtifactUploader:
                      len(self.state), self.stats.uploaded, self.stats.bytes)
         else:
             log.error("%d files could not be uploaded before the drain timeout; the run records it", pending)
+        if self.stats.skipped:
+            log.warning("not uploaded, as not regular files: %s",
+                        ", ".join(f"{n} {reason}" for reason, n in sorted(self.stats.skipped.items())))
         self._record_outcome(ok, pending, deadline)
         return ok
 
