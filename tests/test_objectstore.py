@@ -862,10 +862,17 @@ def test_a_forged_upload_state_is_checked_against_the_store(minio_server, minio_
         assert read_object(minio_server.client(), minio_bucket, f"{prefix}/{rel.split('/')[1]}") == data
 
 
-def test_a_state_file_that_is_not_an_object_is_ignored(tmp_path):
+def test_a_state_file_that_is_not_an_object_or_too_large_is_ignored(tmp_path):
+    from cairn.agent import uploader
     from cairn.agent.uploader import load_state
 
     (tmp_path / ".cairn-uploads.json").write_text('[1, 2]')
     assert load_state(tmp_path) == {}
     (tmp_path / ".cairn-uploads.json").write_text('{"a": {"size": 1}, "b": 3}')
+    assert load_state(tmp_path) == {}
+    entry = {"size": 1, "mtime_ns": 2, "ino": 3, "sha256": "0" * 64, "uri": "s3://b/k"}
+    (tmp_path / ".cairn-uploads.json").write_text(json.dumps({"artifacts/a": entry}))
+    assert list(load_state(tmp_path)) == ["artifacts/a"]
+    padding = "x" * uploader.MAX_STATE_BYTES  # a trainer filling the sidecar's memory
+    (tmp_path / ".cairn-uploads.json").write_text(json.dumps({"artifacts/a": entry, "padding": padding}))
     assert load_state(tmp_path) == {}

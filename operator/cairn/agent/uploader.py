@@ -52,6 +52,7 @@ BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 MAX_SKIPPED_PATHS = 10_000  # distinct skipped paths remembered (so each is counted once)
 SKIPPED_PATHS_LOGGED = 20
+MAX_STATE_BYTES = 64 << 20  # a larger state file is not read (the trainer could make it any size)
 
 
 @dataclass
@@ -90,8 +91,13 @@ def group_of(rel: str) -> str:
 
 def load_state(run_dir: Path) -> dict[str, Uploaded]:
     """The state file as written; entries that do not parse are left out (the file is untrusted)."""
+    path = run_dir / R.UPLOADS_STATE_FILE
     try:
-        raw = json.loads((run_dir / R.UPLOADS_STATE_FILE).read_text())
+        if path.stat().st_size > MAX_STATE_BYTES:
+            log.warning("%s is larger than %d bytes and is ignored; every file is uploaded again", path,
+                        MAX_STATE_BYTES)
+            return {}
+        raw = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
     state = {}
