@@ -406,3 +406,38 @@ def test_lines_the_database_cannot_store_are_counted_and_ingest_goes_on_to_finis
     d = store.get_run(run.id)
     assert d.ingest.rejected == {"bad_json": 1, "bad_text": 2}
     assert d.summary.status == "FINISHED" and d.summary.metrics["loss"].count == 2
+
+
+def test_the_manifest_and_the_operator_tags_win_over_what_the_code_logs(store_url, tmp_path):
+    store = TrackingStore(store_url)
+    manifest = {"lr": 0.1, "epochs": 3}
+    store.create_run(experiment="digits", run_id=RUN_ID, params=manifest, status="PENDING",
+                     tags={"cairn.mode": "kubernetes", "kubernetes.namespace": "ml"})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lines = [
+        {"seq": 1, "type": "run", "run_id": RUN_ID, "experiment": "digits", "environment": {},
+         "params": {"lr": 0.5, "epochs": 3, "batch": 32}, "tags": {"kubernetes.namespace": "other"}},
+        {"seq": 2, "type": "params", "params": {"epochs": 3.0, "lr": 0.7, "dropout": 0.2}},
+        {"seq": 3, "type": "tags", "tags": {"cairn.mode": "local", "team": "vision"}},
+    ]
+    (run_dir / "records.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    ingest_once(run_dir, store, run_id=RUN_ID, manifest_params=manifest)
+    d = store.get_run(RUN_ID)
+    assert json.dumps(d.params, sort_keys=True) == json.dumps(
+        {"lr": 0.1, "epochs": 3, "batch": 32, "dropout": 0.2, "code.lr": 0.7}, sort_keys=True)
+    assert d.tags == {"cairn.mode": "kubernetes", "kubernetes.namespace": "ml", "team": "vision",
+                      "code.cairn.mode": "local", "code.kubernetes.namespace": "other"}
+
+    env = dict(os.environ, CAIRN_DATABASE_URL=store_url, COLUMNS="200")
+    shown = subprocess.run([sys.executable, "-m", "cairn", "runs", "show", RUN_ID], capture_output=True, text=True,
+                           env=env, check=True).stdout
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in shown.splitlines() if "│" in line]
+    assert "the code logged (not used)" in shown
+    assert ["lr", "0.1", "0.7"] in rows and ["epochs", "3", ""] in rows
+    assert not [row for row in rows if row[0] == "code.lr"]  # shown beside lr, not as a row of its own
+    assert "kubernetes.namespace=ml (the code logged 'other', kept as code.kubernetes.namespace)" in shown
+    got = json.loads(subprocess.run([sys.executable, "-m", "cairn", "runs", "show", RUN_ID, "-o", "json"],
+                                    capture_output=True, text=True, env=env, check=True).stdout)
+    assert got["code_overrides"] == {"params": {"lr": 0.7},
+                                     "tags": {"cairn.mode": "local", "kubernetes.namespace": "other"}}

@@ -36,8 +36,10 @@ CLUSTER_RULES = [
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
 ]
 NAMESPACES_RULE = {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}
+BUNDLED_PASSWORDS = ["postgresql.auth.password=pg-Pa55word-for-tests", "minio.auth.rootPassword=minio-Pa55word-tests"]
+# `helm template` renders without a cluster: the bundled stores' passwords must be given there.
 BUNDLED = ["postgresql.enabled=true", "postgresql.image.repository=postgres", "postgresql.image.tag=16-bookworm",
-           "minio.enabled=true", "minio.image.repository=minio", "minio.image.tag=dev"]
+           "minio.enabled=true", "minio.image.repository=minio", "minio.image.tag=dev", *BUNDLED_PASSWORDS]
 
 
 @pytest.fixture(scope="session")
@@ -412,8 +414,8 @@ def test_bundled_postgresql_and_minio(helm):
     assert one(objs, "Service", "cairn-postgresql", NS)["spec"]["ports"][0]["port"] == 5432
     pg_secret = one(objs, "Secret", "cairn-postgresql", NS)
     password = base64.b64decode(pg_secret["data"]["password"]).decode()
-    assert len(password) == 32
-    # the generated password is the one in the store URL, for the operator and for the sidecars
+    assert password == "pg-Pa55word-for-tests"
+    # the server's password is the one in the store URL, for the operator and for the sidecars
     operator_url = secret_url(one(objs, "Secret", "cairn-store", NS))
     assert operator_url == secret_url(one(objs, "Secret", "cairn-database", NS)) == \
         f"postgresql://cairn:{password}@cairn-postgresql.{NS}.svc:5432/cairn"
@@ -428,6 +430,23 @@ def test_bundled_postgresql_and_minio(helm):
     assert [i["name"] for i in init] == ["db-upgrade"]
     upgrade = render(helm, *BUNDLED, extra=("--is-upgrade",))
     assert one(upgrade, "Job", "cairn-migrate")["metadata"]["annotations"]["helm.sh/hook"] == "pre-upgrade"
+
+
+@pytest.mark.parametrize("missing, value", [("postgresql.auth.password", "postgresql.auth.password"),
+                                            ("minio.auth.rootPassword", "minio.auth.rootPassword")])
+def test_rendering_without_a_cluster_refuses_to_generate_a_password(helm, missing, value):
+    sets = [s for s in BUNDLED if not s.startswith(missing + "=")]
+    err = render_error(helm, *sets)
+    assert f"{value}: set it when rendering without a cluster (helm template, --dry-run, GitOps)" in err, err
+
+
+@pytest.mark.parametrize("component", ["postgresql", "minio"])
+def test_an_image_without_tag_or_digest_is_refused(helm, component):
+    err = render_error(helm, *BUNDLED, f"{component}.image.tag=")
+    assert f"{component}.image: set tag or digest; without either the image would be whatever :latest is" in err, err
+    objs = render(helm, *BUNDLED, f"{component}.image.tag=", f"{component}.image.digest={DIGEST}")
+    repository = {"postgresql": "postgres", "minio": "minio"}[component]
+    assert {c["name"]: c["image"] for c in containers(objs)}[component] == f"{repository}@{DIGEST}"
 
 
 def test_given_passwords_are_used(helm):

@@ -103,6 +103,13 @@ def test_unreachable_database_is_one_line_without_the_password(script, cairn_hom
     assert "hunter2" not in r.stderr + r.stdout and "Traceback" not in r.stderr
 
 
+def test_a_password_written_unencoded_never_shows_in_a_cli_error(script, cairn_home):
+    r = cairn_cmd("postgresql://cairn:p@ss:w/rd%@127.0.0.1:1/cairn", "runs", "list")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "cannot reach the database at postgresql+psycopg2://cairn:***@127.0.0.1:1/cairn" in r.stderr
+    assert [piece for piece in ("p@ss", "ss:w", "w/rd", "rd%") if piece in r.stderr + r.stdout] == []
+
+
 def test_default_store_is_sqlite_under_cairn_home(script, tmp_path):
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if k != "CAIRN_DATABASE_URL"}

@@ -631,7 +631,8 @@ def test_object_store_credentials_reach_only_cairns_containers():
     assert not any(e["name"].startswith("CAIRN_S3_") or "valueFrom" in e for e in trainer["env"])
     env = {e["name"]: e.get("value") for e in prepare["env"]}
     assert env["CAIRN_DATASET_URI"] == "s3://data/mnist" and env["CAIRN_DATASET_SHA256"] == "a" * 64
-    assert prepare["volumeMounts"] == trainer["volumeMounts"]
+    assert prepare["volumeMounts"] == sidecar["volumeMounts"]  # the run directory and its own /tmp
+    assert trainer["volumeMounts"][0] in prepare["volumeMounts"]
     assert prepare["securityContext"]["allowPrivilegeEscalation"] is False
 
 
@@ -812,3 +813,66 @@ def test_download_refuses_paths_that_leave_the_destination(sqlite_url, tmp_path)
     got = cli("--database-url", sqlite_url, "runs", "download", run, "model.bin", "-d", str(linked))
     assert got.returncode == 1 and "outside" in got.stderr
     assert list((tmp_path / "elsewhere2").iterdir()) == []
+
+
+def test_files_that_are_not_regular_are_counted_once_by_reason(minio_server, minio_bucket, pg_store, tmp_path):
+    from cairn.agent.exporter import LiveState
+
+    run_dir = tmp_path / "run"
+    write(run_dir / "artifacts/model.npz", b"weights")
+    write(tmp_path / "elsewhere" / "secret.txt", b"not the run's")
+    (run_dir / "artifacts/secret.txt").symlink_to(tmp_path / "elsewhere" / "secret.txt")
+    (run_dir / "artifacts/linked-dir").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    os.mkfifo(run_dir / "artifacts/pipe")
+    (run_dir / "checkpoints").mkdir()
+    os.mkfifo(run_dir / "checkpoints/pipe")
+    up = make_uploader(run_dir, pg_store, s3_config(minio_server, minio_bucket), attempt=1)
+    up.live = LiveState(frozenset())
+    up.notify("artifacts/linked-dir/secret.txt")
+    for _ in range(3):  # every pass sees them again; each is counted once
+        assert up.upload_available() == 0
+    assert dict(up.stats.skipped) == {"symlink": 3, "fifo": 2}
+    assert dict(up.live.skipped_files) == {"symlink": 3, "fifo": 2}
+
+
+def test_a_forged_upload_state_is_checked_against_the_store(minio_server, minio_bucket, pg_store, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = s3_config(minio_server, minio_bucket)
+    kept = write(run_dir / "artifacts/kept.bin", os.urandom(300))
+    first = make_uploader(run_dir, pg_store, cfg, attempt=1)
+    assert first.upload_available() == 0
+    # The trainer rewrites the state file: two files it never let the sidecar upload are "done",
+    # one of them with an uri and sha256 of its choosing still to be recorded.
+    hidden = write(run_dir / "artifacts/hidden.bin", os.urandom(200))
+    forged = write(run_dir / "artifacts/forged.bin", os.urandom(100))
+    state = json.loads((run_dir / ".cairn-uploads.json").read_text())
+    for rel, recorded in (("artifacts/hidden.bin", True), ("artifacts/forged.bin", False)):
+        st = os.stat(run_dir / rel)
+        state[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "sha256": "0" * 64,
+                      "uri": "s3://elsewhere/not-this-run", "attempt": 1, "recorded": recorded}
+    (run_dir / ".cairn-uploads.json").write_text(json.dumps(state))
+    restarted = make_uploader(run_dir, pg_store, cfg, attempt=1)
+    assert restarted.upload_available() == 0
+    assert restarted.stats.uploaded == 2  # kept.bin, confirmed by the store, is not sent again
+    prefix = f"ml/digits/{RUN_ID}/artifacts"
+    arts = {a.path: a for a in pg_store.list_artifacts(RUN_ID)}
+    for rel, data in (("artifacts/kept.bin", kept), ("artifacts/hidden.bin", hidden),
+                      ("artifacts/forged.bin", forged)):
+        assert (arts[rel].sha256, arts[rel].uri) == (sha(data), f"s3://{minio_bucket}/ml/digits/{RUN_ID}/{rel}")
+        assert read_object(minio_server.client(), minio_bucket, f"{prefix}/{rel.split('/')[1]}") == data
+
+
+def test_a_state_file_that_is_not_an_object_or_too_large_is_ignored(tmp_path):
+    from cairn.agent import uploader
+    from cairn.agent.uploader import load_state
+
+    (tmp_path / ".cairn-uploads.json").write_text('[1, 2]')
+    assert load_state(tmp_path) == {}
+    (tmp_path / ".cairn-uploads.json").write_text('{"a": {"size": 1}, "b": 3}')
+    assert load_state(tmp_path) == {}
+    entry = {"size": 1, "mtime_ns": 2, "ino": 3, "sha256": "0" * 64, "uri": "s3://b/k"}
+    (tmp_path / ".cairn-uploads.json").write_text(json.dumps({"artifacts/a": entry}))
+    assert list(load_state(tmp_path)) == ["artifacts/a"]
+    padding = "x" * uploader.MAX_STATE_BYTES  # a trainer filling the sidecar's memory
+    (tmp_path / ".cairn-uploads.json").write_text(json.dumps({"artifacts/a": entry, "padding": padding}))
+    assert load_state(tmp_path) == {}

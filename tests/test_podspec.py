@@ -57,7 +57,9 @@ def test_sidecar_is_a_native_sidecar_with_the_only_database_credentials():
     assert "CAIRN_DATABASE_URL" not in env_of(trainer)
     assert not any("secret" in str(e).lower() for e in trainer["env"])
     assert sidecar["startupProbe"]["exec"]["command"][-1] == "/cairn/run/.sidecar-ready"
-    assert sidecar["volumeMounts"] == trainer["volumeMounts"] == [{"name": "run", "mountPath": "/cairn/run"}]
+    assert trainer["volumeMounts"] == [{"name": "run", "mountPath": "/cairn/run"}]
+    assert sidecar["volumeMounts"] == [{"name": "run", "mountPath": "/cairn/run"},
+                                       {"name": "cairn-tmp", "mountPath": "/tmp"}]
 
 
 def test_trainer_env_tells_the_sdk_everything():
@@ -135,7 +137,7 @@ def test_sidecar_settings_shape_the_sidecar():
     assert env_of(sidecar)["CAIRN_DRAIN_TIMEOUT"] == "10"
     assert sidecar["resources"]["limits"] == {"memory": "512Mi"}
     assert pod["spec"]["terminationGracePeriodSeconds"] > 10  # room for the sidecar to drain
-    assert pod["spec"]["volumes"] == [{"name": "run", "emptyDir": {}}]
+    assert pod["spec"]["volumes"] == [{"name": "run", "emptyDir": {}}, {"name": "cairn-tmp", "emptyDir": {}}]
 
 
 def test_cpu_and_memory_without_gpus():
@@ -225,6 +227,19 @@ def test_pod_is_owned_labelled_and_locked_down():
         assert c["securityContext"]["allowPrivilegeEscalation"] is False
         assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
         assert c["imagePullPolicy"] == "Never"
+
+
+def test_cairns_containers_have_a_read_only_root_and_the_pod_no_service_links():
+    pod = build_pod(tr(), PodSettings(), 2, "run-1")  # a retry: the prepare step runs too
+    prepare, sidecar = pod["spec"]["initContainers"]
+    (trainer,) = pod["spec"]["containers"]
+    assert pod["spec"]["enableServiceLinks"] is False
+    for c in (prepare, sidecar):
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        # what they write goes to the run directory or to /tmp, an emptyDir of the pod, also their HOME
+        assert {"name": "cairn-tmp", "mountPath": "/tmp"} in c["volumeMounts"] and env_of(c)["HOME"] == "/tmp"
+    assert {"name": "cairn-tmp", "emptyDir": {}} in pod["spec"]["volumes"]
+    assert "readOnlyRootFilesystem" not in trainer["securityContext"]  # the user's image may write where it likes
 
 
 def failed_pod(reason=None, exit_code=None, term_reason="Error", conditions=(), message=None):  # noqa: ANN001, ANN201

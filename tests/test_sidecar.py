@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
 import pytest
 
 from cairn.store import TrackingStore
-from tests.support.servers import clean_env, start_sidecar
+from tests.support.servers import clean_env, free_port, start_sidecar
 
 RUN_ID = "5d0c6f2a-1b7e-4a8e-9c3d-2e4f6a8b0c1d"
 
@@ -59,3 +60,34 @@ def test_misconfigured_sidecar_says_what_is_wrong(env, message):
     r = subprocess.run([sys.executable, "-m", "cairn.cli.main", "sidecar"], env={**base, **env},
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and message in r.stderr
+
+
+def test_the_metrics_port_is_held_before_the_trainer_starts(sqlite_url, tmp_path):
+    port = free_port()
+    sidecar = start_sidecar(tmp_path / "run", {"CAIRN_RUN_ID": RUN_ID, "CAIRN_DATABASE_URL": sqlite_url,
+                                               "CAIRN_METRICS_PORT": str(port)})
+    try:
+        with pytest.raises(OSError):  # what a trainer trying to take the port now gets
+            with socket.socket() as trainer_socket:
+                trainer_socket.bind(("0.0.0.0", port))
+    finally:
+        sidecar.send_signal(signal.SIGTERM)
+        out, _ = sidecar.communicate(timeout=60)
+    assert sidecar.returncode == 0, out
+
+
+def test_a_metrics_port_already_taken_turns_off_live_metrics_and_tracking_goes_on(sqlite_url, tmp_path):
+    run_dir = tmp_path / "run"
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        sidecar = start_sidecar(run_dir, {"CAIRN_RUN_ID": RUN_ID, "CAIRN_DATABASE_URL": sqlite_url,
+                                          "CAIRN_PARAMS": json.dumps({"lr": 0.3}), "CAIRN_METRICS_PORT": str(port)})
+        subprocess.run([sys.executable, "-c", TRAINER, "50"],
+                       env=clean_env(CAIRN_RUN_DIR=str(run_dir), CAIRN_RUN_ID=RUN_ID), check=True, timeout=60)
+        sidecar.send_signal(signal.SIGTERM)
+        out, _ = sidecar.communicate(timeout=60)
+    assert sidecar.returncode == 0, out
+    assert f"live metrics are off for this pod: port {port} is taken" in out
+    assert TrackingStore(sqlite_url).get_run(RUN_ID).summary.metrics["loss"].count == 50

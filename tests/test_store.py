@@ -174,6 +174,52 @@ def test_unreachable_database_error_names_the_url_without_the_password():
     assert "127.0.0.1:1/cairn" in str(err.value) and "s3cret" not in str(err.value)
 
 
+RAW_PASSWORD = "p@ss:w/rd%"  # written into URLs as it is, not percent-encoded
+PASSWORD_PIECES = (RAW_PASSWORD, "p@ss", "ss:w", "w/rd", "rd%")
+
+
+def test_a_password_written_unencoded_connects_and_never_shows_in_errors(postgres_server, postgres_url):
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    role = f"odd_{uuid.uuid4().hex[:8]}"
+    conn = psycopg2.connect(make_url(postgres_url).render_as_string(hide_password=False)
+                            .replace("postgresql+psycopg2", "postgresql"))
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE ROLE "{role}" LOGIN SUPERUSER PASSWORD %s', (RAW_PASSWORD,))
+    conn.close()
+    where = f"127.0.0.1:{postgres_server.port}/{make_url(postgres_url).database}"
+    run = TrackingStore(f"postgresql://{role}:{RAW_PASSWORD}@{where}").create_run(experiment="odd")
+    assert TrackingStore(postgres_url).get_run(run).summary.experiment == "odd"
+
+    with pytest.raises(db.StoreError) as wrong:
+        TrackingStore(f"postgresql://{role}:{RAW_PASSWORD}x@{where}")
+    assert wrong.value.code == "DATABASE_UNREACHABLE"
+    assert f'password authentication failed for user "{role}"' in str(wrong.value)
+    with pytest.raises(db.StoreError) as away:
+        TrackingStore(f"postgresql://{role}:{RAW_PASSWORD}@127.0.0.1:1/cairn")
+    assert f"postgresql+psycopg2://{role}:***@127.0.0.1:1/cairn" in str(away.value)
+    for message in (str(wrong.value), str(away.value)):
+        assert [piece for piece in PASSWORD_PIECES if piece in message] == []
+
+
+def test_a_url_that_does_not_parse_is_named_without_its_password():
+    with pytest.raises(db.StoreError) as err:
+        TrackingStore("postgresql://cairn:s3cret@db.example:not-a-port/cairn")
+    assert err.value.code == "BAD_DATABASE_URL"
+    assert "postgresql+psycopg2://cairn:***@db.example:not-a-port/cairn cannot be parsed" in str(err.value)
+    assert "s3cret" not in str(err.value)
+
+
+def test_password_redaction_in_messages():
+    url = f"postgresql://cairn:{RAW_PASSWORD}@h/d"
+    assert db.redact_text(f"auth failed: {RAW_PASSWORD} / p%40ss%3Aw%2Frd%25", url) == "auth failed: *** / ***"
+    assert db.redact_text("a password of 2 letters is left alone: ab", "postgresql://u:ab@h/d").endswith(": ab")
+    assert db.normalise_url("sqlite:////tmp/at@home.db") == "sqlite:////tmp/at@home.db"
+    assert db.normalise_url("postgresql://u:already%40encoded@h/d") == "postgresql+psycopg2://u:already%40encoded@h/d"
+
+
 def test_embedded_sqlite_default_is_created_and_migrated_on_first_use(cairn_home):
     store = TrackingStore()
     assert store.engine.dialect.name == "sqlite"

@@ -13,6 +13,10 @@ The pod holds two containers sharing an emptyDir run directory:
   (exit code 12 when it differs from the pinned one, which fails the run), copies the dataset into
   the run directory when ``spec.dataset.stage`` asks for it, and restores the latest
   checkpoint on a retry. It and the sidecar are the only containers given object store credentials.
+
+Cairn's own containers (sidecar, prepare step) run with a read-only root filesystem; they write
+only to the run directory and to an emptyDir at ``/tmp`` (also their ``HOME``). Service links are
+off: the trainer gets no ``*_SERVICE_HOST`` variables for every Service of its namespace.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ OBJECTSTORE_KEYS = (("endpoint", Env.S3_ENDPOINT), ("accessKey", Env.S3_ACCESS_K
 METRICS_PORT = 9400  # the sidecar's live run metrics
 RUN_DIR = rundir.POD_RUN_DIR
 DATASET_DIR = f"{RUN_DIR}/{rundir.DATASET_DIR}"  # spec.dataset.stage: where the prepare step copies it
+TMP_VOLUME = "cairn-tmp"  # the writable /tmp of Cairn's containers, whose root filesystem is read-only
+TMP_DIR = "/tmp"
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,10 @@ def objectstore_env(settings: PodSettings) -> list[dict[str, Any]]:
             for key, var in OBJECTSTORE_KEYS]
 
 
+def _cairn_mounts() -> list[dict[str, str]]:
+    return [{"name": "run", "mountPath": RUN_DIR}, {"name": TMP_VOLUME, "mountPath": TMP_DIR}]
+
+
 def _database_env(settings: PodSettings) -> dict[str, Any]:
     return {"name": Env.DATABASE_URL, "valueFrom": {"secretKeyRef": {
         "name": settings.database_secret, "key": settings.database_secret_key}}}
@@ -132,7 +142,7 @@ def prepare_container(tr: TrainingRun, settings: PodSettings, attempt: int, run_
             env.append(_env(Env.DATASET_SHA256, spec.dataset.sha256))
         if spec.dataset.stage:
             env.append(_env(Env.DATASET_DIR, DATASET_DIR))
-    env += [_database_env(settings), *objectstore_env(settings)]
+    env += [_env("HOME", TMP_DIR), _database_env(settings), *objectstore_env(settings)]
     pull = {"imagePullPolicy": settings.image_pull_policy} if settings.image_pull_policy else {}
     return {
         "name": PREPARE,
@@ -140,10 +150,10 @@ def prepare_container(tr: TrainingRun, settings: PodSettings, attempt: int, run_
         **pull,
         "command": ["cairn", "prepare"],
         "env": env,
-        "volumeMounts": [{"name": "run", "mountPath": RUN_DIR}],
+        "volumeMounts": _cairn_mounts(),
         "resources": {"requests": {"cpu": settings.sidecar_cpu, "memory": settings.sidecar_memory},
                       "limits": {"memory": settings.sidecar_memory}},
-        "securityContext": _container_security(),
+        "securityContext": {**_container_security(), "readOnlyRootFilesystem": True},
         # The reason (both digests on a mismatch) lands in the pod status for the operator to show.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -213,16 +223,17 @@ def build_pod(tr: TrainingRun, settings: PodSettings, attempt: int, run_id: str,
             _env(Env.METRICS_PORT, str(METRICS_PORT)),
             _env(Env.EXPORT_KEYS, ",".join(spec.tracking.export_keys)),
             _env(Env.HEADLINE_METRIC, spec.tracking.headline_metric or ""),
+            _env("HOME", TMP_DIR),
             _database_env(settings),
             *objectstore_env(settings),
         ],
-        "volumeMounts": mount,
+        "volumeMounts": _cairn_mounts(),
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "startupProbe": {"exec": {"command": ["test", "-f", f"{RUN_DIR}/{rundir.READY_FILE}"]},
                          "periodSeconds": 1, "failureThreshold": 120},
         "resources": {"requests": {"cpu": settings.sidecar_cpu, "memory": settings.sidecar_memory},
                       "limits": {"memory": settings.sidecar_memory}},
-        "securityContext": _container_security(),
+        "securityContext": {**_container_security(), "readOnlyRootFilesystem": True},
     }
     trainer = {
         "name": TRAINER,
@@ -239,8 +250,9 @@ def build_pod(tr: TrainingRun, settings: PodSettings, attempt: int, run_id: str,
         "restartPolicy": "Never",
         "initContainers": [c for c in (prepare_container(tr, settings, attempt, run_id), sidecar) if c],
         "containers": [trainer],
-        "volumes": [{"name": "run", "emptyDir": {}}],
+        "volumes": [{"name": "run", "emptyDir": {}}, {"name": TMP_VOLUME, "emptyDir": {}}],
         "automountServiceAccountToken": spec.service_account_name is not None,
+        "enableServiceLinks": False,
         "terminationGracePeriodSeconds": settings.drain_timeout_s + 30,
         "securityContext": {
             "runAsNonRoot": True,

@@ -69,8 +69,10 @@ def safe_relative_path(path: str) -> str:
     return "/".join(parts)
 
 
-def regular_file_below(root: str | os.PathLike, rel: str) -> bool:
-    """Whether ``root/rel`` is a regular file reached without following any symbolic link."""
+def why_not_regular_file(root: str | os.PathLike, rel: str) -> str | None:
+    """None when ``root/rel`` is a regular file reached without following any symbolic link; else why
+    not, one of ``missing``, ``symlink``, ``fifo``, ``socket``, ``device``, ``directory``, ``not_a_directory``
+    (a component on the way is a file)."""
     current = os.fspath(root)
     parts = rel.split("/")
     for i, part in enumerate(parts):
@@ -78,12 +80,25 @@ def regular_file_below(root: str | os.PathLike, rel: str) -> bool:
         try:
             mode = os.lstat(current).st_mode
         except OSError:
-            return False
+            return "missing"
         if stat.S_ISLNK(mode):
-            return False
+            return "symlink"
         if i < len(parts) - 1 and not stat.S_ISDIR(mode):
-            return False
-    return stat.S_ISREG(mode)
+            return "not_a_directory"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    return "device"
+
+
+def regular_file_below(root: str | os.PathLike, rel: str) -> bool:
+    """Whether ``root/rel`` is a regular file reached without following any symbolic link."""
+    return why_not_regular_file(root, rel) is None
 
 
 class RunStatus(str, enum.Enum):

@@ -197,6 +197,8 @@ def render(helm: Path, cwd: Path, args: list[str]) -> list[dict]:
     assert verb in ("install", "upgrade"), args
     rest = [a for a in rest if a not in ("--wait", "--create-namespace")]
     extra = ["--is-upgrade"] if verb == "upgrade" else []
+    # Offline, the chart refuses to generate the bundled stores' passwords; the install would make them.
+    extra += ["--set", "postgresql.auth.password=rendered", "--set", "minio.auth.rootPassword=rendered"]
     result = subprocess.run([str(helm), "template", *rest, *extra], cwd=cwd, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stderr}"

@@ -64,7 +64,8 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{/*
 An image reference: [global.imageRegistry/]repository[:tag][@digest]. Call with
 (list $ .Values.x.image "x.image"); the last item names the value in error messages. There is no
-public default: an empty repository fails the render with the value to set.
+public default: an empty repository fails the render with the value to set, and so does an image
+with neither tag nor digest (the runtime would pull whatever `:latest` is that day).
 */}}
 {{- define "cairn.image" -}}
 {{- $root := index . 0 }}
@@ -76,6 +77,9 @@ public default: an empty repository fails the render with the value to set.
 {{- $ref := $repository }}
 {{- $tag := $image.tag }}
 {{- if and (not $tag) (eq $path "image") }}{{ $tag = $root.Chart.AppVersion }}{{ end }}
+{{- if not (or $tag $image.digest) }}
+{{- fail (printf "%s: set tag or digest; without either the image would be whatever :latest is when a node pulls it" $path) }}
+{{- end }}
 {{- if $tag }}{{ $ref = printf "%s:%s" $ref $tag }}{{ end }}
 {{- if $image.digest }}{{ $ref = printf "%s@%s" $ref $image.digest }}{{ end }}
 {{- $ref }}
@@ -107,7 +111,10 @@ imagePullSecrets:
 {{/*
 Generated credentials: taken from values, else from the Secret of a previous install (so an
 upgrade keeps them), else random. Memoised in .Values so every template sees the same value.
-Call with (list $ "postgresql"|"minio").
+Rendered without a cluster (helm template, a client-side dry run, a GitOps tool), `lookup` finds
+nothing, not even kube-system: a password generated there would change on every render and the
+bundled server, initialised with the first one, would refuse the next. That fails, naming the value
+to set. Call with (list $ "postgresql"|"minio").
 */}}
 {{- define "cairn.generatedPassword" -}}
 {{- $root := index . 0 }}
@@ -119,6 +126,8 @@ Call with (list $ "postgresql"|"minio").
 {{- $previous := lookup "v1" "Secret" $root.Release.Namespace $name }}
 {{- if and $previous (hasKey ($previous.data | default dict) $key) }}
 {{- $_ := set $auth $key (index $previous.data $key | b64dec) }}
+{{- else if not (lookup "v1" "Namespace" "" "kube-system") }}
+{{- fail (printf "%s.auth.%s: set it when rendering without a cluster (helm template, --dry-run, GitOps): a generated one cannot be read back there, so each render would make a new one that the bundled %s, initialised with the first, refuses" $component $key $component) }}
 {{- else }}
 {{- $_ := set $auth $key (randAlphaNum 32) }}
 {{- end }}

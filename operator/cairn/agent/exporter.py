@@ -34,6 +34,7 @@ class LiveState:
     values: dict[str, tuple[int, float]] = field(default_factory=dict)  # key -> (step, value)
     step: int | None = None
     rejected: collections.Counter = field(default_factory=collections.Counter)
+    skipped_files: collections.Counter = field(default_factory=collections.Counter)  # by reason, from the uploader
     backlog_bytes: int = 0
     last_commit: float | None = None
     finished: bool = False
@@ -119,6 +120,12 @@ class RunCollector:
         c = CounterMetricFamily("cairn_run_rejected_lines", "Lines skipped as malformed, by reason.",
                                 labels=[*LABELS, "reason"])
         for reason, n in sorted(self.state.rejected.items()):
+            c.add_metric([*lv, reason], n)
+        yield c
+        c = CounterMetricFamily("cairn_run_skipped_files",
+                                "Files under artifacts/ or checkpoints/ not uploaded (not regular files), by reason.",
+                                labels=[*LABELS, "reason"])
+        for reason, n in sorted(self.state.skipped_files.items()):
             c.add_metric([*lv, reason], n)
         yield c
         if self.gpu is not None:

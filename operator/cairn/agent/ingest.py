@@ -20,8 +20,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 from cairn import rundir as R
+from cairn.agent.precedence import CODE_PREFIX, keep_recorded_facts
 from cairn.agent.records import MAX_LINE_BYTES, STORE_REJECTED, OversizeLine, ParsedLines, Rejection, parse_lines
 from cairn.backoff import Backoff
 from cairn.messages import one_line
@@ -152,6 +154,7 @@ class IngestAgent:
         max_batch_points: int = MAX_BATCH_POINTS,
         store=None,  # noqa: ANN001 - a TrackingStore, for callers that already have one
         attempt: int | None = None,
+        manifest_params: Mapping[str, Any] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.database_url = database_url
@@ -160,6 +163,8 @@ class IngestAgent:
         self.poll_interval = poll_interval
         self.max_batch_bytes = max_batch_bytes
         self.max_batch_points = max_batch_points
+        # The run's parameters as given from outside: the code's params records cannot replace them.
+        self.manifest_params = dict(manifest_params or {})
         # Each attempt of a retried pod writes fresh files; its offsets are kept apart.
         self.source_prefix = f"attempt-{attempt}/" if attempt is not None else ""
         self.stats = AgentStats()
@@ -276,6 +281,11 @@ class IngestAgent:
         """
         parsed = parse_lines(lines, line_no + 1, now_ms=int(time.time() * 1000), max_points=self.max_batch_points)
         self._collect_artifacts(parsed, line_no)
+        overridden = keep_recorded_facts(parsed.batch, self.manifest_params)
+        if overridden:
+            log.warning("%s: the code logged %s, set by the run's manifest or the operator: their values are kept, "
+                        "the code's are stored under %s<key>", source, ", ".join(sorted(set(overridden))[:20]),
+                        CODE_PREFIX)
         end, end_line = offset + parsed.bytes_used, line_no + parsed.lines_used
         head = head_identity(lines) if offset == 0 else None
         if self.live is not None:

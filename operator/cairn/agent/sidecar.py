@@ -91,6 +91,25 @@ def prepare_run_dir(cfg: SidecarSettings) -> None:
     (cfg.run_dir / R.READY_FILE).write_text(str(os.getpid()))
 
 
+def start_exporter(cfg: SidecarSettings):  # noqa: ANN201 - a LiveState, or None
+    """Serve the live metrics, binding the port before the run directory is ready, that is before the
+    trainer (which shares the pod's network) starts, and keeping it for the sidecar's life.
+
+    A port already taken (another container of the pod listens on it, or a trainer still running
+    when this sidecar restarts) turns the live metrics off with an error and nothing else: tracking
+    and uploads matter more than the live view, and a sidecar that exited would stop them."""
+    from cairn.agent.exporter import LiveState, export_keys, serve
+
+    live = LiveState(export_keys(cfg.export_keys, cfg.headline_metric))
+    try:
+        serve(live, cfg.labels, cfg.metrics_port)
+    except OSError as exc:
+        log.error("live metrics are off for this pod: port %d is taken by another process of the pod (%s)",
+                  cfg.metrics_port, exc.strerror or exc)
+        return None
+    return live
+
+
 def run_sidecar(cfg: SidecarSettings, s3: S3Config | None, stop: threading.Event | None = None) -> bool:
     """Ingest (and upload to ``s3``, when there is one) until SIGTERM or ``stop``, then drain.
     True when every line got in."""
@@ -98,14 +117,12 @@ def run_sidecar(cfg: SidecarSettings, s3: S3Config | None, stop: threading.Event
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+    live = start_exporter(cfg) if cfg.metrics_port else None
     prepare_run_dir(cfg)
     agent = IngestAgent(cfg.run_dir, cfg.database_url, cfg.run_id, poll_interval=POLL_INTERVAL_S,
-                        max_batch_points=cfg.max_batch_points, attempt=cfg.attempt)
-    if cfg.metrics_port:
-        from cairn.agent.exporter import LiveState, export_keys, serve
-
-        agent.live = LiveState(export_keys(cfg.export_keys, cfg.headline_metric))
-        serve(agent.live, cfg.labels, cfg.metrics_port)
+                        max_batch_points=cfg.max_batch_points, attempt=cfg.attempt,
+                        manifest_params=cfg.params)
+    agent.live = live
     # Artifacts and checkpoints to the object store, in a thread beside the agent (None without one).
     uploads = start_uploads(cfg.run_dir, cfg.run_id, cfg.attempt, cfg.database_url, stop, cfg.drain_timeout, agent,
                             s3=s3, namespace=cfg.namespace, experiment=cfg.experiment)

@@ -10,8 +10,14 @@ Exactly once: the object key is the file's path below the run's prefix and the s
 (run, path), so uploading or recording the same file again — after a crash, a restarted sidecar,
 MinIO or PostgreSQL coming back — overwrites rather than duplicates. What is done is kept in
 ``<run dir>/.cairn-uploads.json`` (size, mtime, inode, sha256, recorded) so a restarted sidecar
-does not upload again what is already up. While MinIO or the database is away the files simply
-wait on disk (backoff 0.5 s doubling to 30 s); training never waits for an upload.
+does not upload again what is already up. That file lies where the trainer can write, so on start
+an entry is believed only when the store has the same row (uri, size, sha256, attempt); the rest go
+again. While MinIO or the database is away the files simply wait on disk (backoff 0.5 s doubling
+to 30 s); training never waits for an upload.
+
+Only regular files reached without a symbolic link are uploaded: a link could send a file from
+elsewhere and a FIFO would hang the read. Anything else is skipped, logged and counted by reason
+(``UploadStats.skipped``, the live metric ``cairn_run_skipped_files_total``).
 
 On SIGTERM (the trainer has exited) the final flush uploads whatever is left within the drain
 timeout and records on the run whether every file got up (``runs.artifacts_uploaded``).
@@ -25,7 +31,8 @@ import logging
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -43,6 +50,9 @@ CHECKPOINTS_DIR = R.CHECKPOINTS_DIR
 UPLOAD_DIRS = (R.ARTIFACTS_DIR, CHECKPOINTS_DIR)
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
+MAX_SKIPPED_PATHS = 10_000  # distinct skipped paths remembered (so each is counted once)
+SKIPPED_PATHS_LOGGED = 20
+MAX_STATE_BYTES = 64 << 20  # a larger state file is not read (the trainer could make it any size)
 
 
 @dataclass
@@ -80,11 +90,29 @@ def group_of(rel: str) -> str:
 
 
 def load_state(run_dir: Path) -> dict[str, Uploaded]:
+    """The state file as written; entries that do not parse are left out (the file is untrusted)."""
+    path = run_dir / R.UPLOADS_STATE_FILE
     try:
-        raw = json.loads((run_dir / R.UPLOADS_STATE_FILE).read_text())
-        return {rel: Uploaded(**entry) for rel, entry in raw.items()}
-    except (OSError, ValueError, TypeError):
+        if path.stat().st_size > MAX_STATE_BYTES:
+            log.warning("%s is larger than %d bytes and is ignored; every file is uploaded again", path,
+                        MAX_STATE_BYTES)
+            return {}
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
         return {}
+    state = {}
+    for rel, entry in (raw.items() if isinstance(raw, dict) else ()):
+        try:
+            state[rel] = Uploaded(**entry)
+        except TypeError:
+            continue
+    return state
+
+
+def confirmed_by_store(entry: Uploaded, row: ArtifactInfo | None) -> bool:
+    """Whether the store holds the very upload a state-file entry claims."""
+    return (row is not None and entry.recorded
+            and (row.uri, row.size, row.sha256, row.attempt) == (entry.uri, entry.size, entry.sha256, entry.attempt))
 
 
 def save_state(run_dir: Path, state: Mapping[str, Uploaded]) -> None:
@@ -100,6 +128,7 @@ class UploadStats:
     recorded: int = 0
     errors: int = 0
     pending: int = 0
+    skipped: Counter = field(default_factory=Counter)  # distinct paths not uploaded, by reason
 
 
 class ArtifactUploader:
@@ -122,6 +151,9 @@ class ArtifactUploader:
         self.poll_interval = poll_interval
         self.stats = UploadStats()
         self.state = load_state(self.run_dir)
+        self.state_verified = not self.state
+        self.live = None  # an exporter's LiveState: skipped files are counted there too
+        self._skipped: dict[str, str] = {}
         self._store = store
         self._client = None
         self._extra: set[str] = set()
@@ -162,12 +194,49 @@ class ArtifactUploader:
             for dirpath, dirnames, filenames in os.walk(base):
                 dirnames[:] = [d for d in dirnames if not d.startswith(".")]
                 rel_dir = os.path.relpath(dirpath, self.run_dir)
+                # os.walk lists a link to a directory among the directories and does not enter it.
+                found.update(f"{rel_dir}/{d}".replace(os.sep, "/") for d in dirnames
+                             if os.path.islink(os.path.join(dirpath, d)))
                 found.update(f"{rel_dir}/{f}".replace(os.sep, "/") for f in filenames
                              if not f.startswith(".") and not f.endswith(".part"))
         found.update(self._extra)
-        # Regular files only, reached without a symbolic link: a link or a FIFO the trainer made
-        # must neither send a file from elsewhere nor hang the upload.
-        return sorted(rel for rel in found if R.regular_file_below(self.run_dir, rel))
+        regular = []
+        for rel in sorted(found):
+            reason = R.why_not_regular_file(self.run_dir, rel)
+            if reason is None:
+                regular.append(rel)
+            elif reason != "missing":  # removed since the scan, or an artifact record's typo
+                self._skip(rel, reason)
+        return regular
+
+    def _skip(self, rel: str, reason: str) -> None:
+        """Count a path that is not uploaded once, by reason: a link could send a file from elsewhere
+        and a FIFO would hang the upload."""
+        if rel in self._skipped or len(self._skipped) >= MAX_SKIPPED_PATHS:
+            return
+        self._skipped[rel] = reason
+        self.stats.skipped[reason] += 1
+        if self.live is not None:
+            self.live.skipped_files[reason] += 1
+        if len(self._skipped) <= SKIPPED_PATHS_LOGGED:
+            log.warning("%s is not uploaded: %s (only regular files are)", rel, reason.replace("_", " "))
+        elif len(self._skipped) == SKIPPED_PATHS_LOGGED + 1:
+            log.warning("further files that are not regular files are counted but not logged")
+
+    def verify_state(self) -> None:
+        """Keep only the state-file entries the store confirms; the others' files are uploaded again.
+
+        The state file lies in the run directory, which the trainer can write: a forged entry must
+        neither keep a file out of the object store nor put its uri or sha256 into the store.
+        """
+        rows = {a.path: a for a in self.store.list_artifacts(self.run_id)}
+        kept = {rel: e for rel, e in self.state.items() if confirmed_by_store(e, rows.get(rel))}
+        if len(kept) < len(self.state):
+            log.warning("%d of %d entries of %s are not confirmed by the store; their files are uploaded again",
+                        len(self.state) - len(kept), len(self.state), R.UPLOADS_STATE_FILE)
+            self.state = kept
+            save_state(self.run_dir, self.state)
+        self.state_verified = True
 
     def upload_available(self, final: bool = False) -> int:
         """Upload and record what is ready; returns how many files are still waiting.
@@ -175,13 +244,21 @@ class ArtifactUploader:
         Object store and database errors propagate (the caller backs off); files already done in
         this pass stay done.
         """
+        record_error: Exception | None = None
+        if not self.state_verified:
+            try:
+                self.verify_state()
+            except Exception as exc:  # noqa: BLE001 - files the state file names wait for the store
+                record_error = exc
         groups: dict[str, list[str]] = {}
         for rel in self.files():
             groups.setdefault(group_of(rel), []).append(rel)
         waiting = 0
         now = time.time()
-        record_error: Exception | None = None
         for rels in groups.values():
+            if not self.state_verified and any(rel in self.state for rel in rels):
+                waiting += len(rels)
+                continue
             done: list[tuple[str, Uploaded]] = []
             for rel in rels:
                 try:
@@ -286,6 +363,9 @@ class ArtifactUploader:
                      len(self.state), self.stats.uploaded, self.stats.bytes)
         else:
             log.error("%d files could not be uploaded before the drain timeout; the run records it", pending)
+        if self.stats.skipped:
+            log.warning("not uploaded, as not regular files: %s",
+                        ", ".join(f"{n} {reason}" for reason, n in sorted(self.stats.skipped.items())))
         self._record_outcome(ok, pending, deadline)
         return ok
 
@@ -341,6 +421,7 @@ def start_uploads(run_dir: Path, run_id: str, attempt: int | None, database_url:
         return None
     if agent is not None:
         agent.artifact_sink = uploader.notify
+        uploader.live = agent.live
     result: dict = {}
     thread = threading.Thread(target=lambda: result.setdefault("ok", uploader.run(stop, drain_timeout)),
                               name="cairn-uploader", daemon=True)

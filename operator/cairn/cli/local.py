@@ -62,7 +62,7 @@ def run_locally(
         env[Env.RUN_NAME] = name
 
     stop = threading.Event()
-    agent = IngestAgent(run_dir, run_id=run_id, store=store, poll_interval=0.25)
+    agent = IngestAgent(run_dir, run_id=run_id, store=store, poll_interval=0.25, manifest_params=params)
     outcome: dict[str, bool] = {}
     agent_thread = threading.Thread(target=lambda: outcome.setdefault("ok", agent.run(stop)), daemon=True)
     agent_thread.start()

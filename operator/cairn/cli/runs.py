@@ -32,6 +32,7 @@ from cairn.cli.output import (
     write_document,
     write_rows,
 )
+from cairn.agent.precedence import CODE_PREFIX, is_reserved_tag
 from cairn.cli.params import lower_is_better
 from cairn.rundir import Env, UnsafePath, safe_relative_path
 from cairn.store.entities import ArtifactInfo, RunDetail, RunSummary
@@ -142,8 +143,18 @@ def detail_to_dict(d: RunDetail) -> dict[str, Any]:
         "params": d.params, "tags": d.tags, "environment": d.environment, "code": d.code,
         "metrics": summary_to_dict(s)["metrics"],
         "artifacts": d.artifacts, "datasets": d.datasets, "cluster": d.cluster.recorded(),
-        "ingest": d.ingest, "uploads": d.uploads, "resumes": d.resumes,
+        "ingest": d.ingest, "uploads": d.uploads, "resumes": d.resumes, "code_overrides": code_overrides(d),
     }
+
+
+def code_overrides(d: RunDetail) -> dict[str, dict[str, Any]]:
+    """What the code logged for parameters of the manifest and tags the operator records: the recorded
+    values are kept and the code's stored beside them as ``code.<key>``."""
+    def overridden(values: dict[str, Any], recorded: Callable[[str], bool]) -> dict[str, Any]:
+        return {k[len(CODE_PREFIX):]: v for k, v in sorted(values.items())
+                if k.startswith(CODE_PREFIX) and recorded(k[len(CODE_PREFIX):])}
+
+    return {"params": overridden(d.params, lambda key: key in d.params), "tags": overridden(d.tags, is_reserved_tag)}
 
 
 def print_run(d: RunDetail, packages: bool = False) -> None:
@@ -177,13 +188,22 @@ def print_run(d: RunDetail, packages: bool = False) -> None:
     rejected = d.ingest.rejected
     head.add_row("ingested", f"{d.ingest.points} points"
                  + (f", rejected lines/values: {rejected}" if rejected else ""))
+    overrides = code_overrides(d)
+    for k, v in overrides["tags"].items():
+        head.add_row("reserved tag", f"{k}={d.tags.get(k, '-')} (the code logged {v!r}, kept as {CODE_PREFIX}{k})")
     console.print(head)
     if d.params:
         t = Table(title="params")
         t.add_column("key")
         t.add_column("value")
+        if overrides["params"]:
+            t.add_column("the code logged (not used)")
+        shown_beside = {CODE_PREFIX + k for k in overrides["params"]}
         for k, v in sorted(d.params.items()):
-            t.add_row(k, json.dumps(v))
+            if k in shown_beside:
+                continue
+            beside = [json.dumps(overrides["params"][k]) if k in overrides["params"] else ""]
+            t.add_row(k, json.dumps(v), *(beside if overrides["params"] else []))
         console.print(t)
     if s.metrics:
         t = Table(title="metrics")

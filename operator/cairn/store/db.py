@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import quote, unquote
 
 from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cairn.rundir import Env
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+REDACTED = "***"
+MIN_REDACTED_LENGTH = 3  # a shorter password would blank out letters all over the message
+# scheme://user[:password]@host...: the userinfo runs to the last "@", since an unencoded password
+# may itself hold "@", ":" or "/".
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>.*)@(?P<rest>[^@]*)$", re.DOTALL)
+_RAW_IN_USERINFO = re.compile(r"[@:/?#\[\]]|%(?![0-9A-Fa-f]{2})")
 
 
 class StoreError(Exception):
@@ -69,16 +77,59 @@ def default_database_url() -> str:
     return f"sqlite:///{home / 'cairn.db'}"
 
 
+def _userinfo(url: str) -> tuple[str, str, str | None, str] | None:
+    """(scheme://, user, password or None, what follows the "@") of a URL with a userinfo, as written.
+    None for SQLite, whose "URL" is a file path that may hold an "@"."""
+    m = _USERINFO.match(url)
+    if m is None or url.startswith("sqlite"):
+        return None
+    user, colon, password = m["userinfo"].partition(":")
+    return m["scheme"], user, password if colon else None, m["rest"]
+
+
+def _encoded(part: str) -> str:
+    """A user name or password as a URL must hold it: left alone when already encoded (or plain)."""
+    return quote(part, safe="") if _RAW_IN_USERINFO.search(part) else part
+
+
 def normalise_url(url: str) -> str:
-    """Pin PostgreSQL URLs to psycopg2 (SQLAlchemy 2.1 would pick psycopg 3 for ``postgresql://``)."""
+    """Pin PostgreSQL URLs to psycopg2 (SQLAlchemy 2.1 would pick psycopg 3 for ``postgresql://``), and
+    percent-encode a user name or password written unencoded (``p@ss:w/rd%``): parsed as it is, part of
+    the password would become the host and show up in connection errors."""
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg2://" + url[len(prefix):]
-    return url
+            url = "postgresql+psycopg2://" + url[len(prefix):]
+    parts = _userinfo(url)
+    if parts is None:
+        return url
+    scheme, user, password, rest = parts
+    userinfo = _encoded(user) + ("" if password is None else ":" + _encoded(password))
+    return f"{scheme}{userinfo}@{rest}"
 
 
 def redact(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)
+    """``url`` with its password hidden, whether or not it parses."""
+    url = normalise_url(url)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        parts = _userinfo(url)
+        if parts is None:
+            return url
+        scheme, user, password, rest = parts
+        return f"{scheme}{user}{'' if password is None else ':' + REDACTED}@{rest}"
+
+
+def redact_text(text: str, url: str) -> str:
+    """``text`` (a driver's error message, a log line) without the password of ``url`` in any spelling."""
+    parts = _userinfo(normalise_url(url))
+    if parts is None or not parts[2]:
+        return text
+    encoded = parts[2]
+    for secret in sorted({encoded, unquote(encoded)}, key=len, reverse=True):
+        if len(secret) >= MIN_REDACTED_LENGTH:
+            text = text.replace(secret, REDACTED)
+    return text
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
@@ -94,6 +145,11 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
 @lru_cache(maxsize=8)
 def get_engine(url: str | None = None) -> Engine:
     url = normalise_url(url or default_database_url())
+    try:
+        make_url(url)
+    except (ArgumentError, ValueError):
+        # Their messages quote the URL, or the piece of it that would not parse.
+        raise StoreError(f"the database URL {redact(url)} cannot be parsed", code="BAD_DATABASE_URL") from None
     if url.startswith("sqlite"):
         engine = create_engine(url)
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -152,8 +208,9 @@ def check_reachable(engine: Engine) -> None:
         with engine.connect():
             pass
     except OperationalError as exc:
+        url = engine.url.render_as_string(hide_password=False)
         raise StoreError(
-            f"cannot reach the database at {redact(str(engine.url))}: {exc.orig}".strip(),
+            f"cannot reach the database at {redact(url)}: {redact_text(str(exc.orig), url)}".strip(),
             code="DATABASE_UNREACHABLE",
         ) from exc
 
