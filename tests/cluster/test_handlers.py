@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from prometheus_client import generate_latest
 
 from cairn.api import GROUP, PLURAL, VERSION
 from cairn.controller import handlers as H
@@ -174,6 +175,18 @@ def test_finished_runs_cost_nothing_unless_a_ttl_is_left(make_operator, cluster)
     left = (finished_at + dt.timedelta(seconds=60) - dt.datetime.now(dt.timezone.utc)).total_seconds()
     assert due - time.monotonic() == pytest.approx(left, abs=1.5)
     assert cluster.trainingrun("mnist-ttl") is not None
+
+
+def test_a_deleted_finished_run_is_forgotten(make_operator, cluster):
+    op = make_operator()
+    done = run_to_success(op, cluster, "mnist", ttlSecondsAfterFinished=0)
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist")  # the TTL has run out: the TrainingRun goes
+    assert cluster.trainingrun("mnist") is None
+    assert 'cairn_trainingruns{phase="Succeeded"} 1.0' in generate_latest(op.metrics.registry).decode()
+    meta = done["metadata"]
+    H.on_trainingrun_event(type="DELETED", uid=meta["uid"], namespace=cluster.namespace, name="mnist",
+                           memo={"operator": op})
+    assert 'cairn_trainingruns{phase="Succeeded"} 0.0' in generate_latest(op.metrics.registry).decode()
 
 
 def test_store_writes_wait_for_the_store_and_land_when_it_returns(make_operator, cluster, cluster_postgres,

@@ -181,6 +181,14 @@ def on_pod_event(type: str, body: kopf.Body, labels: Mapping[str, str], namespac
     reconcile_trainingrun(_operator(memo), namespace, labels[TRAININGRUN_LABEL], seen_pod=(name, seen))
 
 
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def on_trainingrun_event(type: str, uid: str, namespace: str, name: str, memo: kopf.Memo,  # noqa: A002
+                         **_: Any) -> None:
+    """A finished TrainingRun is deleted without the deletion handler (it has no finalizer): forget it here."""
+    if type == "DELETED":
+        _operator(memo).forget(uid, namespace, name)
+
+
 def unfinished(status: Mapping[str, Any], **_: Any) -> bool:
     """Only an unfinished TrainingRun carries the finalizer: Kopf adds it to those its deletion handler
     matches and takes it off the others, so a finished one is deleted at once, operator or not."""
