@@ -332,8 +332,8 @@ def create_pod(op: Operator, tr: TrainingRun, attempt: int, now: dt.datetime) ->
     existing = _read_pod(op, tr.namespace, name)
     if existing is not None and podspec.owned_by(existing, tr.uid):
         return True
-    message = (f"pod {name} exists and belongs to another TrainingRun; attempt {attempt} waits for it to go "
-               f"(tried again in {POD_NAME_TAKEN_RETRY_S:.0f}s)")
+    message = (f"pod {name} exists and is not this TrainingRun's (another owner); attempt {attempt} waits for it "
+               f"to go (tried again in {POD_NAME_TAKEN_RETRY_S:.0f}s)")
     post_event(op, tr, R.Event("Warning", "PodNameTaken", message), now)
     op.custom.patch_namespaced_custom_object_status(GROUP, VERSION, tr.namespace, PLURAL, tr.name,
                                                    {"status": {"reason": "PodNameTaken", "message": message}})

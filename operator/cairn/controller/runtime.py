@@ -250,10 +250,6 @@ class StoreWrites:
     def pending(self) -> int:
         return len(self._waiting)
 
-    def waiting_for(self, uid: str) -> StoreWrite | None:
-        with self._guard:
-            return self._waiting.get(uid)
-
     def flush(self) -> bool:
         """Write what waits, oldest first, until done or the store fails; True when nothing is left."""
         with self._guard:
@@ -332,7 +328,9 @@ class StoreWrites:
                 continue
             if self.up is not True:
                 self._reach()
-            if self.up and self.flush():
+            if self.up:
+                self.flush()  # what arrives meanwhile is written on the next turn
+            if self.up:
                 self._backoff.reset()
             else:
                 self._backoff.sleep(self._stop)
