@@ -10,6 +10,7 @@ from cairn.api import from_manifest
 from cairn.controller.failures import FailureKind, classify_pod_failure, phase_from_pod, retry_delay
 from cairn.agent.sidecar import SidecarSettings
 from cairn.podspec import PodSettings, build_pod, owned_by, pod_name, trainer_env
+from cairn.rundir import Env
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -72,7 +73,7 @@ def test_the_grace_period_outlasts_the_sidecars_drain():
     settings = PodSettings()
     pod = build_pod(tr(), settings, 1, "uid-1")
     sidecar, _ = containers(pod)
-    drain_s = float(env_of(sidecar)["CAIRN_DRAIN_TIMEOUT"])
+    drain_s = float(env_of(sidecar)[Env.DRAIN_TIMEOUT])
     assert drain_s == SidecarSettings.model_fields["drain_timeout"].default
     assert pod["spec"]["terminationGracePeriodSeconds"] >= drain_s + 30
 
