@@ -224,7 +224,7 @@ def test_deletion_while_the_store_is_down_is_quick_and_the_kill_is_recorded_afte
 
     assert op.store_writes.flush()
     run = tracking_store.get_run(uid)
-    assert (run.summary.status, run.reason) == ("KILLED", "TrainingRun deleted")
+    assert (run.summary.status, run.cluster.reason) == ("KILLED", "TrainingRun deleted")
 
 
 def test_deleting_a_run_the_store_never_saw_records_it_killed(make_operator, cluster, tracking_store):
