@@ -18,6 +18,7 @@ from cairn.rundir import RunStatus
 from cairn.store import TrackingStore
 from tests.support.cluster import wait_until
 from tests.support.cluster_operator import OperatorProcess
+from tests.support.fake_kubelet import stopped
 
 pytestmark = pytest.mark.cluster
 
@@ -52,14 +53,11 @@ def wait_for_pod(cluster, manifest: dict) -> str:  # noqa: ANN001
 
 def test_the_operator_starts_and_schedules_runs_while_the_store_is_down(operator_process, cluster,
                                                                         cluster_postgres, store_urls):
-    cluster_postgres.stop()
-    try:
+    with stopped(cluster_postgres):
         op = operator_process()  # healthy: its liveness endpoint answers
         manifest = cluster.create_trainingrun("mnist")
         wait_for_pod(cluster, manifest)
         assert "cairn_store_up 0.0" in op.metrics()
-    finally:
-        cluster_postgres.start()
     store = TrackingStore(store_urls[0])
     wait_until(lambda: store.run_status(manifest["metadata"]["uid"]) == RunStatus.PENDING, 40,
                "the operator to record the run once the store is back")
@@ -75,13 +73,10 @@ def test_a_running_trainingrun_is_deleted_while_the_store_is_down_and_recorded_k
     wait_until(lambda: (cluster.trainingrun("mnist").get("status") or {}).get("phase") == "Running", 30,
                "the run to be Running")
     assert FINALIZER in cluster.trainingrun("mnist")["metadata"]["finalizers"]
-    cluster_postgres.stop()
-    try:
+    with stopped(cluster_postgres):
         cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, "mnist")
         wait_until(lambda: cluster.trainingrun("mnist") is None, 30, "the TrainingRun to be deleted")
         assert cluster.core.read_namespaced_pod(pod, cluster.namespace).metadata.deletion_timestamp is not None
-    finally:
-        cluster_postgres.start()
     store = TrackingStore(store_urls[0])
     wait_until(lambda: store.run_status(manifest["metadata"]["uid"]) == RunStatus.KILLED, 40,
                "the KILLED record once the store is back")

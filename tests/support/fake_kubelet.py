@@ -67,10 +67,6 @@ class Cluster:
         pod = self.core.patch_namespaced_pod_status(name, self.namespace, body)
         return self.api.sanitize_for_serialization(pod)  # the body a pod event carries
 
-    def pod_names_of(self, trainingrun: str) -> list[str]:
-        pods = self.core.list_namespaced_pod(self.namespace, label_selector=f"cairn.dev/trainingrun={trainingrun}")
-        return sorted(p.metadata.name for p in pods.items)
-
     def event_reasons(self, trainingrun: str) -> list[str]:
         events = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={trainingrun}")
         return [e.reason for e in events.items]
