@@ -148,6 +148,14 @@ def succeed_pod(core, namespace: str, name: str) -> None:  # noqa: ANN001
     core.replace_namespaced_pod_status(name, namespace, pod)
 
 
+def first_pods(namespace: str) -> dict[str, str]:
+    """The first attempt's pod name of each TrainingRun in the namespace (the name carries the uid's hash)."""
+    from cairn.podspec import pod_name
+
+    items = json.loads(kubectl("-n", namespace, "get", "trainingruns.cairn.dev", "-o", "json"))["items"]
+    return {tr["metadata"]["name"]: pod_name(tr["metadata"]["name"], tr["metadata"]["uid"], 1) for tr in items}
+
+
 def latency(namespace: str, kind: str, runs: int, core) -> dict[str, list[float]]:  # noqa: ANN001
     pods, owners = pod_watch(namespace), owner_watch(namespace, kind)
     time.sleep(1.0)
@@ -160,7 +168,7 @@ def latency(namespace: str, kind: str, runs: int, core) -> dict[str, list[float]
             out["created"].append(pods.wait(name, "Created") - t0)
             if kind == "TrainingRun":  # kwok completes a Job's pod before the Job reports it ready
                 out["running"].append(owners.wait(name, "Running") - pods.wait(name, "Running"))
-                succeed_pod(core, namespace, f"{name}-1")
+                succeed_pod(core, namespace, first_pods(namespace)[name])
             out["succeeded"].append(owners.wait(name, "Succeeded") - pods.wait(name, "Succeeded"))
             time.sleep(0.2)
     finally:
@@ -218,7 +226,8 @@ def scale(namespace: str, count: int, pid: int) -> dict:
 
 
 def finish_all(namespace: str, count: int, pid: int, core) -> float:  # noqa: ANN001
-    names = [f"scale-{i}-1" for i in range(count)]
+    pods = first_pods(namespace)
+    names = [pods[f"scale-{i}"] for i in range(count)]
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda n: succeed_pod(core, namespace, n), names))
     return wait_all(namespace, "Succeeded", count, pid, timeout=max(600, count * 0.2))[0]

@@ -8,7 +8,9 @@ import re
 import pytest
 from cairn.api import from_manifest
 from cairn.controller.failures import FailureKind, classify_pod_failure, phase_from_pod, retry_delay
-from cairn.podspec import PodSettings, build_pod, pod_name, trainer_env
+from cairn.agent.sidecar import SidecarSettings
+from cairn.podspec import PodSettings, build_pod, owned_by, pod_name, trainer_env
+from cairn.rundir import Env
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -29,21 +31,51 @@ def env_of(container) -> dict:  # noqa: ANN001
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
 
 
+UID_A, UID_B = "3f2b9c7e-0d4a-4b8e-9c1f-5a6d7e8f9a0b", "3f2b9c7e-0d4a-4b8e-9c1f-5a6d7e8f9a0c"
+
+
 def test_pod_names_are_deterministic_and_fit():
-    assert pod_name("mnist", 1) == "mnist-1"
-    assert pod_name("mnist", 1) == pod_name("mnist", 1) != pod_name("mnist", 2)
+    assert pod_name("mnist", UID_A, 1) == pod_name("mnist", UID_A, 1) != pod_name("mnist", UID_A, 2)
+    assert re.fullmatch(r"mnist-[0-9a-f]{5}-1", pod_name("mnist", UID_A, 1))
     long = "x" * 70
-    assert len(pod_name(long, 12)) <= 63 and pod_name(long, 12).endswith("-12")
-    assert pod_name(long, 1) != pod_name("x" * 69 + "y", 1)
+    assert len(pod_name(long, UID_A, 12)) <= 63 and pod_name(long, UID_A, 12).endswith("-12")
+    assert pod_name(long, UID_A, 1) != pod_name("x" * 69 + "y", UID_A, 1)
+
+
+@pytest.mark.parametrize("name", ["mnist", "x" * 50, "x" * 70])
+def test_a_trainingrun_created_again_under_its_name_gets_other_pod_names(name):
+    assert pod_name(name, UID_A, 1) != pod_name(name, UID_B, 1)
+
+
+def test_the_longest_trainingrun_name_keeps_its_name_in_its_pod_names():
+    name = "x" * 50  # the CRD's limit
+    assert pod_name(name, UID_A, 999999).startswith(f"{name}-")
+    assert len(pod_name(name, UID_A, 999999)) == 63
 
 
 @pytest.mark.parametrize("length", [1, 50, 60, 61, 62, 63, 64, 100, 253])
 @pytest.mark.parametrize("attempt", [1, 9, 10, 100, 12345])
 def test_pod_names_are_valid_dns_labels(length, attempt):
     for base in ("a" * length, ("ab-" * 100)[:length].rstrip("-") or "a", ("a." * 130)[:length].strip(".")):
-        name = pod_name(base, attempt)
+        name = pod_name(base, UID_A, attempt)
         assert len(name) <= 63 and DNS_LABEL.match(name.replace(".", "x")), name
         assert name.endswith(f"-{attempt}")
+
+
+def test_a_pod_is_owned_by_the_uid_of_its_owner_reference_not_by_its_name():
+    pod = build_pod(tr(), PodSettings(), 1, "uid-1")
+    assert owned_by(pod, "uid-1")
+    assert not owned_by(pod, "uid-2")
+    assert not owned_by({"metadata": {"name": pod["metadata"]["name"]}}, "uid-1")
+
+
+def test_the_grace_period_outlasts_the_sidecars_drain():
+    settings = PodSettings()
+    pod = build_pod(tr(), settings, 1, "uid-1")
+    sidecar, _ = containers(pod)
+    drain_s = float(env_of(sidecar)[Env.DRAIN_TIMEOUT])
+    assert drain_s == SidecarSettings.model_fields["drain_timeout"].default
+    assert pod["spec"]["terminationGracePeriodSeconds"] >= drain_s + 30
 
 
 def test_same_inputs_build_the_same_pod():
@@ -215,7 +247,7 @@ def test_user_tolerations_priority_and_service_account_pass_through():
 def test_pod_is_owned_labelled_and_locked_down():
     pod = build_pod(tr(), PodSettings(image_pull_policy="Never"), 3, "run-1")
     meta = pod["metadata"]
-    assert meta["name"] == "mnist-3" and meta["namespace"] == "ml"
+    assert meta["name"] == pod_name("mnist", "uid-1", 3) and meta["namespace"] == "ml"
     assert meta["labels"] == {"cairn.dev/trainingrun": "mnist", "cairn.dev/run-id": "run-1", "cairn.dev/attempt": "3"}
     (owner,) = meta["ownerReferences"]
     assert owner == {"apiVersion": "cairn.dev/v1alpha1", "kind": "TrainingRun", "name": "mnist", "uid": "uid-1",

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from cairn import rundir
 from cairn.api import GROUP, KIND, VERSION, TrainingRun
@@ -47,6 +47,8 @@ RUN_DIR = rundir.POD_RUN_DIR
 DATASET_DIR = f"{RUN_DIR}/{rundir.DATASET_DIR}"  # spec.dataset.stage: where the prepare step copies it
 TMP_VOLUME = "cairn-tmp"  # the writable /tmp of Cairn's containers, whose root filesystem is read-only
 TMP_DIR = "/tmp"
+UID_HASH_LENGTH = 5  # hex digits of the TrainingRun uid's hash in its pod names
+DRAIN_GRACE_MARGIN_S = 30  # the pod's grace period beyond the sidecar's drain: its own exit, the kubelet's slack
 
 
 @dataclass(frozen=True)
@@ -66,14 +68,27 @@ class PodSettings:
     objectstore_secret: str = "cairn-objectstore"
 
 
-def pod_name(trainingrun: str, attempt: int) -> str:
-    """The pod of one attempt; the same inputs always give the same name (at most 63 characters)."""
-    name = f"{trainingrun}-{attempt}"
+def pod_name(trainingrun: str, uid: str, attempt: int) -> str:
+    """The pod of one attempt of one TrainingRun: ``<name>-<uid hash>-<attempt>``, at most 63 characters.
+    The same inputs always give the same name; a TrainingRun deleted and created again under the same
+    name (another uid) gets other names, so it never mistakes the old incarnation's pod for its own."""
+    incarnation = hashlib.sha256(uid.encode()).hexdigest()[:UID_HASH_LENGTH]
+    name = f"{trainingrun}-{incarnation}-{attempt}"
     if len(name) <= 63:
         return name
-    digest = hashlib.sha256(trainingrun.encode()).hexdigest()[:8]
+    digest = hashlib.sha256(f"{trainingrun}/{uid}".encode()).hexdigest()[:8]
     suffix = f"-{digest}-{attempt}"
     return trainingrun[: 63 - len(suffix)].rstrip("-.") + suffix
+
+
+def owned_by(pod: Mapping[str, Any], uid: str) -> bool:
+    """Whether ``pod`` belongs to the TrainingRun with this uid (its ownerReference, not its name)."""
+    return any(o.get("uid") == uid for o in (pod.get("metadata") or {}).get("ownerReferences") or [])
+
+
+def termination_grace_period_s(settings: PodSettings) -> int:
+    """Longer than the sidecar's drain, so a deleted pod (suspend, deletion) keeps its last records and checkpoint."""
+    return settings.drain_timeout_s + DRAIN_GRACE_MARGIN_S
 
 
 def _env(name: str, value: str) -> dict[str, str]:
@@ -253,7 +268,7 @@ def build_pod(tr: TrainingRun, settings: PodSettings, attempt: int, run_id: str,
         "volumes": [{"name": "run", "emptyDir": {}}, {"name": TMP_VOLUME, "emptyDir": {}}],
         "automountServiceAccountToken": spec.service_account_name is not None,
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": settings.drain_timeout_s + 30,
+        "terminationGracePeriodSeconds": termination_grace_period_s(settings),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": settings.run_as_user,
@@ -277,7 +292,7 @@ def build_pod(tr: TrainingRun, settings: PodSettings, attempt: int, run_id: str,
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": pod_name(tr.name, attempt),
+            "name": pod_name(tr.name, tr.uid, attempt),
             "namespace": tr.namespace,
             "labels": labels,
             # What a stock Prometheus kubernetes_sd pod job keeps and where it scrapes.

@@ -4,7 +4,8 @@
 admin kubeconfig; `cairn_image` builds the project image and imports it into the node;
 `kubectl` runs the freshly built kubectl against the cluster; `namespace` gives each test its
 own namespace and deletes it afterwards. `cluster_postgres` (per module), `store_urls` and
-`running_operator` give a test the operator on this host with a fresh database. Every wait polls
+`running_operator` give a test the operator on this host with a fresh database; `cluster` gives it
+`tests.support.fake_kubelet.Cluster` on a Node object of its own that no kubelet runs. Every wait polls
 with a deadline, never a bare sleep.
 """
 
@@ -17,10 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kubernetes import client, config
 
+from cairn.api.types import GPU_PRODUCT_LABEL
 from cairn.store import db
 from tests.support.cluster import Kubectl, wait_until
 from tests.support.cluster_operator import NODE_IP, OperatorProcess, database_secret, install_crd
+from tests.support.fake_kubelet import GPU_PRODUCT, Cluster
 from tests.support.servers import PostgresServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,3 +102,27 @@ def running_operator(kubeconfig, kubectl, cairn_image, namespace, store_urls, tm
     yield op
     op.stop()
     print(op.log())
+
+
+@pytest.fixture(scope="module")
+def api_client(kubeconfig, kubectl) -> client.ApiClient:
+    install_crd(kubectl)
+    return config.new_client_from_config(config_file=str(kubeconfig))
+
+
+@pytest.fixture
+def test_node(api_client) -> Iterator[str]:
+    """A Node object without a kubelet, carrying a GPU product label."""
+    core = client.CoreV1Api(api_client)
+    name = f"cairn-handlers-{uuid.uuid4().hex[:8]}"
+    core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=name, labels={GPU_PRODUCT_LABEL: GPU_PRODUCT})))
+    yield name
+    core.delete_node(name)
+
+
+@pytest.fixture
+def cluster(api_client, namespace, test_node) -> Iterator[Cluster]:
+    cluster = Cluster(api_client, namespace, test_node)
+    yield cluster
+    # No kubelet confirms a graceful deletion on the test's node: remove the pods at once.
+    cluster.core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)

@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from cairn import objectstore as S3
+from cairn.podspec import pod_name
 from cairn.store import TrackingStore
 from cairn.store.entities import DatasetRecord, Uploads
 from tests.support.cluster import wait_until
@@ -136,7 +137,7 @@ def test_a_pinned_dataset_mismatch_fails_before_the_trainer_starts_and_a_match_t
     assert status["phase"] == "Failed" and status["reason"] == "DatasetMismatch", status
     assert digest in status["message"] and stale in status["message"] and uri in status["message"]
     assert status["attempts"] == 1  # not retried, whatever backoffLimit says
-    pod = kubectl.get("pod", "pinned-wrong-1", namespace)
+    pod = kubectl.get("pod", pod_name("pinned-wrong", tr["metadata"]["uid"], 1), namespace)
     (trainer_status,) = pod["status"]["containerStatuses"]
     assert "terminated" not in trainer_status["state"] and "running" not in trainer_status["state"]
     assert not trainer_status.get("lastState", {}).get("terminated")  # the trainer never ran
@@ -188,10 +189,10 @@ def test_a_run_killed_after_its_second_checkpoint_resumes_from_it(kubectl, names
     status = tr["status"]
     assert status["phase"] == "Succeeded", (status, running_operator.log())
     assert status["attempts"] == 2 and status["failures"] == 1
-    first = kubectl.get("pod", "resume-1", namespace)["status"]["containerStatuses"][0]["state"]["terminated"]
+    uid = tr["metadata"]["uid"]
+    first = kubectl.get("pod", pod_name("resume", uid, 1), namespace)["status"]["containerStatuses"][0]["state"]["terminated"]
     assert first["reason"] == "OOMKilled"
 
-    uid = tr["metadata"]["uid"]
     store = TrackingStore(store_urls[0])
     detail = store.get_run(uid)
     assert [(r.attempt, r.step, r.from_attempt) for r in detail.resumes] == [(2, 20, 1)]
@@ -204,7 +205,7 @@ def test_a_run_killed_after_its_second_checkpoint_resumes_from_it(kubectl, names
 
     def pods_done():  # noqa: ANN202
         out = kubectl.run("-n", namespace, "get", "pods", "-l", "cairn.dev/trainingrun=resume", "-o", "name").stdout
-        return sorted(out.split()) == ["pod/resume-1", "pod/resume-2"]
+        return sorted(out.split()) == sorted(f"pod/{pod_name('resume', uid, attempt)}" for attempt in (1, 2))
     wait_until(pods_done, 30, "both attempts' pods")
-    second = kubectl.get("pod", "resume-2", namespace)
+    second = kubectl.get("pod", pod_name("resume", uid, 2), namespace)
     assert [c["name"] for c in second["spec"]["initContainers"]] == ["cairn-prepare", "cairn-sidecar"]

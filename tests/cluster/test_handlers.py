@@ -4,39 +4,34 @@ leaves behind in the cluster, the store and the operator's bookkeeping.
 The handlers are called directly, as Kopf would call them, on real TrainingRuns. Their pods ask for
 a node label no node has, so the scheduler leaves them alone; the test binds each pod to a Node
 object of its own that no kubelet runs and writes the pod's status through the API, as a kubelet
-would. The API clients and the store are wrapped only to count the calls made through them.
+would (``tests.support.fake_kubelet``). The API clients and the store are wrapped only to count the
+calls made through them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from kubernetes import client
+from prometheus_client import generate_latest
 
 from cairn.api import GROUP, PLURAL, VERSION
-from cairn.api.types import GPU_PRODUCT_LABEL
 from cairn.controller import handlers as H
 from cairn.controller.kube import CoreApi
 from cairn.controller.settings import OperatorSettings
-from cairn.podspec import TRAINER, pod_name
+from cairn.podspec import pod_name, termination_grace_period_s
 from cairn.rundir import METRICS_DIR, RunStatus
 from cairn.store import TrackingStore
 from cairn.store.entities import IngestBatch, MetricPoint
-from tests.support.cluster_operator import install_crd
-from tests.support.servers import PostgresServer
+from tests.support.cluster import wait_until
+from tests.support.fake_kubelet import GPU_PRODUCT, UNSCHEDULED_LABEL, Cluster, stopped
 
 pytestmark = pytest.mark.cluster
-
-UNSCHEDULED_LABEL = "cairn.dev/handler-test"  # no node has it: the scheduler never places these pods
-GPU_PRODUCT = "Cairn-Test-GPU"
 
 
 class Counting:
@@ -55,95 +50,6 @@ class Counting:
             self.calls[name] += 1
             return attr(*args, **kwargs)
         return counted
-
-
-class Cluster:
-    """TrainingRuns and their pods in one namespace, the pods bound to a node no kubelet runs."""
-
-    def __init__(self, api: client.ApiClient, namespace: str, node: str) -> None:
-        self.api, self.namespace, self.node = api, namespace, node
-        self.core, self.custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-
-    def create_trainingrun(self, name: str, **spec: Any) -> dict:
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TrainingRun", "metadata": {"name": name},
-                "spec": {"image": "cairn:dev", "command": ["python3", "train.py"],
-                         "nodeSelector": {UNSCHEDULED_LABEL: "nowhere"},
-                         "tracking": {"headlineMetric": "acc"}, **spec}}
-        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
-
-    def trainingrun(self, name: str) -> dict | None:
-        try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def pod_names(self) -> list[str]:
-        return sorted(p.metadata.name for p in self.core.list_namespaced_pod(self.namespace).items)
-
-    def start_pod(self, name: str) -> dict:
-        """Bind the pod to the test's node and mark its trainer running, as the kubelet would."""
-        binding = client.V1Binding(metadata=client.V1ObjectMeta(name=name),
-                                   target=client.V1ObjectReference(kind="Node", name=self.node))
-        # The client cannot read a Binding back (its target comes back empty), hence the raw response.
-        self.core.create_namespaced_pod_binding(name, self.namespace, binding, _preload_content=False)
-        started = now_text()
-        return self._set_pod_status(name, "Running", {"running": {"startedAt": started}}, startTime=started)
-
-    def end_pod(self, name: str, phase: str, exit_code: int, reason: str) -> dict:
-        state = {"terminated": {"exitCode": exit_code, "reason": reason, "startedAt": now_text(),
-                                "finishedAt": now_text()}}
-        return self._set_pod_status(name, phase, state)
-
-    def _set_pod_status(self, name: str, phase: str, trainer_state: dict, **status: Any) -> dict:
-        trainer = {"name": TRAINER, "image": "cairn:dev", "imageID": f"sha256:{'ab' * 32}",
-                   "ready": "running" in trainer_state, "restartCount": 0, "state": trainer_state}
-        body = {"status": {"phase": phase, "containerStatuses": [trainer], **status}}
-        pod = self.core.patch_namespaced_pod_status(name, self.namespace, body)
-        return self.api.sanitize_for_serialization(pod)  # the body a pod event carries
-
-    def event_reasons(self, trainingrun: str) -> list[str]:
-        events = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={trainingrun}")
-        return [e.reason for e in events.items]
-
-
-@contextlib.contextmanager
-def stopped(server: PostgresServer) -> Iterator[None]:
-    """The store's PostgreSQL server down for the block, up again after it."""
-    server.stop()
-    try:
-        yield
-    finally:
-        server.start()
-
-
-def now_text() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@pytest.fixture(scope="module")
-def api_client(kubeconfig, kubectl) -> client.ApiClient:
-    install_crd(kubectl)
-    return config.new_client_from_config(config_file=str(kubeconfig))
-
-
-@pytest.fixture
-def test_node(api_client) -> Iterator[str]:
-    """A Node object without a kubelet, carrying a GPU product label."""
-    core = client.CoreV1Api(api_client)
-    name = f"cairn-handlers-{uuid.uuid4().hex[:8]}"
-    core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=name, labels={GPU_PRODUCT_LABEL: GPU_PRODUCT})))
-    yield name
-    core.delete_node(name)
-
-
-@pytest.fixture
-def cluster(api_client, namespace, test_node) -> Iterator[Cluster]:
-    cluster = Cluster(api_client, namespace, test_node)
-    yield cluster
-    # No kubelet confirms a graceful deletion on the test's node: remove the pods at once.
-    cluster.core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
 
 
 @pytest.fixture
@@ -172,10 +78,15 @@ def created(op: H.Operator, manifest: dict) -> None:
     H.on_trainingrun(body=manifest, namespace=meta["namespace"], name=meta["name"], memo={"operator": op})
 
 
+def first_pod(manifest: dict) -> str:
+    return pod_name(manifest["metadata"]["name"], manifest["metadata"]["uid"], 1)
+
+
 def run_to_success(op: H.Operator, cluster: Cluster, name: str, **spec: Any) -> dict:
     """Create the TrainingRun and carry it through its pod's life to Succeeded; the TrainingRun after."""
-    created(op, cluster.create_trainingrun(name, **spec))
-    pod = pod_name(name, 1)
+    manifest = cluster.create_trainingrun(name, **spec)
+    created(op, manifest)
+    pod = first_pod(manifest)
     H.reconcile_trainingrun(op, cluster.namespace, name, seen_pod=(pod, cluster.start_pod(pod)))
     H.reconcile_trainingrun(op, cluster.namespace, name,
                             seen_pod=(pod, cluster.end_pod(pod, "Succeeded", 0, "Completed")))
@@ -188,7 +99,7 @@ def test_a_new_trainingrun_gets_its_pod_and_no_requeue(make_operator, cluster, t
     op = make_operator()
     manifest = cluster.create_trainingrun("mnist")
     created(op, manifest)
-    assert cluster.pod_names() == ["mnist-1"]
+    assert cluster.pod_names() == [first_pod(manifest)]
     assert cluster.trainingrun("mnist")["status"]["attempts"] == 1
     assert tracking_store.run_status(manifest["metadata"]["uid"]) == RunStatus.PENDING
     assert op.requeues.pending() == {} and len(op.running) == 0 and len(op.locks) == 0
@@ -197,10 +108,10 @@ def test_a_new_trainingrun_gets_its_pod_and_no_requeue(make_operator, cluster, t
 def test_a_pod_event_is_used_as_is_and_a_running_run_is_tracked(make_operator, cluster, tracking_store):
     op = make_operator()
     manifest = cluster.create_trainingrun("mnist", resources={"gpus": 1})
-    uid = manifest["metadata"]["uid"]
+    uid, pod = manifest["metadata"]["uid"], first_pod(manifest)
     created(op, manifest)
-    running = cluster.start_pod("mnist-1")
-    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=("mnist-1", running))
+    running = cluster.start_pod(pod)
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=(pod, running))
     status = cluster.trainingrun("mnist")["status"]
     assert op.core.calls["read_namespaced_pod"] == 0
     assert (status["phase"], status["nodeName"], status["gpuProduct"]) == ("Running", cluster.node, GPU_PRODUCT)
@@ -210,8 +121,8 @@ def test_a_pod_event_is_used_as_is_and_a_running_run_is_tracked(make_operator, c
     # What the sidecar committed while the trainer ran.
     point = MetricPoint("acc", 40, int(time.time() * 1000), 0.9)
     tracking_store.ingest_batch(uid, f"{METRICS_DIR}/train.jsonl", IngestBatch(metrics=[point]), offset=64, lines=1)
-    done = cluster.end_pod("mnist-1", "Succeeded", 0, "Completed")
-    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=("mnist-1", done))
+    done = cluster.end_pod(pod, "Succeeded", 0, "Completed")
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=(pod, done))
     status = cluster.trainingrun("mnist")["status"]
     assert (status["phase"], status["step"], status["metric"]) == ("Succeeded", 40, "0.9")
     assert op.core.calls["read_namespaced_pod"] == 0 and op.store.calls["latest_metrics"] == 1
@@ -222,27 +133,31 @@ def test_a_pod_event_is_used_as_is_and_a_running_run_is_tracked(make_operator, c
 
 def test_a_deleted_pod_is_not_read_again_and_is_replaced(make_operator, cluster):
     op = make_operator()
-    created(op, cluster.create_trainingrun("mnist"))
-    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=("mnist-1", cluster.start_pod("mnist-1")))
-    cluster.core.delete_namespaced_pod("mnist-1", cluster.namespace, grace_period_seconds=0)
-    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=("mnist-1", None))
+    manifest = cluster.create_trainingrun("mnist")
+    pod = first_pod(manifest)
+    created(op, manifest)
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=(pod, cluster.start_pod(pod)))
+    cluster.core.delete_namespaced_pod(pod, cluster.namespace, grace_period_seconds=0)
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=(pod, None))
     assert op.core.calls["read_namespaced_pod"] == 0
-    assert cluster.pod_names() == ["mnist-2"]
+    assert cluster.pod_names() == [pod_name("mnist", manifest["metadata"]["uid"], 2)]
     assert cluster.trainingrun("mnist")["status"]["attempts"] == 2
     assert "PodLost" in cluster.event_reasons("mnist")
 
 
 def test_a_retry_is_requeued_for_its_backoff(make_operator, cluster):
     op = make_operator()
-    created(op, cluster.create_trainingrun("mnist", backoffLimit=2))
-    cluster.start_pod("mnist-1")
-    failed = cluster.end_pod("mnist-1", "Failed", 2, "Error")
-    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=("mnist-1", failed))
+    manifest = cluster.create_trainingrun("mnist", backoffLimit=2)
+    pod = first_pod(manifest)
+    created(op, manifest)
+    cluster.start_pod(pod)
+    failed = cluster.end_pod(pod, "Failed", 2, "Error")
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=(pod, failed))
     (key, due), = op.requeues.pending().items()
     assert key == f"{cluster.namespace}/mnist" and due - time.monotonic() == pytest.approx(5, abs=1)
     status = cluster.trainingrun("mnist")["status"]
     assert (status["phase"], status["failures"], status["exitCode"]) == ("Pending", 1, 2)
-    assert cluster.pod_names() == ["mnist-1"]  # the next attempt waits out the backoff
+    assert cluster.pod_names() == [pod]  # the next attempt waits out the backoff
 
 
 def test_finished_runs_cost_nothing_unless_a_ttl_is_left(make_operator, cluster):
@@ -262,29 +177,127 @@ def test_finished_runs_cost_nothing_unless_a_ttl_is_left(make_operator, cluster)
     assert cluster.trainingrun("mnist-ttl") is not None
 
 
-def test_a_failed_store_write_is_retried_later_and_forgotten_on_delete(make_operator, cluster, cluster_postgres,
-                                                                       tracking_store):
+def test_a_deleted_finished_run_is_forgotten(make_operator, cluster):
+    op = make_operator()
+    done = run_to_success(op, cluster, "mnist", ttlSecondsAfterFinished=0)
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist")  # the TTL has run out: the TrainingRun goes
+    assert cluster.trainingrun("mnist") is None
+    assert 'cairn_trainingruns{phase="Succeeded"} 1.0' in generate_latest(op.metrics.registry).decode()
+    meta = done["metadata"]
+    H.on_trainingrun_event(type="DELETED", uid=meta["uid"], namespace=cluster.namespace, name="mnist",
+                           memo={"operator": op})
+    assert 'cairn_trainingruns{phase="Succeeded"} 0.0' in generate_latest(op.metrics.registry).decode()
+
+
+def test_store_writes_wait_for_the_store_and_land_when_it_returns(make_operator, cluster, cluster_postgres,
+                                                                  tracking_store):
     op = make_operator()
     manifest = cluster.create_trainingrun("mnist")
-    uid, key = manifest["metadata"]["uid"], f"{cluster.namespace}/mnist"
-    created(op, manifest)
-    running = cluster.start_pod("mnist-1")
+    uid, pod = manifest["metadata"]["uid"], first_pod(manifest)
     with stopped(cluster_postgres):
-        H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=("mnist-1", running))
+        created(op, manifest)  # the run is scheduled without the store
+        assert cluster.pod_names() == [pod]
+        H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=(pod, cluster.start_pod(pod)))
         assert cluster.trainingrun("mnist")["status"]["phase"] == "Running"  # the cluster side went on
-        assert op.store_behind == {uid}
-        (due,) = op.requeues.pending().values()
-        assert due - time.monotonic() == pytest.approx(H.STORE_RETRY_S, abs=1)
+        assert (op.store_writes.up, op.store_writes.pending()) == (False, 1)
+        assert op.requeues.pending() == {}  # nothing polls the cluster for the store's sake
 
-    H.reconcile_trainingrun(op, cluster.namespace, "mnist")
-    assert op.store_behind == set() and op.requeues.pending() == {}
+    assert op.store_writes.flush()
     assert tracking_store.run_status(uid) == RunStatus.RUNNING
 
+
+def test_deletion_while_the_store_is_down_is_quick_and_the_kill_is_recorded_after(make_operator, cluster,
+                                                                                 cluster_postgres, tracking_store):
+    op = make_operator()
+    manifest = cluster.create_trainingrun("mnist")
+    uid, pod = manifest["metadata"]["uid"], first_pod(manifest)
+    created(op, manifest)
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=(pod, cluster.start_pod(pod)))
+    running = cluster.trainingrun("mnist")
     with stopped(cluster_postgres):
-        done = cluster.end_pod("mnist-1", "Succeeded", 0, "Completed")
-        H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=("mnist-1", done))
-        assert op.store_behind == {uid} and list(op.requeues.pending()) == [key]
-        finished = cluster.trainingrun("mnist")
         cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, "mnist")
-        H.on_delete(body=finished, namespace=cluster.namespace, name="mnist", uid=uid, memo={"operator": op})
-        assert op.store_behind == set() and op.requeues.pending() == {}
+        started = time.monotonic()
+        H.on_delete(body=running, namespace=cluster.namespace, name="mnist", uid=uid, memo={"operator": op})
+        assert time.monotonic() - started < 12  # one refused connection at most, never a wait for the store
+        assert cluster.core.read_namespaced_pod(pod, cluster.namespace).metadata.deletion_timestamp is not None
+        assert op.store_writes.pending() == 1 and op.requeues.pending() == {}
+
+    assert op.store_writes.flush()
+    run = tracking_store.get_run(uid)
+    assert (run.summary.status, run.cluster.reason) == ("KILLED", "TrainingRun deleted")
+
+
+def test_deleting_a_run_the_store_never_saw_records_it_killed(make_operator, cluster, tracking_store):
+    op = make_operator()
+    manifest = cluster.create_trainingrun("mnist")
+    uid = manifest["metadata"]["uid"]
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, "mnist")
+    H.on_delete(body=manifest, namespace=cluster.namespace, name="mnist", uid=uid, memo={"operator": op})
+    assert op.store_writes.pending() == 0
+    assert tracking_store.run_status(uid) == RunStatus.KILLED
+
+
+def test_suspend_and_delete_give_the_pod_its_own_grace_period(make_operator, cluster):
+    op = make_operator()
+    grace = termination_grace_period_s(op.settings.pod)
+    suspended = cluster.create_trainingrun("suspended")
+    deleted = cluster.create_trainingrun("deleted")
+    for manifest in (suspended, deleted):
+        created(op, manifest)
+        pod = first_pod(manifest)
+        H.reconcile_trainingrun(op, cluster.namespace, manifest["metadata"]["name"],
+                                seen_pod=(pod, cluster.start_pod(pod)))
+    cluster.custom.patch_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, "suspended",
+                                                  {"spec": {"suspend": True}})
+    H.reconcile_trainingrun(op, cluster.namespace, "suspended")
+    H.on_delete(body=cluster.trainingrun("deleted"), namespace=cluster.namespace, name="deleted",
+                uid=deleted["metadata"]["uid"], memo={"operator": op})
+    for manifest in (suspended, deleted):
+        meta = cluster.core.read_namespaced_pod(first_pod(manifest), cluster.namespace).metadata
+        assert meta.deletion_timestamp is not None
+        assert meta.deletion_grace_period_seconds == grace > op.settings.pod.drain_timeout_s
+
+
+def test_a_trainingrun_created_again_under_its_name_leaves_the_old_pod_alone(make_operator, cluster):
+    op = make_operator()
+    old = cluster.create_trainingrun("mnist")
+    created(op, old)
+    old_pod = first_pod(old)
+    cluster.start_pod(old_pod)
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, "mnist")
+    wait_until(lambda: cluster.trainingrun("mnist") is None, 30, "the old TrainingRun to go")
+
+    new = cluster.create_trainingrun("mnist")
+    created(op, new)
+    new_pod = first_pod(new)
+    assert new_pod != old_pod
+    owner = cluster.core.read_namespaced_pod(new_pod, cluster.namespace).metadata.owner_references[0]
+    assert owner.uid == new["metadata"]["uid"]
+    # The old pod ends well: that is no news for the new TrainingRun.
+    done = cluster.end_pod(old_pod, "Succeeded", 0, "Completed")
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=(old_pod, done))
+    status = cluster.trainingrun("mnist")["status"]
+    assert (status["phase"], status["podName"], status["attempts"]) == ("Pending", new_pod, 1)
+
+
+def test_a_pod_name_held_by_a_pod_of_another_owner_is_not_adopted(make_operator, cluster):
+    op = make_operator()
+    manifest = cluster.create_trainingrun("mnist")
+    pod = first_pod(manifest)
+    cluster.core.create_namespaced_pod(cluster.namespace, {
+        "metadata": {"name": pod},
+        "spec": {"containers": [{"name": "squatter", "image": "cairn:dev"}],
+                 "nodeSelector": {UNSCHEDULED_LABEL: "nowhere"}}})
+    created(op, manifest)
+    status = cluster.trainingrun("mnist")["status"]
+    assert (status.get("attempts"), status["reason"]) == (None, "PodNameTaken")
+    assert pod in status["message"] and "PodNameTaken" in cluster.event_reasons("mnist")
+    (due,) = op.requeues.pending().values()
+    assert due - time.monotonic() == pytest.approx(H.POD_NAME_TAKEN_RETRY_S, abs=1)
+
+    cluster.core.delete_namespaced_pod(pod, cluster.namespace, grace_period_seconds=0)
+    wait_until(lambda: pod not in cluster.pod_names(), 30, f"pod {pod} to go")
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist")
+    owner = cluster.core.read_namespaced_pod(pod, cluster.namespace).metadata.owner_references[0]
+    assert owner.uid == manifest["metadata"]["uid"]
+    assert cluster.trainingrun("mnist")["status"]["attempts"] == 1

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cairn.podspec import pod_name
 from cairn.store import TrackingStore
 from tests.support.cluster import wait_until
 from tests.support.cluster_operator import python_trainer, trainingrun, wait_phase
@@ -85,7 +86,8 @@ def test_failing_trainer_is_retried_up_to_backoff_limit_then_failed(kubectl, nam
     assert "backoffLimit 1" in status["message"] and status["exitCode"] == 3
     assert conditions(tr)["Failed"]["status"] == "True"
     pods = kubectl.run("-n", namespace, "get", "pods", "-l", "cairn.dev/trainingrun=flaky", "-o", "name").stdout.split()
-    assert sorted(pods) == ["pod/flaky-1", "pod/flaky-2"]
+    uid = tr["metadata"]["uid"]
+    assert sorted(pods) == sorted(f"pod/{pod_name('flaky', uid, attempt)}" for attempt in (1, 2))
     assert {"PodCreated", "UserError"} <= set(events(kubectl, namespace, "flaky"))
     run = TrackingStore(store_urls[0]).get_run(tr["metadata"]["uid"])
     assert run.summary.status == "FAILED" and run.summary.exit_code == 3
@@ -120,7 +122,8 @@ def test_deleting_a_running_trainingrun_stops_its_pod_and_marks_the_run_killed(
     kubectl.apply(trainingrun("long", python_trainer("import time; time.sleep(600)")), namespace=namespace)
     tr = wait_phase(kubectl, namespace, "long", ("Running",), timeout=120)
     kubectl.run("-n", namespace, "delete", "trainingrun", "long", "--timeout=90s")
-    wait_until(lambda: kubectl.run("-n", namespace, "get", "pod", "long-1", check=False).returncode != 0,
+    pod = pod_name("long", tr["metadata"]["uid"], 1)
+    wait_until(lambda: kubectl.run("-n", namespace, "get", "pod", pod, check=False).returncode != 0,
                90, "the pod to be deleted")
     run = TrackingStore(store_urls[0]).get_run(tr["metadata"]["uid"])
     assert run.summary.status == "KILLED"
@@ -136,18 +139,18 @@ def test_operator_restarted_ten_times_mid_run_creates_no_duplicate_pod(
         running_operator.start()
     tr = wait_phase(kubectl, namespace, "steady", ("Succeeded",), timeout=180)
     pods = kubectl.run("-n", namespace, "get", "pods", "-l", "cairn.dev/trainingrun=steady", "-o", "name").stdout.split()
-    assert pods == ["pod/steady-1"] and tr["status"]["attempts"] == 1
+    assert pods == [f"pod/{pod_name('steady', tr['metadata']['uid'], 1)}"] and tr["status"]["attempts"] == 1
     run = TrackingStore(store_urls[0]).get_run(tr["metadata"]["uid"])
     assert run.summary.status == "FINISHED" and run.summary.metrics["loss"].count == 40
 
 
 def test_suspend_stops_the_pod_and_resume_starts_a_new_attempt(kubectl, namespace, running_operator):
     kubectl.apply(trainingrun("pausable", python_trainer("import time; time.sleep(600)")), namespace=namespace)
-    wait_phase(kubectl, namespace, "pausable", ("Running",), timeout=120)
+    first = pod_name("pausable", wait_phase(kubectl, namespace, "pausable", ("Running",), timeout=120)["metadata"]["uid"], 1)
     kubectl.run("-n", namespace, "patch", "trainingruns.cairn.dev", "pausable", "--type=merge", "-p", '{"spec":{"suspend":true}}')
     tr = wait_phase(kubectl, namespace, "pausable", ("Suspended",), timeout=60)
     assert conditions(tr)["Suspended"]["status"] == "True"
-    wait_until(lambda: kubectl.run("-n", namespace, "get", "pod", "pausable-1", check=False).returncode != 0,
+    wait_until(lambda: kubectl.run("-n", namespace, "get", "pod", first, check=False).returncode != 0,
                90, "the suspended pod to be deleted")
     kubectl.run("-n", namespace, "patch", "trainingruns.cairn.dev", "pausable", "--type=merge", "-p", '{"spec":{"suspend":false}}')
     tr = wait_phase(kubectl, namespace, "pausable", ("Running",), timeout=120)
@@ -184,10 +187,11 @@ def test_operator_metrics(kubectl, namespace, running_operator):
 def test_status_follows_pod_phase_changes_within_seconds(kubectl, namespace, running_operator):
     """No polling behind it: the TrainingRun's phase follows its pod's within 3 s, both ways."""
     kubectl.apply(trainingrun("quick", python_trainer("import time; time.sleep(4)")), namespace=namespace)
+    pod = pod_name("quick", kubectl.get("trainingrun", "quick", namespace)["metadata"]["uid"], 1)
     first_seen: dict[tuple[str, str], float] = {}
 
     def finished():  # noqa: ANN202
-        out = kubectl.run("-n", namespace, "get", "pod/quick-1", "trainingruns.cairn.dev/quick", "-o",
+        out = kubectl.run("-n", namespace, "get", f"pod/{pod}", "trainingruns.cairn.dev/quick", "-o",
                           "jsonpath={range .items[*]}{.kind}={.status.phase} {end}", check=False).stdout.split()
         now = time.monotonic()
         for kind, _, phase in (item.partition("=") for item in out):

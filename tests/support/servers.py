@@ -83,6 +83,10 @@ class PostgresServer:
         )
         return self
 
+    def running(self) -> bool:
+        status = subprocess.run(self._cmd("pg_ctl", "-D", str(self.data), "status"), capture_output=True)
+        return status.returncode == 0
+
     def stop(self, mode: str = "fast") -> None:
         subprocess.run(
             self._cmd("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop"),

@@ -18,7 +18,7 @@ SINGULAR = "trainingrun"
 SHORT_NAMES = ["tr"]
 CATEGORIES = ["cairn"]
 
-MAX_NAME_LENGTH = 50  # leaves room for "-<attempt>" in the pod name and fits label values
+MAX_NAME_LENGTH = 50  # leaves room for "-<uid hash>-<attempt>" in the pod name and fits label values
 # Kubernetes resource.Quantity syntax, without negative values.
 QUANTITY = (r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
             r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")

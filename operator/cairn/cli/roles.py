@@ -75,15 +75,13 @@ def operator_cmd(ctx: click.Context, namespaces, sidecar_image, image_pull_polic
     from cairn.controller import malloc
     from cairn.controller.handlers import Operator
     from cairn.controller.settings import OperatorSettings
-    from cairn.store import db as store_db
 
     flags = {"namespaces": namespaces or None, "sidecar_image": sidecar_image, "image_pull_policy": image_pull_policy,
              "database_secret": database_secret, "metrics_port": metrics_port, "liveness_port": liveness_port,
              "objectstore_secret": objectstore_secret, "database_url": ctx.obj.get("database_url")}
     settings = OperatorSettings(**{k: v for k, v in flags.items() if v is not None})
     malloc.limit_heap_growth(arenas=2)  # the handlers' threads share two arenas (see cairn.controller.malloc)
-    op = Operator.connect(settings)
-    store_db.check_reachable(op.store.engine)
+    op = Operator.connect(settings)  # the store is reached in the background: runs are scheduled without it
     logging.getLogger("cairn").setLevel(logging.INFO)
     kopf.run(
         standalone=True,

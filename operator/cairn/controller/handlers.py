@@ -21,21 +21,24 @@ from typing import Any, Mapping
 import kopf
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from cairn import podspec
 from cairn.api import GROUP, KIND, PLURAL, VERSION, TrainingRun, TrainingRunStatus, from_manifest, to_dict
 from cairn.controller import malloc
 from cairn.controller import reconcile as R
 from cairn.controller.kube import CoreApi
-from cairn.controller.metrics import OperatorMetrics
-from cairn.controller.runtime import KeyedLocks, NodeLabelCache, Requeuer, RunningRuns, RunRef, metrics_patch
+from cairn.controller.metrics import OperatorMetrics, StoreWritesCollector
+from cairn.controller.runtime import (KeyedLocks, NodeLabelCache, Requeuer, RunningRuns, RunRef, StoreWrite, StoreWrites,
+                                      metrics_patch)
 from cairn.controller.settings import OperatorSettings
 from cairn.rundir import RunStatus
-from cairn.store import TrackingStore
+from cairn.store import TrackingStore, db
+from cairn.store.tracking import RunNotFound
 
 TRAININGRUN_LABEL = podspec.TRAININGRUN_LABEL
 STATUS_METRICS_INTERVAL_S = 10.0  # how often the Running runs' latest metrics are copied into status
-STORE_RETRY_S = 30.0  # a run whose store write failed is reconciled again after this long
+POD_NAME_TAKEN_RETRY_S = 15.0  # a pod name held by another TrainingRun's pod is tried again after this long
 KOPF_WORKERS = 4  # threads for Kopf's sync handlers; a reconcile is a few API calls, so 4 keep latency far under 1 s
 KOPF_OBJECT_WORKERS = 32  # objects Kopf handles at once (their events queue meanwhile)
 REQUEUE_WORKERS = 4
@@ -46,7 +49,7 @@ log = logging.getLogger("cairn.controller")
 
 class Operator:
     """Everything the handlers share: settings, API clients, the store, metrics and bounded per-run
-    bookkeeping (locks, node labels, requeue times, Running runs, runs the store is behind on)."""
+    bookkeeping (locks, node labels, requeue times, Running runs, store writes waiting for the store)."""
 
     def __init__(self, settings: OperatorSettings, core: CoreApi, custom: client.CustomObjectsApi,
                  store: TrackingStore) -> None:
@@ -55,14 +58,17 @@ class Operator:
         self.locks = KeyedLocks()
         self.node_labels = NodeLabelCache(self._read_node_labels)
         self.running = RunningRuns()
-        self.store_behind: set[str] = set()  # runs whose last store write failed
+        self.store_writes = StoreWrites(lambda uid, write: write_run(store, uid, write),
+                                        lambda: db.ensure_schema(store.engine), store_unavailable)
+        self.metrics.registry.register(StoreWritesCollector(self.store_writes))
         self._requeue_pool = ThreadPoolExecutor(max_workers=REQUEUE_WORKERS, thread_name_prefix="cairn-requeue")
         self.requeues = Requeuer(lambda key: self._requeue_pool.submit(self._reconcile_key, key))
         self._stop = threading.Event()
 
     @classmethod
     def connect(cls, settings: OperatorSettings) -> "Operator":
-        """Clients from the in-cluster service account or the kubeconfig, and the store (not yet reached)."""
+        """Clients from the in-cluster service account or the kubeconfig, and the store (not yet reached: the
+        store-writes thread reaches it, and checks its schema, when :meth:`start` runs)."""
         from kubernetes import config
 
         try:
@@ -75,24 +81,25 @@ class Operator:
         api_config.connection_pool_maxsize = KOPF_WORKERS + REQUEUE_WORKERS + 1
         api = client.ApiClient(api_config)
         return cls(settings, CoreApi(api), client.CustomObjectsApi(api),
-                   TrackingStore(settings.database_url))
+                   TrackingStore(settings.database_url, check_schema=False))
 
     def start(self) -> None:
         if self.settings.metrics_port:
             self.metrics.serve(self.settings.metrics_port)
         self.requeues.start()
+        self.store_writes.start()
         threading.Thread(target=self._copy_metrics_forever, name="cairn-status-metrics", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()
         self.requeues.stop()
+        self.store_writes.stop()
         self._requeue_pool.shutdown(wait=False, cancel_futures=True)
 
     def forget(self, uid: str, namespace: str, name: str) -> None:
-        """Drop everything kept about a deleted TrainingRun."""
+        """Drop everything kept about a deleted TrainingRun but its store writes."""
         self.requeues.cancel(f"{namespace}/{name}")
         self.running.forget(uid)
-        self.store_behind.discard(uid)
         self.metrics.phases.forget(uid)
 
     def _read_node_labels(self, node: str) -> dict[str, str]:
@@ -119,6 +126,14 @@ def _operator(memo: kopf.Memo) -> Operator:
     return memo["operator"]
 
 
+def store_unavailable(exc: BaseException) -> bool:
+    """Whether a store error means the store is away (the write waits) rather than refusing the write."""
+    if isinstance(exc, db.StoreError):
+        return exc.code in ("DATABASE_UNREACHABLE", "SCHEMA_OUT_OF_DATE")
+    return isinstance(exc, (OperationalError, InterfaceError)) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = "cairn.dev/finalizer"
@@ -138,8 +153,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         memo["operator"] = Operator.connect(OperatorSettings())
     op = _operator(memo)
     op.start()
-    log.info("operator ready: store %s, sidecar image %s", op.store.engine.url.render_as_string(hide_password=True),
-             op.settings.pod.sidecar_image)
+    log.info("operator ready: store %s (reached in the background), sidecar image %s",
+             op.store.engine.url.render_as_string(hide_password=True), op.settings.pod.sidecar_image)
 
 
 @kopf.on.cleanup()
@@ -155,7 +170,7 @@ def on_trainingrun(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, 
     tr = from_manifest(body)
     if tr.status.phase in R.TERMINAL and tr.spec.ttl_seconds_after_finished is None:
         return  # the operator restarted: a finished run without a TTL needs nothing
-    record_run(op, tr)
+    op.store_writes.submit(tr.uid, StoreWrite({}, tr, create=True))
     reconcile_trainingrun(op, namespace, name)
 
 
@@ -166,32 +181,63 @@ def on_pod_event(type: str, body: kopf.Body, labels: Mapping[str, str], namespac
     reconcile_trainingrun(_operator(memo), namespace, labels[TRAININGRUN_LABEL], seen_pod=(name, seen))
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL)
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def on_trainingrun_event(type: str, uid: str, namespace: str, name: str, memo: kopf.Memo,  # noqa: A002
+                         **_: Any) -> None:
+    """A finished TrainingRun is deleted without the deletion handler (it has no finalizer): forget it here."""
+    if type == "DELETED":
+        _operator(memo).forget(uid, namespace, name)
+
+
+def unfinished(status: Mapping[str, Any], **_: Any) -> bool:
+    """Only an unfinished TrainingRun carries the finalizer: Kopf adds it to those its deletion handler
+    matches and takes it off the others, so a finished one is deleted at once, operator or not."""
+    return status.get("phase") not in R.TERMINAL
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, when=unfinished)
 def on_delete(body: kopf.Body, namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any) -> None:
+    """Stop the run's pods (with their own grace period, so the sidecar drains) and record the run KILLED.
+    The write waits for the store if it is away: the deletion never does."""
     op = _operator(memo)
     pods = op.core.list_namespaced_pod(namespace, label_selector=f"{TRAININGRUN_LABEL}={name}")
     for pod in pods["items"]:
-        if any(o.get("uid") == uid for o in pod["metadata"].get("ownerReferences") or []):
-            _ignore_404(op.core.delete_namespaced_pod, pod["metadata"]["name"], namespace, grace_period_seconds=30)
-    if from_manifest(body).status.phase not in R.TERMINAL:
-        op.store.update_run(uid, status=RunStatus.KILLED, end_time=dt.datetime.now(dt.timezone.utc),
-                            reason="TrainingRun deleted")
+        if podspec.owned_by(pod, uid):
+            _ignore_404(op.core.delete_namespaced_pod, pod["metadata"]["name"], namespace)
+    killed = {"status": RunStatus.KILLED, "end_time": dt.datetime.now(dt.timezone.utc), "reason": "TrainingRun deleted"}
+    op.store_writes.submit(uid, StoreWrite(killed, from_manifest(body)))
     op.forget(uid, namespace, name)
 
 
-def record_run(op: Operator, tr: TrainingRun) -> None:
+def write_run(store: TrackingStore, uid: str, write: StoreWrite) -> None:
+    """One run's waiting columns; its row is created first when asked, or when the update finds none
+    (the run was recorded while the store was away, or the store lost it)."""
+    if write.create:
+        record_run(store, write.run)
+    if not write.fields:
+        return
+    try:
+        store.update_run(uid, **write.fields)
+    except RunNotFound:
+        if write.run is None:
+            raise
+        record_run(store, write.run)
+        store.update_run(uid, **write.fields)
+
+
+def record_run(store: TrackingStore, tr: TrainingRun) -> None:
     """Create the run in the store (idempotent: the run id is the TrainingRun's uid)."""
     spec = tr.spec
-    op.store.create_run(
+    store.create_run(
         experiment=spec.experiment, name=tr.name, run_id=tr.uid, params=dict(spec.params),
         tags={"cairn.mode": "kubernetes", "kubernetes.namespace": tr.namespace},
         status=RunStatus.PENDING, namespace=tr.namespace, k8s_uid=tr.uid, image=spec.image,
         resources=to_dict(spec.resources),
     )
     if spec.code is not None:
-        op.store.record_code(tr.uid, spec.code.repository, spec.code.commit)
+        store.record_code(tr.uid, spec.code.repository, spec.code.commit)
     if spec.dataset is not None:
-        op.store.record_dataset(tr.uid, spec.dataset.uri, None, spec.dataset.sha256)
+        store.record_dataset(tr.uid, spec.dataset.uri, None, spec.dataset.sha256)
 
 
 def reconcile_trainingrun(op: Operator, namespace: str, name: str,
@@ -209,7 +255,7 @@ def reconcile_trainingrun(op: Operator, namespace: str, name: str,
             return
         tr = from_manifest(manifest)
         attempt = tr.status.attempts or 0
-        current = podspec.pod_name(name, attempt) if attempt else None
+        current = podspec.pod_name(name, tr.uid, attempt) if attempt else None
         if current is None:
             pod = None
         elif seen_pod is not None and seen_pod[0] == current:
@@ -228,15 +274,9 @@ def carry_out(op: Operator, tr: TrainingRun, created: dt.datetime | None, plan: 
         _ignore_404(op.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
         return
     if plan.delete_pod:
-        _ignore_404(op.core.delete_namespaced_pod, plan.delete_pod, namespace, grace_period_seconds=30)
-    if plan.create_attempt is not None:
-        # The pod first, then the status: a crash in between re-creates the same pod name (409).
-        body = podspec.build_pod(tr, op.settings.pod, plan.create_attempt, uid)
-        try:
-            op.core.create_namespaced_pod(namespace, body)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
+        _ignore_404(op.core.delete_namespaced_pod, plan.delete_pod, namespace)
+    if plan.create_attempt is not None and not create_pod(op, tr, plan.create_attempt, now):
+        return
     old = to_dict(tr.status)
     changed = {k: v for k, v in plan.status.items() if old.get(k) != v}
     if changed:
@@ -245,8 +285,8 @@ def carry_out(op: Operator, tr: TrainingRun, created: dt.datetime | None, plan: 
         post_event(op, tr, ev, now)
     status = R.merge_status(tr.status, plan.status)
     record_metrics(op, tr, status, created, plan, now)
-    if plan.store or uid in op.store_behind:
-        write_store(op, uid, {**R.store_fields(status), **plan.store})
+    if plan.store:
+        op.store_writes.submit(uid, StoreWrite({**R.store_fields(status), **plan.store}, tr))
     run = RunRef(uid, namespace, name, tr.spec.tracking.headline_metric)
     if status.phase == R.RUNNING:
         op.running.track(run)
@@ -255,9 +295,8 @@ def carry_out(op: Operator, tr: TrainingRun, created: dt.datetime | None, plan: 
         op.running.forget(uid)
     else:
         op.running.forget(uid)
-    delays = [d for d in (plan.requeue_after, STORE_RETRY_S if uid in op.store_behind else None) if d is not None]
-    if delays:
-        op.requeues.schedule(f"{namespace}/{name}", min(delays))
+    if plan.requeue_after is not None:
+        op.requeues.schedule(f"{namespace}/{name}", plan.requeue_after)
     else:
         op.requeues.cancel(f"{namespace}/{name}")
 
@@ -278,19 +317,35 @@ def record_metrics(op: Operator, tr: TrainingRun, status: TrainingRunStatus, cre
             op.metrics.gpu_seconds.labels(tr.namespace).inc(gpus * max(0.0, (now - started).total_seconds()))
 
 
-def write_store(op: Operator, uid: str, fields: dict[str, Any]) -> None:
-    """Store writes never block the cluster side; a failed one is redone by a later reconcile."""
+def create_pod(op: Operator, tr: TrainingRun, attempt: int, now: dt.datetime) -> bool:
+    """Create the pod of ``attempt`` before the status records it: a crash in between re-creates the same
+    name (409), and that pod is this run's own only when its ownerReference carries this uid. Another
+    TrainingRun's pod under the name is never adopted: False, with a Warning, until it is gone."""
+    body = podspec.build_pod(tr, op.settings.pod, attempt, tr.uid)
     try:
-        op.store.update_run(uid, **fields)
-        op.store_behind.discard(uid)
-    except Exception as exc:  # noqa: BLE001
-        op.store_behind.add(uid)
-        log.warning("store update of run %s failed, will retry: %s", uid, exc)
+        op.core.create_namespaced_pod(tr.namespace, body)
+        return True
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    name = body["metadata"]["name"]
+    existing = _read_pod(op, tr.namespace, name)
+    if existing is not None and podspec.owned_by(existing, tr.uid):
+        return True
+    message = (f"pod {name} exists and is not this TrainingRun's (another owner); attempt {attempt} waits for it "
+               f"to go (tried again in {POD_NAME_TAKEN_RETRY_S:.0f}s)")
+    post_event(op, tr, R.Event("Warning", "PodNameTaken", message), now)
+    op.custom.patch_namespaced_custom_object_status(GROUP, VERSION, tr.namespace, PLURAL, tr.name,
+                                                   {"status": {"reason": "PodNameTaken", "message": message}})
+    op.requeues.schedule(f"{tr.namespace}/{tr.name}", POD_NAME_TAKEN_RETRY_S)
+    return False
 
 
 def copy_metrics_to_status(op: Operator, runs: list[RunRef]) -> None:
     """The latest step and headline metric of ``runs``, from the store into status (one query), for
-    those that changed since the last copy."""
+    those that changed since the last copy. Nothing while the store is away."""
+    if op.store_writes.up is False:
+        return
     try:
         latest = op.store.latest_metrics([r.uid for r in runs])
     except Exception as exc:  # noqa: BLE001

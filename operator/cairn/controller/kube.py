@@ -36,9 +36,9 @@ class CoreApi:
     def create_namespaced_pod(self, namespace: str, body: dict) -> dict:
         return self._call("POST", "/api/v1/namespaces/{namespace}/pods", {"namespace": namespace}, body=body)
 
-    def delete_namespaced_pod(self, name: str, namespace: str, grace_period_seconds: int) -> dict:
-        return self._call("DELETE", "/api/v1/namespaces/{namespace}/pods/{name}",
-                          {"namespace": namespace, "name": name}, {"gracePeriodSeconds": grace_period_seconds})
+    def delete_namespaced_pod(self, name: str, namespace: str) -> dict:
+        """With the pod's own grace period, which outlasts the sidecar's drain."""
+        return self._call("DELETE", "/api/v1/namespaces/{namespace}/pods/{name}", {"namespace": namespace, "name": name})
 
     def read_node(self, name: str) -> dict:
         return self._call("GET", "/api/v1/nodes/{name}", {"name": name})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
 
@@ -52,3 +52,24 @@ class OperatorMetrics:
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         start_http_server(port, addr=addr, registry=self.registry)
+
+
+class StoreWritesCollector:
+    """Whether the store answers, how many runs wait to be written and how many writes were dropped."""
+
+    def __init__(self, writes) -> None:  # noqa: ANN001 - a runtime.StoreWrites
+        self._writes = writes
+
+    def collect(self):  # noqa: ANN201
+        up = GaugeMetricFamily("cairn_store_up", "1 while the operator reaches the store, 0 while it does not.")
+        up.add_metric([], 1.0 if self._writes.up else 0.0)
+        yield up
+        pending = GaugeMetricFamily("cairn_store_pending_writes", "Runs whose store writes wait for the store.")
+        pending.add_metric([], self._writes.pending())
+        yield pending
+        dropped = CounterMetricFamily("cairn_store_dropped_writes", "Store writes given up, by reason "
+                                      "(overflow: too many runs waited; refused: the store rejected it).",
+                                      labels=["reason"])
+        for reason, count in sorted(self._writes.dropped.items()):
+            dropped.add_metric([reason], count)
+        yield dropped

@@ -1,6 +1,7 @@
 """The operator's in-memory bookkeeping, every piece bounded: per-run locks, node labels, requeue
-times, and the Running runs whose latest metrics are copied into status. No Kubernetes or store here;
-what these call is passed in, so they are tested with plain functions and a fake clock.
+times, the Running runs whose latest metrics are copied into status, and the store writes waiting for
+the store. No Kubernetes or store here; what these call is passed in, so they are tested with plain
+functions and a fake clock.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
+
+from cairn.backoff import Backoff
+from cairn.messages import one_line
 
 log = logging.getLogger("cairn.controller")
 
@@ -197,3 +201,145 @@ def metrics_patch(latest: Mapping[str, Any], headline: str | None) -> dict[str, 
     if headline:
         patch["metric"] = f"{latest[headline].value:.6g}" if headline in latest else None
     return patch
+
+
+@dataclass
+class StoreWrite:
+    """Run columns to set; ``create`` writes the run's row first (idempotent). ``run`` is what the row
+    is created from, also when an update finds no row (a run recorded while the store was away)."""
+
+    fields: dict[str, Any]
+    run: Any = None
+    create: bool = False
+
+    def merged(self, newer: "StoreWrite") -> "StoreWrite":
+        return StoreWrite({**self.fields, **newer.fields}, newer.run or self.run, self.create or newer.create)
+
+
+class StoreWrites:
+    """The operator's store writes. While the store answers they are made at once; while it does not
+    they wait here, one entry per run (a later write's columns win), and a thread writes them oldest
+    first once ``connect`` succeeds again, backing off in between. At most ``max_runs`` runs wait: past
+    that the oldest run's entry is dropped and counted. A write the store refuses for another reason
+    than being away (``unavailable`` says which) is dropped and counted, so it never holds up the rest.
+    """
+
+    def __init__(self, apply: Callable[[str, StoreWrite], None], connect: Callable[[], None],
+                 unavailable: Callable[[BaseException], bool], max_runs: int = 10_000,
+                 backoff: Backoff | None = None) -> None:
+        self._apply, self._connect, self._unavailable = apply, connect, unavailable
+        self._max_runs = max_runs
+        self._backoff = backoff or Backoff(1.0, 15.0, jitter=0.2)
+        self._waiting: OrderedDict[str, StoreWrite] = OrderedDict()
+        self._guard = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._flushing = False
+        self.up: bool | None = None  # None: not tried yet
+        self.dropped = {"overflow": 0, "refused": 0}
+
+    def submit(self, uid: str, write: StoreWrite) -> None:
+        """Write now when the store is up and nothing waits, else queue; never raises for the store."""
+        with self._guard:
+            direct = self.up is not False and not self._waiting and not self._flushing
+            if not direct:
+                self._enqueue(uid, write)
+        if direct and not self._write(uid, write):
+            self._wake.set()
+
+    def pending(self) -> int:
+        return len(self._waiting)
+
+    def flush(self) -> bool:
+        """Write what waits, oldest first, until done or the store fails; True when nothing is left."""
+        with self._guard:
+            if self._flushing:
+                return False
+            self._flushing = True
+        try:
+            for _ in range(len(self._waiting)):
+                with self._guard:
+                    if not self._waiting:
+                        break
+                    uid, write = self._waiting.popitem(last=False)
+                if not self._write(uid, write, requeue_first=True):
+                    return False
+            return not self._waiting
+        finally:
+            with self._guard:
+                self._flushing = False
+
+    def _write(self, uid: str, write: StoreWrite, requeue_first: bool = False) -> bool:
+        """One write; False when the store is away (the write waits again, ahead of newer runs)."""
+        try:
+            if self.up is not True:
+                self._connect()
+            self._apply(uid, write)
+        except Exception as exc:  # noqa: BLE001
+            if not self._unavailable(exc):
+                self.dropped["refused"] += 1
+                log.error("the store refused the write of run %s, dropped: %s", uid, one_line(exc))
+                return True
+            with self._guard:
+                newer = self._waiting.pop(uid, None)
+                self._waiting[uid] = write.merged(newer) if newer else write
+                if requeue_first:
+                    self._waiting.move_to_end(uid, last=False)
+                self._trim()
+            self._set_up(False, exc)
+            return False
+        self._set_up(True)
+        return True
+
+    def _set_up(self, up: bool, exc: BaseException | None = None) -> None:
+        if up and self.up is not True:
+            log.info("the store is reachable; %d run(s) wait to be written", len(self._waiting))
+        elif not up and self.up is not False:
+            log.warning("the store is unreachable, the operator goes on without it and retries (%d run(s) wait "
+                        "to be written): %s", len(self._waiting), one_line(exc))
+        self.up = up
+
+    def _reach(self) -> None:
+        try:
+            self._connect()
+        except Exception as exc:  # noqa: BLE001
+            self._set_up(False, exc)
+        else:
+            self._set_up(True)
+
+    def _enqueue(self, uid: str, write: StoreWrite) -> None:
+        older = self._waiting.get(uid)
+        self._waiting[uid] = older.merged(write) if older else write
+        self._trim()
+        self._wake.set()
+
+    def _trim(self) -> None:
+        while len(self._waiting) > self._max_runs:
+            uid, _ = self._waiting.popitem(last=False)
+            self.dropped["overflow"] += 1
+            log.error("more than %d runs wait for the store: dropped the oldest write (run %s)", self._max_runs, uid)
+
+    def run(self) -> None:
+        """Reach the store and write what waits, backing off while it is away, until :meth:`stop`."""
+        while not self._stop.is_set():
+            if self.up is True and not self._waiting:
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            if self.up is not True:
+                self._reach()
+            if self.up:
+                self.flush()  # what arrives meanwhile is written on the next turn
+            if self.up:
+                self._backoff.reset()
+            else:
+                self._backoff.sleep(self._stop)
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, name="cairn-store-writes", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
