@@ -35,6 +35,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 TRAINER = "trainer"
 SIDECAR = "cairn-sidecar"
 PREPARE = "cairn-prepare"
+RUN_VOLUME = "run"  # the emptyDir holding the run directory
 # Keys of the object store Secret (in the run's namespace) and the variables they become.
 OBJECTSTORE_KEYS = (("endpoint", Env.S3_ENDPOINT), ("accessKey", Env.S3_ACCESS_KEY), ("secretKey", Env.S3_SECRET_KEY),
                     ("bucket", Env.S3_BUCKET), ("region", Env.S3_REGION), ("caBundle", Env.S3_CA_BUNDLE))
@@ -140,7 +141,7 @@ def prepare_container(tr: TrainingRun, settings: PodSettings, attempt: int, run_
         **pull,
         "command": ["cairn", "prepare"],
         "env": env,
-        "volumeMounts": [{"name": "run", "mountPath": RUN_DIR}],
+        "volumeMounts": [{"name": RUN_VOLUME, "mountPath": RUN_DIR}],
         "resources": {"requests": {"cpu": settings.sidecar_cpu, "memory": settings.sidecar_memory},
                       "limits": {"memory": settings.sidecar_memory}},
         "securityContext": _container_security(),
@@ -192,7 +193,7 @@ def build_pod(tr: TrainingRun, settings: PodSettings, attempt: int, run_id: str,
     node_selector = dict(spec.node_selector)
     if spec.resources.gpu_type:
         node_selector[GPU_PRODUCT_LABEL] = spec.resources.gpu_type
-    mount = [{"name": "run", "mountPath": RUN_DIR}]
+    mount = [{"name": RUN_VOLUME, "mountPath": RUN_DIR}]
     pull = {"imagePullPolicy": settings.image_pull_policy} if settings.image_pull_policy else {}
 
     sidecar = {
@@ -239,7 +240,7 @@ def build_pod(tr: TrainingRun, settings: PodSettings, attempt: int, run_id: str,
         "restartPolicy": "Never",
         "initContainers": [c for c in (prepare_container(tr, settings, attempt, run_id), sidecar) if c],
         "containers": [trainer],
-        "volumes": [{"name": "run", "emptyDir": {}}],
+        "volumes": [{"name": RUN_VOLUME, "emptyDir": {"sizeLimit": spec.run_volume_size_limit}}],
         "automountServiceAccountToken": spec.service_account_name is not None,
         "terminationGracePeriodSeconds": settings.drain_timeout_s + 30,
         "securityContext": {
