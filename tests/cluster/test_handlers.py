@@ -26,7 +26,7 @@ from cairn.api.types import GPU_PRODUCT_LABEL
 from cairn.controller import handlers as H
 from cairn.controller.kube import CoreApi
 from cairn.controller.settings import OperatorSettings
-from cairn.podspec import TRAINER, pod_name
+from cairn.podspec import SIDECAR, TRAINER, pod_name
 from cairn.rundir import METRICS_DIR, RunStatus
 from cairn.store import TrackingStore
 from cairn.store.entities import IngestBatch, MetricPoint
@@ -84,17 +84,34 @@ class Cluster:
 
     def start_pod(self, name: str) -> dict:
         """Bind the pod to the test's node and mark its trainer running, as the kubelet would."""
-        binding = client.V1Binding(metadata=client.V1ObjectMeta(name=name),
-                                   target=client.V1ObjectReference(kind="Node", name=self.node))
-        # The client cannot read a Binding back (its target comes back empty), hence the raw response.
-        self.core.create_namespaced_pod_binding(name, self.namespace, binding, _preload_content=False)
+        self.bind(name)
         started = now_text()
         return self._set_pod_status(name, "Running", {"running": {"startedAt": started}}, startTime=started)
+
+    def show_waiting(self, name: str, reason: str, message: str, container: str = TRAINER) -> dict:
+        """Show ``container`` of the bound pod waiting on ``reason``, as the kubelet would."""
+        waiting = {"waiting": {"reason": reason, "message": message}}
+        if container == TRAINER:
+            return self._set_pod_status(name, "Pending", waiting)
+        init = {"name": container, "image": "cairn:dev", "imageID": "", "ready": False, "restartCount": 0,
+                "state": waiting}
+        return self._set_pod_status(name, "Pending", {"waiting": {"reason": "PodInitializing"}},
+                                    initContainerStatuses=[init])
+
+    def evict_pod(self, name: str, message: str) -> dict:
+        state = {"terminated": {"exitCode": 137, "reason": "Error", "startedAt": now_text(), "finishedAt": now_text()}}
+        return self._set_pod_status(name, "Failed", state, reason="Evicted", message=message)
 
     def end_pod(self, name: str, phase: str, exit_code: int, reason: str) -> dict:
         state = {"terminated": {"exitCode": exit_code, "reason": reason, "startedAt": now_text(),
                                 "finishedAt": now_text()}}
         return self._set_pod_status(name, phase, state)
+
+    def bind(self, name: str) -> None:
+        binding = client.V1Binding(metadata=client.V1ObjectMeta(name=name),
+                                   target=client.V1ObjectReference(kind="Node", name=self.node))
+        # The client cannot read a Binding back (its target comes back empty), hence the raw response.
+        self.core.create_namespaced_pod_binding(name, self.namespace, binding, _preload_content=False)
 
     def _set_pod_status(self, name: str, phase: str, trainer_state: dict, **status: Any) -> dict:
         trainer = {"name": TRAINER, "image": "cairn:dev", "imageID": f"sha256:{'ab' * 32}",
@@ -102,6 +119,15 @@ class Cluster:
         body = {"status": {"phase": phase, "containerStatuses": [trainer], **status}}
         pod = self.core.patch_namespaced_pod_status(name, self.namespace, body)
         return self.api.sanitize_for_serialization(pod)  # the body a pod event carries
+
+    def pod_deleted(self, name: str) -> bool:
+        """Deleted or being deleted (no kubelet confirms a graceful deletion on the test's node)."""
+        try:
+            return self.core.read_namespaced_pod(name, self.namespace).metadata.deletion_timestamp is not None
+        except ApiException as exc:
+            if exc.status == 404:
+                return True
+            raise
 
     def event_reasons(self, trainingrun: str) -> list[str]:
         events = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={trainingrun}")
@@ -288,3 +314,118 @@ def test_a_failed_store_write_is_retried_later_and_forgotten_on_delete(make_oper
         cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL, "mnist")
         H.on_delete(body=finished, namespace=cluster.namespace, name="mnist", uid=uid, memo={"operator": op})
         assert op.store_behind == set() and op.requeues.pending() == {}
+
+
+def conditions(status: dict) -> dict[str, str]:
+    return {c["type"]: c["status"] for c in status["conditions"]}
+
+
+def new_pod(cluster: Cluster, known: tuple[str, ...] = ()) -> str:
+    """The one pod not in ``known``."""
+    (pod,) = set(cluster.pod_names()) - set(known)
+    return pod
+
+
+def test_a_stuck_pod_is_shown_at_once_and_fails_the_run_after_its_pending_deadline(make_operator, cluster,
+                                                                                   tracking_store):
+    op = make_operator()
+    manifest = cluster.create_trainingrun("mnist", image="registry.invalid/trainer:nope", pendingDeadlineSeconds=3)
+    uid = manifest["metadata"]["uid"]
+    created(op, manifest)
+    pod = new_pod(cluster)
+    cluster.bind(pod)
+    stuck = cluster.show_waiting(pod, "ImagePullBackOff", 'Back-off pulling image "registry.invalid/trainer:nope"')
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=(pod, stuck))
+    status = cluster.trainingrun("mnist")["status"]
+    assert (status["phase"], status["reason"], status["runId"]) == ("Pending", "ImagePullBackOff", uid)
+    assert "check spec.image (registry.invalid/trainer:nope)" in status["message"]
+    assert conditions(status) | {"Scheduled": "True"} == {"Ready": "False", "Reconciling": "False", "Stalled": "True",
+                                                          "Scheduled": "True"}
+    assert cluster.event_reasons("mnist").count("ImagePullBackOff") == 1
+    (due,) = op.requeues.pending().values()
+    assert due - time.monotonic() == pytest.approx(3, abs=1.5)
+
+    # The kubelet's next try: the same trouble, no second Event.
+    again = cluster.show_waiting(pod, "ErrImagePull", "manifest unknown")
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=(pod, again))
+    assert cluster.trainingrun("mnist")["status"]["reason"] == "ErrImagePull"
+    assert [r for r in cluster.event_reasons("mnist") if r in ("ImagePullBackOff", "ErrImagePull")] == \
+        ["ImagePullBackOff"]
+
+    time.sleep(4)  # past pendingDeadlineSeconds; what the requeue would call
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist")
+    status = cluster.trainingrun("mnist")["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "ErrImagePull")
+    assert status["message"].endswith("(stuck for 3s, spec.pendingDeadlineSeconds)")
+    assert cluster.pod_deleted(pod) and tracking_store.run_status(uid) == RunStatus.FAILED
+
+
+def test_a_missing_database_secret_is_named(make_operator, cluster):
+    op = make_operator()
+    created(op, cluster.create_trainingrun("mnist"))
+    pod = new_pod(cluster)
+    cluster.bind(pod)
+    waiting = cluster.show_waiting(pod, "CreateContainerConfigError", 'secret "cairn-database" not found',
+                                   container=SIDECAR)
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=(pod, waiting))
+    status = cluster.trainingrun("mnist")["status"]
+    assert status["reason"] == "CreateContainerConfigError"
+    assert f"Secret in namespace {cluster.namespace}" in status["message"]
+    assert 'secret "cairn-database" not found' in status["message"]
+    assert "CreateContainerConfigError" in cluster.event_reasons("mnist")
+
+
+def test_a_command_that_cannot_start_fails_at_once_with_backoff_limit_zero(make_operator, cluster):
+    op = make_operator()
+    created(op, cluster.create_trainingrun("mnist", backoffLimit=0))
+    pod = new_pod(cluster)
+    cluster.start_pod(pod)
+    failed = cluster.end_pod(pod, "Failed", 128, "StartError")
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=(pod, failed))
+    status = cluster.trainingrun("mnist")["status"]
+    assert (status["phase"], status["reason"], status["failures"]) == ("Failed", "StartError", 1)
+    assert "spec.command" in status["message"] and conditions(status)["Stalled"] == "True"
+    assert cluster.pod_names() == [pod] and op.requeues.pending() == {}
+
+
+def test_infrastructure_retries_stop_at_their_limit(make_operator, cluster):
+    op = make_operator()
+    created(op, cluster.create_trainingrun("mnist", infrastructureRetryLimit=1))
+    first = new_pod(cluster)
+    cluster.start_pod(first)
+    evicted = cluster.evict_pod(first, "The node was low on resource: ephemeral-storage.")
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=(first, evicted))
+    status = cluster.trainingrun("mnist")["status"]
+    assert (status["infrastructureRetries"], "failures" in status) == (1, False)
+    time.sleep(5.5)  # the retry's backoff; what the requeue would call
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist")
+    second = new_pod(cluster, known=(first,))
+    assert cluster.trainingrun("mnist")["status"]["attempts"] == 2
+
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=(second, cluster.start_pod(second)))
+    cluster.core.delete_namespaced_pod(second, cluster.namespace, grace_period_seconds=0)  # the pod is lost
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=(second, None))
+    status = cluster.trainingrun("mnist")["status"]
+    assert (status["phase"], status["reason"], status["infrastructureRetries"]) == ("Failed", "Infrastructure", 2)
+    assert status["message"] == f"pod {second} disappeared; infrastructureRetryLimit 1 reached"
+    assert status["attempts"] == 2 and sorted(cluster.pod_names()) == [first]
+
+
+def test_gpu_seconds_grow_while_the_pod_runs(make_operator, cluster):
+    op = make_operator()
+    created(op, cluster.create_trainingrun("mnist", resources={"gpus": 2}))
+    pod = new_pod(cluster)
+    began = time.time()
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=(pod, cluster.start_pod(pod)))
+
+    def gpu_seconds() -> float:
+        return op.metrics.registry.get_sample_value("cairn_gpu_seconds_total", {"namespace": cluster.namespace}) or 0
+
+    time.sleep(2)
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist")  # a reconcile of the running pod
+    assert cluster.trainingrun("mnist")["status"]["phase"] == "Running"
+    counted = gpu_seconds()
+    assert 2 * 2 <= counted <= 2 * (time.time() - began + 1)  # startTime has whole seconds
+    time.sleep(1)
+    op.metrics.gpu_seconds.tick(dt.datetime.now(dt.timezone.utc))  # the periodic count
+    assert gpu_seconds() >= counted + 2 * 1
