@@ -285,6 +285,10 @@ def test_ready_follows_the_phase():
     failed = plan(tr({"phase": "Running", "attempts": 1}, backoffLimit=0), pod("Failed", exit_code=1), None, at(10))
     assert readiness(failed.status) == {"Ready": "False", "Reconciling": "False", "Stalled": "True"}
     assert condition(failed.status, "Stalled")["reason"] == "UserError"
+    retrying = plan(tr({"phase": "Running", "attempts": 1}), pod("Failed", exit_code=1), None, at(10))
+    assert retrying.status.get("phase") is None and retrying.status["retryAfter"] == fmt_time(at(15))
+    assert readiness(retrying.status) == {"Ready": "False", "Reconciling": "True", "Stalled": "False"}
+    assert condition(retrying.status, "Ready")["reason"] == "UserError"
     suspended = plan(tr({"phase": "Running", "attempts": 1}, suspend=True), pod("Running"), None, at(10))
     assert readiness(suspended.status) == {"Ready": "False", "Reconciling": "False", "Stalled": "False"}
 

@@ -198,9 +198,9 @@ class Condition:
 
     type: str = field(
         "Type of condition: Ready, Reconciling, Stalled (the kstatus conventions read by Flux and kubectl), "
-        "Scheduled, Retrying, Suspended, Complete or Failed. Ready is True while the run is Running or has "
-        "Succeeded; Reconciling is True while it is Pending (starting, waiting for a node, retrying); Stalled "
-        "is True when it has Failed or its pod is stuck on a problem a person must fix.", required=True)
+        "Scheduled, Retrying, Suspended, Complete or Failed. Ready is True while the run is Running (not "
+        "waiting to retry) or has Succeeded; Reconciling is True while it is Pending or waiting to retry; "
+        "Stalled is True when it has Failed or its pod is stuck on a problem a person must fix.", required=True)
     status: str = field("True, False or Unknown.", required=True, enum=["True", "False", "Unknown"])
     reason: str | None = field("Machine-readable reason of the last transition.")
     message: str | None = field("Human-readable details.")

@@ -233,13 +233,14 @@ class _Draft:
 
     def show_readiness(self) -> None:
         """Ready, Reconciling and Stalled from the phase this plan leaves the run in, as kstatus reads them
-        (Flux, kubectl wait): Ready while Running or Succeeded; Reconciling while Pending, unless stuck;
-        Stalled once Failed or while the pod waits on something a person must fix."""
+        (Flux, kubectl wait): Ready while Running or Succeeded; Reconciling while Pending or waiting to
+        retry, unless stuck; Stalled once Failed or while the pod waits on something a person must fix."""
         phase = self.plan.status.get("phase", self.status.phase)
         reason = self.plan.status.get("reason", self.status.reason) or phase or PENDING
         message = self.plan.status.get("message", self.status.message) or ""
-        self.condition("Ready", phase in (RUNNING, SUCCEEDED), reason, message)
-        self.condition("Reconciling", phase == PENDING and not self.stalled, reason, message)
+        retrying = self.plan.status.get("retryAfter", self.status.retry_after) is not None
+        self.condition("Ready", phase in (RUNNING, SUCCEEDED) and not retrying, reason, message)
+        self.condition("Reconciling", (phase == PENDING or retrying) and not self.stalled, reason, message)
         self.condition("Stalled", phase == FAILED or self.stalled, reason, message)
 
     def move(self, phase: str, reason: str, message: str, event_type: str = "Normal") -> None:
