@@ -418,7 +418,8 @@ def _stuck(d: _Draft, pod: Mapping[str, Any], waiting: Waiting) -> None:
         d.plan.delete_pod = name
         d.finish(FAILED, waiting.reason, f"{text} (stuck for {limit}s, spec.pendingDeadlineSeconds)", None)
         return
-    if STUCK_REASONS.get(d.status.reason or "") != STUCK_REASONS[waiting.reason]:
+    new_trouble = STUCK_REASONS.get(d.status.reason or "") != STUCK_REASONS[waiting.reason]
+    if new_trouble and d.status.phase == PENDING:  # from another phase, move() posts the Event
         d.plan.events.append(Event("Warning", waiting.reason, text))
     d.stalled = True
     d.move(PENDING, waiting.reason, text, "Warning")
