@@ -109,7 +109,7 @@ class Dataset:
     stage: bool = field(
         "Copy the dataset into the pod before training, at $CAIRN_DATASET_DIR; the digest is then computed "
         "from the copied bytes, so the trainer reads exactly the data that was checked. The copy lives in "
-        "the pod's run volume (node disk).", False)
+        "the pod's run volume (node disk, within runVolumeSizeLimit).", False)
 
 
 @dataclass(kw_only=True)
