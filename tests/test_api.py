@@ -72,6 +72,9 @@ FULL_SPEC = {
     "priorityClassName": "training",
     "serviceAccountName": "trainer",
     "backoffLimit": 5,
+    "infrastructureRetryLimit": 20,
+    "pendingDeadlineSeconds": 600,
+    "runVolumeSizeLimit": "200Gi",
     "activeDeadlineSeconds": 86400,
     "ttlSecondsAfterFinished": 3600,
     "suspend": True,
@@ -197,6 +200,8 @@ def test_minimal_manifest_parses_with_defaults():
     assert tr.spec.code == T.Code(commit="abc1234") and tr.spec.dataset is None
     assert tr.spec.tracking == T.Tracking() and tr.spec.params == {} and tr.spec.tolerations == []
     assert tr.spec.active_deadline_seconds is None and tr.spec.ttl_seconds_after_finished is None
+    assert (tr.spec.infrastructure_retry_limit, tr.spec.pending_deadline_seconds, tr.spec.run_volume_size_limit) == \
+        (10, 900, "50Gi")
 
 
 def test_full_manifest_parses_into_types():

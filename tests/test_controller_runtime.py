@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 from types import SimpleNamespace
 
+from cairn.controller.metrics import OperatorMetrics
 from cairn.controller.runtime import KeyedLocks, NodeLabelCache, Requeuer, RunningRuns, RunRef, metrics_patch
 
 
@@ -116,3 +118,37 @@ def test_heap_limits_and_trimming_are_accepted_by_glibc_or_skipped_elsewhere():
     on_glibc = platform.libc_ver()[0] == "glibc"
     assert malloc.limit_heap_growth(arenas=2) is on_glibc
     assert isinstance(malloc.release_free_memory(), bool)
+
+
+def gpu_seconds(metrics: OperatorMetrics, namespace: str) -> float | None:
+    return metrics.registry.get_sample_value("cairn_gpu_seconds_total", {"namespace": namespace})
+
+
+def test_gpu_seconds_grow_while_a_pod_runs_and_stop_with_it():
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    metrics = OperatorMetrics(process_start=t0)
+    meter = metrics.gpu_seconds
+    meter.running("u1", "ml", 2, t0 + dt.timedelta(seconds=10), t0 + dt.timedelta(seconds=70))
+    assert gpu_seconds(metrics, "ml") == 120  # 2 GPUs for the minute since the pod started
+    meter.tick(t0 + dt.timedelta(seconds=100))
+    assert gpu_seconds(metrics, "ml") == 180
+    meter.running("u1", "ml", 2, t0 + dt.timedelta(seconds=10), t0 + dt.timedelta(seconds=100))  # nothing new
+    assert gpu_seconds(metrics, "ml") == 180
+    meter.stopped("u1", "ml", 2, t0 + dt.timedelta(seconds=10), t0 + dt.timedelta(seconds=110))
+    assert gpu_seconds(metrics, "ml") == 200 and len(meter) == 0
+    meter.tick(t0 + dt.timedelta(seconds=1000))
+    assert gpu_seconds(metrics, "ml") == 200
+
+
+def test_gpu_seconds_before_the_operator_started_are_not_counted_again():
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    metrics = OperatorMetrics(process_start=t0)
+    # A pod that ran for an hour under the previous operator process, seen running and seen ended unseen.
+    metrics.gpu_seconds.running("u1", "ml", 1, t0 - dt.timedelta(hours=1), t0 + dt.timedelta(seconds=30))
+    metrics.gpu_seconds.stopped("u2", "cv", 4, t0 - dt.timedelta(hours=1), t0 + dt.timedelta(seconds=5))
+    metrics.gpu_seconds.stopped("u3", "cv", 4, None, t0 + dt.timedelta(seconds=5))  # never ran: nothing
+    metrics.gpu_seconds.running("u4", "cpu", 0, t0, t0 + dt.timedelta(seconds=30))  # no GPUs: not kept
+    assert (gpu_seconds(metrics, "ml"), gpu_seconds(metrics, "cv")) == (30, 20)
+    assert len(metrics.gpu_seconds) == 1
+    metrics.gpu_seconds.forget("u1", t0 + dt.timedelta(seconds=40))
+    assert gpu_seconds(metrics, "ml") == 40 and len(metrics.gpu_seconds) == 0

@@ -169,7 +169,13 @@ def test_sidecar_settings_shape_the_sidecar():
     assert env_of(sidecar)["CAIRN_DRAIN_TIMEOUT"] == "10"
     assert sidecar["resources"]["limits"] == {"memory": "512Mi"}
     assert pod["spec"]["terminationGracePeriodSeconds"] > 10  # room for the sidecar to drain
-    assert pod["spec"]["volumes"] == [{"name": "run", "emptyDir": {}}, {"name": "cairn-tmp", "emptyDir": {}}]
+    assert pod["spec"]["volumes"] == [{"name": "run", "emptyDir": {"sizeLimit": "50Gi"}},
+                                      {"name": "cairn-tmp", "emptyDir": {}}]
+
+
+def test_run_volume_size_limit_bounds_the_emptydir():
+    pod = build_pod(tr(runVolumeSizeLimit="200Gi"), PodSettings(), 1, "r")
+    assert pod["spec"]["volumes"][0] == {"name": "run", "emptyDir": {"sizeLimit": "200Gi"}}
 
 
 def test_cpu_and_memory_without_gpus():
@@ -308,6 +314,12 @@ def failed_pod(reason=None, exit_code=None, term_reason="Error", conditions=(), 
     (failed_pod(exit_code=137, term_reason="Error"), FailureKind.USER_ERROR, "code 137"),
     (failed_pod(exit_code=143, term_reason="Error"), FailureKind.USER_ERROR, "code 143"),
     (failed_pod(exit_code=1, term_reason="OOMKilled"), FailureKind.OOM, "exit code 1"),
+    (failed_pod(exit_code=128, term_reason="StartError"), FailureKind.START_ERROR, "(StartError, exit code 128"),
+    (failed_pod(exit_code=127, term_reason="ContainerCannotRun"), FailureKind.START_ERROR, "spec.command"),
+    (failed_pod(reason="Evicted", message='Usage of EmptyDir volume "run" exceeds the limit "50Gi". '),
+     FailureKind.RUN_VOLUME_FULL, 'exceeds the limit "50Gi". (spec.runVolumeSizeLimit)'),
+    (failed_pod(reason="Evicted", message='Usage of EmptyDir volume "cache" exceeds the limit "1Gi". '),
+     FailureKind.INFRASTRUCTURE, "Evicted"),
 ])
 def test_failures_are_classified(pod, kind, words):
     got, message = classify_pod_failure(pod)
@@ -328,8 +340,9 @@ def test_only_the_last_line_of_a_long_message_is_kept():
 
 
 def test_failure_kinds_name_the_reasons_in_status():
-    assert {k.reason for k in FailureKind} == {"UserError", "OOMKilled", "Infrastructure", "DeadlineExceeded",
-                                               "DatasetMismatch", "DatasetUnavailable"}
+    assert {k.reason for k in FailureKind} == {"UserError", "StartError", "OOMKilled", "RunVolumeFull",
+                                               "Infrastructure", "DeadlineExceeded", "DatasetMismatch",
+                                               "DatasetUnavailable"}
 
 
 @pytest.mark.parametrize("status, phase", [

@@ -40,6 +40,24 @@ def pod(phase, exit_code=None, term_reason="Error", reason=None, unschedulable=N
             "status": status}
 
 
+def condition(status, ctype):  # noqa: ANN001, ANN201
+    (found,) = [c for c in status["conditions"] if c["type"] == ctype]
+    return found
+
+
+def readiness(status):  # noqa: ANN001, ANN201
+    return {t: condition(status, t)["status"] for t in ("Ready", "Reconciling", "Stalled")}
+
+
+def waiting_pod(container, reason, message, init=False):  # noqa: ANN001, ANN201
+    """A scheduled Pending pod whose ``container`` waits on ``reason``."""
+    statuses = [{"name": container, "state": {"waiting": {"reason": reason, "message": message}}}]
+    key = "initContainerStatuses" if init else "containerStatuses"
+    return {"metadata": {"name": "mnist-1"}, "spec": {"nodeName": "node-a"},
+            "status": {"phase": "Pending", key: statuses,
+                       "conditions": [{"type": "PodScheduled", "status": "True"}]}}
+
+
 def test_new_trainingrun_creates_attempt_one():
     p = plan(tr(), None, None, T0)
     assert p.create_attempt == 1
@@ -50,7 +68,7 @@ def test_new_trainingrun_creates_attempt_one():
 def test_unschedulable_pod_surfaces_the_schedulers_message():
     msg = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
     p = plan(tr({"phase": "Pending", "attempts": 1}), pod("Pending", unschedulable=msg), None, at(5))
-    (cond,) = p.status["conditions"]
+    cond = condition(p.status, "Scheduled")
     assert cond == {"type": "Scheduled", "status": "False", "reason": "Unschedulable", "message": msg,
                     "lastTransitionTime": fmt_time(at(5)), "observedGeneration": 1}
     assert p.status["reason"] == "Unschedulable" and p.create_attempt is None
@@ -161,3 +179,128 @@ def test_store_fields_mirror_status():
     fields = store_fields(TrainingRunStatus(phase="Succeeded", attempts=2, node_name="n", exit_code=0,
                                             completion_time=fmt_time(at(5))))
     assert fields == {"attempts": 2, "status": "FINISHED", "node_name": "n", "exit_code": 0, "end_time": at(5)}
+
+
+def test_start_error_is_the_users_and_backoff_limit_zero_fails_at_once():
+    failed = pod("Failed", exit_code=128, term_reason="StartError")
+    failed["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = (
+        'failed to create containerd task: exec: "pyhton": executable file not found in $PATH: unknown')
+    p = plan(tr({"phase": "Pending", "attempts": 1}, backoffLimit=0), failed, None, at(10))
+    assert p.status["phase"] == "Failed" and p.status["reason"] == "StartError"
+    assert "spec.command" in p.status["message"] and '"pyhton": executable file not found' in p.status["message"]
+    assert p.status["failures"] == 1 and p.create_attempt is None and p.status["exitCode"] == 128
+
+
+def test_infrastructure_failures_stop_at_their_limit():
+    evicted = pod("Failed", reason="Evicted")
+    evicted["status"]["message"] = "The node was low on resource: memory."
+    within = plan(tr({"phase": "Running", "attempts": 3, "infrastructureRetries": 2}, infrastructureRetryLimit=3),
+                  evicted, None, at(10))
+    assert within.status["infrastructureRetries"] == 3 and within.status["retryAfter"] == fmt_time(at(15))
+    past = plan(tr({"phase": "Running", "attempts": 4, "infrastructureRetries": 3}, infrastructureRetryLimit=3),
+                evicted, None, at(10))
+    assert past.status["phase"] == "Failed" and past.status["reason"] == "Infrastructure"
+    assert past.status["message"] == ("Evicted: The node was low on resource: memory.; "
+                                      "infrastructureRetryLimit 3 reached")
+    assert past.status["infrastructureRetries"] == 4 and past.create_attempt is None and "retryAfter" in past.status
+
+
+def test_lost_pods_count_against_the_infrastructure_limit():
+    status = {"phase": "Running", "attempts": 1, "podName": "mnist-1", "infrastructureRetries": 1}
+    p = plan(tr(status, infrastructureRetryLimit=1), None, None, at(10))
+    assert p.status["phase"] == "Failed" and p.create_attempt is None
+    assert p.status["message"] == "pod mnist-1 disappeared; infrastructureRetryLimit 1 reached"
+
+
+def test_a_failed_prepare_step_counts_against_the_infrastructure_limit():
+    failed = {"metadata": {"name": "mnist-2"}, "spec": {"nodeName": "node-a"}, "status": {
+        "phase": "Failed", "initContainerStatuses": [
+            {"name": "cairn-prepare", "state": {"terminated": {"exitCode": 1, "message": "store unreachable"}}}],
+        "containerStatuses": [{"name": "trainer", "state": {"waiting": {"reason": "PodInitializing"}}}]}}
+    p = plan(tr({"phase": "Pending", "attempts": 2, "infrastructureRetries": 0}, infrastructureRetryLimit=0),
+             failed, None, at(10))
+    assert p.status["phase"] == "Failed" and p.status["reason"] == "Infrastructure"
+    assert p.status["message"].startswith("the prepare step failed (exit code 1): store unreachable")
+
+
+def test_a_full_run_volume_counts_against_backoff_limit():
+    evicted = pod("Failed", reason="Evicted")
+    evicted["status"]["message"] = 'Usage of EmptyDir volume "run" exceeds the limit "50Gi". '
+    evicted["status"]["conditions"] = [{"type": "DisruptionTarget", "status": "True",
+                                        "reason": "TerminationByKubelet"}]
+    p = plan(tr({"phase": "Running", "attempts": 1}, backoffLimit=0), evicted, None, at(10))
+    assert p.status["phase"] == "Failed" and p.status["reason"] == "RunVolumeFull"
+    assert "spec.runVolumeSizeLimit" in p.status["message"] and "infrastructureRetries" not in p.status
+
+
+def test_image_pull_backoff_is_surfaced_with_a_hint_and_one_event_per_kind():
+    msg = 'Back-off pulling image "registry.example/trainer:nope"'
+    p = plan(tr({"phase": "Pending", "attempts": 1}, image="registry.example/trainer:nope"),
+             waiting_pod("trainer", "ImagePullBackOff", msg), None, at(5))
+    assert p.status["phase"] == "Pending" and p.status["reason"] == "ImagePullBackOff"
+    assert p.status["message"].startswith(f"container trainer: ImagePullBackOff: {msg}; check spec.image")
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", "ImagePullBackOff")]
+    assert readiness(p.status) == {"Ready": "False", "Reconciling": "False", "Stalled": "True"}
+    assert p.requeue_after == 900 and p.delete_pod is None
+    # The kubelet's next try shows ErrImagePull: the same trouble, no second Event; the deadline holds.
+    seen = {"phase": "Pending", "attempts": 1, **p.status}
+    again = plan(tr(seen), waiting_pod("trainer", "ErrImagePull", "manifest unknown"), None, at(65))
+    assert again.status["reason"] == "ErrImagePull" and again.events == []
+    assert again.requeue_after == 840
+
+
+def test_a_missing_database_secret_names_the_secret_to_create():
+    msg = 'secret "cairn-database" not found'
+    p = plan(tr({"phase": "Pending", "attempts": 1}),
+             waiting_pod("cairn-sidecar", "CreateContainerConfigError", msg, init=True), None, at(5))
+    assert p.status["reason"] == "CreateContainerConfigError"
+    assert f"container cairn-sidecar: CreateContainerConfigError: {msg}; " in p.status["message"]
+    assert "Secret in namespace ml" in p.status["message"] and "cairn-database, key url" in p.status["message"]
+    assert [e.reason for e in p.events] == ["CreateContainerConfigError"]
+
+
+def test_a_pod_stuck_past_the_pending_deadline_fails_the_run():
+    first = plan(tr({"phase": "Pending", "attempts": 1}, pendingDeadlineSeconds=60),
+                 waiting_pod("trainer", "InvalidImageName", 'invalid reference format: "Trainer:1"'), None, at(5))
+    stalled = {"phase": "Pending", "attempts": 1, **first.status}
+    early = plan(tr(stalled, pendingDeadlineSeconds=60), waiting_pod("trainer", "InvalidImageName", "x"), None, at(64))
+    assert early.status["phase"] == "Pending" and early.requeue_after == 1
+    late = plan(tr(stalled, pendingDeadlineSeconds=60), waiting_pod("trainer", "InvalidImageName", "x"), None, at(65))
+    assert late.status["phase"] == "Failed" and late.status["reason"] == "InvalidImageName"
+    assert late.status["message"].endswith("(stuck for 60s, spec.pendingDeadlineSeconds)")
+    assert late.delete_pod == "mnist-1" and readiness(late.status)["Stalled"] == "True"
+
+
+def test_a_pod_pulling_its_image_is_not_stuck():
+    p = plan(tr({"phase": "Pending", "attempts": 1}), waiting_pod("trainer", "ContainerCreating", ""), None, at(5))
+    assert p.status["reason"] == "PodPending" and p.events == [] and p.requeue_after is None
+    assert readiness(p.status) == {"Ready": "False", "Reconciling": "True", "Stalled": "False"}
+
+
+def test_ready_follows_the_phase():
+    running = plan(tr({"phase": "Pending", "attempts": 1}), pod("Running"), None, at(5))
+    assert readiness(running.status) == {"Ready": "True", "Reconciling": "False", "Stalled": "False"}
+    done = plan(tr({"phase": "Running", "attempts": 1}), pod("Succeeded", exit_code=0), None, at(10))
+    assert readiness(done.status) == {"Ready": "True", "Reconciling": "False", "Stalled": "False"}
+    failed = plan(tr({"phase": "Running", "attempts": 1}, backoffLimit=0), pod("Failed", exit_code=1), None, at(10))
+    assert readiness(failed.status) == {"Ready": "False", "Reconciling": "False", "Stalled": "True"}
+    assert condition(failed.status, "Stalled")["reason"] == "UserError"
+    retrying = plan(tr({"phase": "Running", "attempts": 1}), pod("Failed", exit_code=1), None, at(10))
+    assert retrying.status.get("phase") is None and retrying.status["retryAfter"] == fmt_time(at(15))
+    assert readiness(retrying.status) == {"Ready": "False", "Reconciling": "True", "Stalled": "False"}
+    assert condition(retrying.status, "Ready")["reason"] == "UserError"
+    suspended = plan(tr({"phase": "Running", "attempts": 1}, suspend=True), pod("Running"), None, at(10))
+    assert readiness(suspended.status) == {"Ready": "False", "Reconciling": "False", "Stalled": "False"}
+
+
+def test_run_id_is_the_trainingrun_uid_and_set_once():
+    p = plan(tr(), None, None, T0)
+    assert p.status["runId"] == "u1"
+    again = plan(tr({"phase": "Pending", "attempts": 1, "runId": "u1"}), pod("Pending"), None, at(1))
+    assert "runId" not in again.status
+
+
+def test_running_plans_say_since_when_the_pod_runs():
+    assert plan(tr({"phase": "Pending", "attempts": 1}), pod("Running"), None, at(5)).running_since == at(1)
+    assert plan(tr({"phase": "Running", "attempts": 1}), pod("Succeeded", exit_code=0), None,
+                at(10)).running_since is None

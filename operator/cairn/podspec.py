@@ -39,6 +39,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 TRAINER = "trainer"
 SIDECAR = "cairn-sidecar"
 PREPARE = "cairn-prepare"
+RUN_VOLUME = "run"  # the emptyDir holding the run directory
 # Keys of the object store Secret (in the run's namespace) and the variables they become.
 OBJECTSTORE_KEYS = (("endpoint", Env.S3_ENDPOINT), ("accessKey", Env.S3_ACCESS_KEY), ("secretKey", Env.S3_SECRET_KEY),
                     ("bucket", Env.S3_BUCKET), ("region", Env.S3_REGION), ("caBundle", Env.S3_CA_BUNDLE))
@@ -217,7 +218,7 @@ def build_pod(tr: TrainingRun, settings: PodSettings, attempt: int, run_id: str,
     node_selector = dict(spec.node_selector)
     if spec.resources.gpu_type:
         node_selector[GPU_PRODUCT_LABEL] = spec.resources.gpu_type
-    mount = [{"name": "run", "mountPath": RUN_DIR}]
+    mount = [{"name": RUN_VOLUME, "mountPath": RUN_DIR}]
     pull = {"imagePullPolicy": settings.image_pull_policy} if settings.image_pull_policy else {}
 
     sidecar = {
@@ -265,7 +266,8 @@ def build_pod(tr: TrainingRun, settings: PodSettings, attempt: int, run_id: str,
         "restartPolicy": "Never",
         "initContainers": [c for c in (prepare_container(tr, settings, attempt, run_id), sidecar) if c],
         "containers": [trainer],
-        "volumes": [{"name": "run", "emptyDir": {}}, {"name": TMP_VOLUME, "emptyDir": {}}],
+        "volumes": [{"name": RUN_VOLUME, "emptyDir": {"sizeLimit": spec.run_volume_size_limit}},
+                    {"name": TMP_VOLUME, "emptyDir": {}}],
         "automountServiceAccountToken": spec.service_account_name is not None,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": termination_grace_period_s(settings),

@@ -24,7 +24,7 @@ from cairn.api import GROUP, PLURAL, VERSION
 from cairn.controller import handlers as H
 from cairn.controller.kube import CoreApi
 from cairn.controller.settings import OperatorSettings
-from cairn.podspec import pod_name, termination_grace_period_s
+from cairn.podspec import SIDECAR, pod_name, termination_grace_period_s
 from cairn.rundir import METRICS_DIR, RunStatus
 from cairn.store import TrackingStore
 from cairn.store.entities import IngestBatch, MetricPoint
@@ -301,3 +301,117 @@ def test_a_pod_name_held_by_a_pod_of_another_owner_is_not_adopted(make_operator,
     owner = cluster.core.read_namespaced_pod(pod, cluster.namespace).metadata.owner_references[0]
     assert owner.uid == manifest["metadata"]["uid"]
     assert cluster.trainingrun("mnist")["status"]["attempts"] == 1
+
+
+def conditions(status: dict) -> dict[str, str]:
+    return {c["type"]: c["status"] for c in status["conditions"]}
+
+
+def new_pod(cluster: Cluster, known: tuple[str, ...] = ()) -> str:
+    """The one pod not in ``known``."""
+    (pod,) = set(cluster.pod_names()) - set(known)
+    return pod
+
+
+def test_a_stuck_pod_is_shown_at_once_and_fails_the_run_after_its_pending_deadline(make_operator, cluster,
+                                                                                   tracking_store):
+    op = make_operator()
+    manifest = cluster.create_trainingrun("mnist", image="registry.invalid/trainer:nope", pendingDeadlineSeconds=3)
+    uid = manifest["metadata"]["uid"]
+    created(op, manifest)
+    pod = new_pod(cluster)
+    cluster.bind(pod)
+    stuck = cluster.show_waiting(pod, "ImagePullBackOff", 'Back-off pulling image "registry.invalid/trainer:nope"')
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=(pod, stuck))
+    status = cluster.trainingrun("mnist")["status"]
+    assert (status["phase"], status["reason"], status["runId"]) == ("Pending", "ImagePullBackOff", uid)
+    assert "check spec.image (registry.invalid/trainer:nope)" in status["message"]
+    assert conditions(status) == {"Ready": "False", "Reconciling": "False", "Stalled": "True", "Scheduled": "True"}
+    assert cluster.event_reasons("mnist").count("ImagePullBackOff") == 1
+    (due,) = op.requeues.pending().values()
+    assert due - time.monotonic() == pytest.approx(3, abs=1.5)
+
+    # The kubelet's next try: the same trouble, no second Event.
+    again = cluster.show_waiting(pod, "ErrImagePull", "manifest unknown")
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=(pod, again))
+    assert cluster.trainingrun("mnist")["status"]["reason"] == "ErrImagePull"
+    assert [r for r in cluster.event_reasons("mnist") if r in ("ImagePullBackOff", "ErrImagePull")] == \
+        ["ImagePullBackOff"]
+
+    time.sleep(4)  # past pendingDeadlineSeconds; what the requeue would call
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist")
+    status = cluster.trainingrun("mnist")["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "ErrImagePull")
+    assert status["message"].endswith("(stuck for 3s, spec.pendingDeadlineSeconds)")
+    assert cluster.pod_deleted(pod) and tracking_store.run_status(uid) == RunStatus.FAILED
+
+
+def test_a_missing_database_secret_is_named(make_operator, cluster):
+    op = make_operator()
+    created(op, cluster.create_trainingrun("mnist"))
+    pod = new_pod(cluster)
+    cluster.bind(pod)
+    waiting = cluster.show_waiting(pod, "CreateContainerConfigError", 'secret "cairn-database" not found',
+                                   container=SIDECAR)
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=(pod, waiting))
+    status = cluster.trainingrun("mnist")["status"]
+    assert status["reason"] == "CreateContainerConfigError"
+    assert f"Secret in namespace {cluster.namespace}" in status["message"]
+    assert 'secret "cairn-database" not found' in status["message"]
+    assert "CreateContainerConfigError" in cluster.event_reasons("mnist")
+
+
+def test_a_command_that_cannot_start_fails_at_once_with_backoff_limit_zero(make_operator, cluster):
+    op = make_operator()
+    created(op, cluster.create_trainingrun("mnist", backoffLimit=0))
+    pod = new_pod(cluster)
+    cluster.start_pod(pod)
+    failed = cluster.end_pod(pod, "Failed", 128, "StartError")
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=(pod, failed))
+    status = cluster.trainingrun("mnist")["status"]
+    assert (status["phase"], status["reason"], status["failures"]) == ("Failed", "StartError", 1)
+    assert "spec.command" in status["message"] and conditions(status)["Stalled"] == "True"
+    assert cluster.pod_names() == [pod] and op.requeues.pending() == {}
+
+
+def test_infrastructure_retries_stop_at_their_limit(make_operator, cluster):
+    op = make_operator()
+    created(op, cluster.create_trainingrun("mnist", infrastructureRetryLimit=1))
+    first = new_pod(cluster)
+    cluster.start_pod(first)
+    evicted = cluster.evict_pod(first, "The node was low on resource: ephemeral-storage.")
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=(first, evicted))
+    status = cluster.trainingrun("mnist")["status"]
+    assert (status["infrastructureRetries"], "failures" in status) == (1, False)
+    time.sleep(5.5)  # the retry's backoff; what the requeue would call
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist")
+    second = new_pod(cluster, known=(first,))
+    assert cluster.trainingrun("mnist")["status"]["attempts"] == 2
+
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=(second, cluster.start_pod(second)))
+    cluster.core.delete_namespaced_pod(second, cluster.namespace, grace_period_seconds=0)  # the pod is lost
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=(second, None))
+    status = cluster.trainingrun("mnist")["status"]
+    assert (status["phase"], status["reason"], status["infrastructureRetries"]) == ("Failed", "Infrastructure", 2)
+    assert status["message"] == f"pod {second} disappeared; infrastructureRetryLimit 1 reached"
+    assert status["attempts"] == 2 and sorted(cluster.pod_names()) == [first]
+
+
+def test_gpu_seconds_grow_while_the_pod_runs(make_operator, cluster):
+    op = make_operator()
+    created(op, cluster.create_trainingrun("mnist", resources={"gpus": 2}))
+    pod = new_pod(cluster)
+    began = time.time()
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist", seen_pod=(pod, cluster.start_pod(pod)))
+
+    def gpu_seconds() -> float:
+        return op.metrics.registry.get_sample_value("cairn_gpu_seconds_total", {"namespace": cluster.namespace}) or 0
+
+    time.sleep(2)
+    H.reconcile_trainingrun(op, cluster.namespace, "mnist")  # a reconcile of the running pod
+    assert cluster.trainingrun("mnist")["status"]["phase"] == "Running"
+    counted = gpu_seconds()
+    assert 2 * 2 <= counted <= 2 * (time.time() - began + 1)  # startTime has whole seconds
+    time.sleep(1)
+    op.metrics.gpu_seconds.tick(dt.datetime.now(dt.timezone.utc))  # the periodic count
+    assert gpu_seconds() >= counted + 2 * 1

@@ -103,6 +103,35 @@ def test_out_of_memory_is_reported_as_such(kubectl, namespace, running_operator)
     assert "out of memory" in tr["status"]["message"]
 
 
+def test_a_typo_in_command_fails_at_once_with_backoff_limit_zero(kubectl, namespace, running_operator):
+    kubectl.apply(trainingrun("typo", ["pyhton3", "-c", "print(1)"], backoffLimit=0), namespace=namespace)
+    tr = wait_phase(kubectl, namespace, "typo", ("Failed",), timeout=120)
+    status = tr["status"]
+    assert (status["reason"], status["attempts"], status["failures"]) == ("StartError", 1, 1), status
+    assert "spec.command" in status["message"] and "pyhton3" in status["message"]
+    assert conditions(tr)["Stalled"]["status"] == "True" and conditions(tr)["Ready"]["status"] == "False"
+
+
+def test_an_image_the_node_cannot_get_is_shown_then_fails_at_the_pending_deadline(kubectl, namespace,
+                                                                                   running_operator):
+    # The operator's pods use imagePullPolicy Never: a missing image is ErrImageNeverPull at once.
+    kubectl.apply(trainingrun("noimage", python_trainer("print(1)"), image="cairn.invalid/nope:1",
+                              pendingDeadlineSeconds=30), namespace=namespace)
+
+    def stalled():  # noqa: ANN202
+        tr = kubectl.get("trainingrun", "noimage", namespace)
+        cond = conditions(tr).get("Stalled")
+        return tr if cond and cond["status"] == "True" else None
+    tr = wait_until(stalled, 60, "the Stalled=True condition", interval=1)
+    status = tr["status"]
+    assert (status["phase"], status["reason"]) == ("Pending", "ErrImageNeverPull"), status
+    assert "check spec.image (cairn.invalid/nope:1)" in status["message"]
+    assert events(kubectl, namespace, "noimage").count("ErrImageNeverPull") == 1
+    failed = wait_phase(kubectl, namespace, "noimage", ("Failed",), timeout=90)
+    assert failed["status"]["message"].endswith("(stuck for 30s, spec.pendingDeadlineSeconds)")
+    assert failed["status"]["runId"] == failed["metadata"]["uid"]
+
+
 def test_too_many_gpus_stay_pending_with_the_schedulers_reason(kubectl, namespace, running_operator):
     kubectl.apply(trainingrun("greedy", python_trainer("print(1)"), resources={"gpus": 64}), namespace=namespace)
 

@@ -48,17 +48,34 @@ class Cluster:
 
     def start_pod(self, name: str) -> dict:
         """Bind the pod to the test's node and mark its trainer running, as the kubelet would."""
-        binding = client.V1Binding(metadata=client.V1ObjectMeta(name=name),
-                                   target=client.V1ObjectReference(kind="Node", name=self.node))
-        # The client cannot read a Binding back (its target comes back empty), hence the raw response.
-        self.core.create_namespaced_pod_binding(name, self.namespace, binding, _preload_content=False)
+        self.bind(name)
         started = now_text()
         return self._set_pod_status(name, "Running", {"running": {"startedAt": started}}, startTime=started)
+
+    def show_waiting(self, name: str, reason: str, message: str, container: str = TRAINER) -> dict:
+        """Show ``container`` of the bound pod waiting on ``reason``, as the kubelet would."""
+        waiting = {"waiting": {"reason": reason, "message": message}}
+        if container == TRAINER:
+            return self._set_pod_status(name, "Pending", waiting)
+        init = {"name": container, "image": "cairn:dev", "imageID": "", "ready": False, "restartCount": 0,
+                "state": waiting}
+        return self._set_pod_status(name, "Pending", {"waiting": {"reason": "PodInitializing"}},
+                                    initContainerStatuses=[init])
+
+    def evict_pod(self, name: str, message: str) -> dict:
+        state = {"terminated": {"exitCode": 137, "reason": "Error", "startedAt": now_text(), "finishedAt": now_text()}}
+        return self._set_pod_status(name, "Failed", state, reason="Evicted", message=message)
 
     def end_pod(self, name: str, phase: str, exit_code: int, reason: str) -> dict:
         state = {"terminated": {"exitCode": exit_code, "reason": reason, "startedAt": now_text(),
                                 "finishedAt": now_text()}}
         return self._set_pod_status(name, phase, state)
+
+    def bind(self, name: str) -> None:
+        binding = client.V1Binding(metadata=client.V1ObjectMeta(name=name),
+                                   target=client.V1ObjectReference(kind="Node", name=self.node))
+        # The client cannot read a Binding back (its target comes back empty), hence the raw response.
+        self.core.create_namespaced_pod_binding(name, self.namespace, binding, _preload_content=False)
 
     def _set_pod_status(self, name: str, phase: str, trainer_state: dict, **status: Any) -> dict:
         trainer = {"name": TRAINER, "image": "cairn:dev", "imageID": f"sha256:{'ab' * 32}",
@@ -66,6 +83,15 @@ class Cluster:
         body = {"status": {"phase": phase, "containerStatuses": [trainer], **status}}
         pod = self.core.patch_namespaced_pod_status(name, self.namespace, body)
         return self.api.sanitize_for_serialization(pod)  # the body a pod event carries
+
+    def pod_deleted(self, name: str) -> bool:
+        """Deleted or being deleted (no kubelet confirms a graceful deletion on the test's node)."""
+        try:
+            return self.core.read_namespaced_pod(name, self.namespace).metadata.deletion_timestamp is not None
+        except ApiException as exc:
+            if exc.status == 404:
+                return True
+            raise
 
     def event_reasons(self, trainingrun: str) -> list[str]:
         events = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={trainingrun}")

@@ -109,7 +109,7 @@ class Dataset:
     stage: bool = field(
         "Copy the dataset into the pod before training, at $CAIRN_DATASET_DIR; the digest is then computed "
         "from the copied bytes, so the trainer reads exactly the data that was checked. The copy lives in "
-        "the pod's run volume (node disk).", False)
+        "the pod's run volume (node disk, within runVolumeSizeLimit).", False)
 
 
 @dataclass(kw_only=True)
@@ -167,9 +167,20 @@ class TrainingRunSpec:
     service_account_name: str | None = field(
         "ServiceAccount of the pod; without one the pod gets no API token.", maxLength=253)
     backoff_limit: int = field(
-        "Retries after failures of the trainer (non-zero exit, OOM) before the run is Failed. "
-        "Infrastructure failures (eviction, preemption, node loss) are retried without counting.",
+        "Retries after failures of the trainer (non-zero exit, a command that cannot start, OOM, a full run "
+        "volume) before the run is Failed. Infrastructure failures count against infrastructureRetryLimit.",
         3, minimum=0, maximum=100)
+    infrastructure_retry_limit: int = field(
+        "Retries after failures that are not the trainer's (eviction, preemption, node loss, a lost pod, a "
+        "prepare step that could not reach the stores) before the run is Failed.", 10, minimum=0, maximum=1000)
+    pending_deadline_seconds: int = field(
+        "Longest time a pod may wait on a problem the kubelet reports and will not solve alone (the image "
+        "cannot be pulled or is invalid, a missing Secret or ConfigMap) before the run is Failed. Waiting "
+        "for a node does not count.", 900, minimum=1)
+    run_volume_size_limit: str = field(
+        "Size limit of the run directory (an emptyDir on the node's disk: logs, artifacts, checkpoints, a "
+        "staged dataset), as a Kubernetes quantity. A pod that writes more is evicted, which counts against "
+        "backoffLimit.", "50Gi", pattern=QUANTITY, maxLength=32)
     active_deadline_seconds: int | None = field(
         "Longest time the run may be active, over every attempt, before it is Failed.", minimum=1)
     ttl_seconds_after_finished: int | None = field(
@@ -185,7 +196,11 @@ class TrainingRunSpec:
 class Condition:
     """A condition of the run, per the Kubernetes API conventions."""
 
-    type: str = field("Type of condition: Scheduled, Retrying, Suspended, Complete or Failed.", required=True)
+    type: str = field(
+        "Type of condition: Ready, Reconciling, Stalled (the kstatus conventions read by Flux and kubectl), "
+        "Scheduled, Retrying, Suspended, Complete or Failed. Ready is True while the run is Running (not "
+        "waiting to retry) or has Succeeded; Reconciling is True while it is Pending or waiting to retry; "
+        "Stalled is True when it has Failed or its pod is stuck on a problem a person must fix.", required=True)
     status: str = field("True, False or Unknown.", required=True, enum=["True", "False", "Unknown"])
     reason: str | None = field("Machine-readable reason of the last transition.")
     message: str | None = field("Human-readable details.")
@@ -203,9 +218,10 @@ class TrainingRunStatus:
     conditions: list[Condition] = field("Conditions of the run.", default_factory=list,
                                         **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
     observed_generation: int | None = field("The .metadata.generation last acted on.")
-    run_id: str | None = field("Id of the run in the tracking store (cairn runs show ID).")
+    run_id: str | None = field("Id of the run in the tracking store (cairn runs show ID): the TrainingRun's uid.")
     attempts: int | None = field("Pods created for the run so far.")
     failures: int | None = field("Attempts that failed and count against backoffLimit.")
+    infrastructure_retries: int | None = field("Attempts that failed and count against infrastructureRetryLimit.")
     retry_after: str | None = field("When the next attempt starts, while waiting to retry.", format="date-time")
     start_time: str | None = field("When the first attempt started running.", format="date-time")
     completion_time: str | None = field("When the run finished.", format="date-time")

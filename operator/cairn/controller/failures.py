@@ -1,9 +1,10 @@
 """How a run pod ended, as the retry policy needs to know it. Pure functions: no I/O, no clock.
 
-A failed pod is classified by who is to blame: the trainer (a non-zero exit, out of memory) counts
-against ``spec.backoffLimit``; the infrastructure (eviction, preemption, node loss, a prepare step
-that could not reach the stores) is retried without counting; a few failures are final because a
-new attempt cannot fix them (the deadline, a dataset that is not the pinned one or not there).
+A failed pod is classified by who is to blame: the trainer (a non-zero exit, a command the runtime
+cannot start, out of memory, a full run volume) counts against ``spec.backoffLimit``; the
+infrastructure (eviction, preemption, node loss, a prepare step that could not reach the stores)
+counts against ``spec.infrastructureRetryLimit``; a few failures are final because a new attempt
+cannot fix them (the deadline, a dataset that is not the pinned one or not there).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import enum
 from typing import Any, Mapping
 
-from cairn.podspec import PREPARE, TRAINER
+from cairn.podspec import PREPARE, RUN_VOLUME, TRAINER
 from cairn.rundir import PREPARE_DATASET_MISMATCH_EXIT, PREPARE_DATASET_UNAVAILABLE_EXIT
 
 RETRY_BASE_S = 5.0
@@ -35,8 +36,10 @@ def phase_from_pod(pod: Mapping[str, Any]) -> str:
 
 class FailureKind(enum.Enum):
     USER_ERROR = "UserError"  # the trainer exited non-zero: counts against backoffLimit
+    START_ERROR = "StartError"  # the runtime could not start the trainer's command: counts
     OOM = "OOMKilled"  # killed for exceeding its memory limit: counts
-    INFRASTRUCTURE = "Infrastructure"  # eviction, preemption, node loss: retried without counting
+    RUN_VOLUME_FULL = "RunVolumeFull"  # evicted for writing more than spec.runVolumeSizeLimit: counts
+    INFRASTRUCTURE = "Infrastructure"  # eviction, preemption, node loss: counts against infrastructureRetryLimit
     DEADLINE = "DeadlineExceeded"  # the pod's own deadline: not retried
     DATASET_MISMATCH = "DatasetMismatch"  # the dataset's digest is not the pinned one: not retried
     DATASET_UNAVAILABLE = "DatasetUnavailable"  # no object store, bucket or access for the dataset: not retried
@@ -52,9 +55,15 @@ class FailureKind(enum.Enum):
 
     @property
     def counts(self) -> bool:
-        """It counts against spec.backoffLimit."""
+        """It counts against spec.backoffLimit (otherwise against spec.infrastructureRetryLimit)."""
         return self is not FailureKind.INFRASTRUCTURE
 
+
+# containerd and Docker: the command could not be run (no such file, not executable); exit code 128.
+START_FAILURE_REASONS = {"StartError", "ContainerCannotRun"}
+# The kubelet's eviction message when the run volume outgrows its sizeLimit: Usage of EmptyDir volume "run"
+# exceeds the limit "50Gi".
+RUN_VOLUME_FULL_MARK = f'EmptyDir volume "{RUN_VOLUME}" exceeds the limit'
 
 INFRASTRUCTURE_REASONS = {"Evicted", "Preempting", "NodeLost", "NodeShutdown", "Shutdown", "Terminated",
                           "UnexpectedAdmissionError", "OutOfgpu", "OutOfcpu", "OutOfmemory"}
@@ -66,6 +75,10 @@ def classify_pod_failure(pod: Mapping[str, Any]) -> tuple[FailureKind, str]:
     reason = status.get("reason") or ""
     if reason == "DeadlineExceeded":
         return FailureKind.DEADLINE, status.get("message") or "the pod's active deadline passed"
+    message = status.get("message") or ""
+    # Before the DisruptionTarget condition, which the kubelet sets on every eviction of its own.
+    if reason == "Evicted" and RUN_VOLUME_FULL_MARK in message:
+        return FailureKind.RUN_VOLUME_FULL, f"{message.strip()[:500]} (spec.runVolumeSizeLimit)"
     for c in status.get("conditions") or []:
         if c.get("type") == "DisruptionTarget" and c.get("status") == "True":
             return FailureKind.INFRASTRUCTURE, f"{c.get('reason') or 'disrupted'}: {c.get('message') or ''}".strip(": ")
@@ -92,6 +105,9 @@ def classify_pod_failure(pod: Mapping[str, Any]) -> tuple[FailureKind, str]:
         return FailureKind.OOM, f"the trainer ran out of memory (exit code {code})"
     detail = (term.get("message") or "").strip().splitlines()
     tail = f": {detail[-1][:200]}" if detail else ""
+    if term.get("reason") in START_FAILURE_REASONS:
+        return FailureKind.START_ERROR, (f"the trainer's command could not be started ({term['reason']}, "
+                                         f"exit code {code}; check spec.command and spec.image){tail}")
     if code and code >= 128 and term.get("reason") not in (None, "Error", "Completed"):
         return FailureKind.INFRASTRUCTURE, f"the trainer was killed ({term.get('reason')}, exit code {code})"
     return FailureKind.USER_ERROR, f"the trainer exited with code {code}{tail}"

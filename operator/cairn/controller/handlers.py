@@ -4,7 +4,8 @@ Nothing polls. A TrainingRun is reconciled when it is created, its spec changes 
 starts (resume); when one of its pods changes (the pod watch is filtered by label on the server);
 and when its last plan asked to be looked at again (a retry's backoff, the deadline, the TTL). A
 finished TrainingRun costs nothing until its TTL fires. The latest step and headline metric of the
-Running runs are copied from the store into status with one batched query every few seconds.
+Running runs are copied from the store into status with one batched query every few seconds, when the
+GPU-seconds of the running pods are counted too.
 
 Handlers find the :class:`Operator` in Kopf's memo: ``cairn operator`` puts it there; under
 ``kopf run -m cairn.controller`` the startup handler builds it from the environment.
@@ -101,6 +102,7 @@ class Operator:
         self.requeues.cancel(f"{namespace}/{name}")
         self.running.forget(uid)
         self.metrics.phases.forget(uid)
+        self.metrics.gpu_seconds.forget(uid, dt.datetime.now(dt.timezone.utc))
 
     def _read_node_labels(self, node: str) -> dict[str, str]:
         try:
@@ -116,6 +118,7 @@ class Operator:
 
     def _copy_metrics_forever(self) -> None:
         while not self._stop.wait(STATUS_METRICS_INTERVAL_S):
+            self.metrics.gpu_seconds.tick(dt.datetime.now(dt.timezone.utc))
             runs = self.running.snapshot()
             for start in range(0, len(runs), LATEST_METRICS_BATCH):
                 copy_metrics_to_status(self, runs[start:start + LATEST_METRICS_BATCH])
@@ -310,11 +313,12 @@ def record_metrics(op: Operator, tr: TrainingRun, status: TrainingRunStatus, cre
         op.metrics.retries.labels(plan.retried_for).inc()
     if status.phase == R.RUNNING and tr.status.phase != R.RUNNING and (tr.status.attempts or 0) <= 1 and created:
         op.metrics.apply_to_running_seconds.observe(max(0.0, (now - created).total_seconds()))
-    if plan.finished_pod is not None:
-        started = R.parse_time((plan.finished_pod.get("status") or {}).get("startTime"))
-        gpus = tr.spec.resources.gpus
-        if gpus and started:
-            op.metrics.gpu_seconds.labels(tr.namespace).inc(gpus * max(0.0, (now - started).total_seconds()))
+    gpus = tr.spec.resources.gpus
+    if plan.running_since is not None:
+        op.metrics.gpu_seconds.running(tr.uid, tr.namespace, gpus, plan.running_since, now)
+    else:
+        started = R.parse_time(((plan.finished_pod or {}).get("status") or {}).get("startTime"))
+        op.metrics.gpu_seconds.stopped(tr.uid, tr.namespace, gpus, started, now)
 
 
 def create_pod(op: Operator, tr: TrainingRun, attempt: int, now: dt.datetime) -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -34,8 +36,65 @@ class PhaseCollector:
         yield g
 
 
+@dataclass
+class _Counting:
+    namespace: str
+    gpus: int
+    counted_until: dt.datetime
+
+
+class GpuSeconds:
+    """``cairn_gpu_seconds_total{namespace}`` grows while pods run, not only when they end: each reconcile
+    of a running pod and each periodic :meth:`tick` add the GPU-seconds since they were last counted, and a
+    pod that stops adds its last stretch. One entry per running pod with GPUs. Time before this process
+    started is not counted again (the previous process counted it into a counter Prometheus has seen reset)."""
+
+    def __init__(self, counter: Counter, process_start: dt.datetime) -> None:
+        self._counter, self._process_start = counter, process_start
+        self._runs: dict[str, _Counting] = {}
+        self._lock = threading.Lock()
+
+    def running(self, uid: str, namespace: str, gpus: int, since: dt.datetime, now: dt.datetime) -> None:
+        """The pod of run ``uid`` holds ``gpus`` GPUs, running since ``since``."""
+        if gpus <= 0:
+            return
+        with self._lock:
+            counting = self._runs.setdefault(uid, _Counting(namespace, gpus, max(since, self._process_start)))
+            self._count(counting, now)
+
+    def stopped(self, uid: str, namespace: str, gpus: int, since: dt.datetime | None, now: dt.datetime) -> None:
+        """The pod of run ``uid`` no longer runs; ``since`` is when it started, for a pod that ended unseen."""
+        with self._lock:
+            counting = self._runs.pop(uid, None)
+            if counting is None and since is not None and gpus > 0:
+                counting = _Counting(namespace, gpus, max(since, self._process_start))
+            if counting is not None:
+                self._count(counting, now)
+
+    def tick(self, now: dt.datetime) -> None:
+        with self._lock:
+            for counting in self._runs.values():
+                self._count(counting, now)
+
+    def forget(self, uid: str, now: dt.datetime) -> None:
+        """The TrainingRun is gone (its pods are being deleted): count up to now and drop it."""
+        with self._lock:
+            counting = self._runs.pop(uid, None)
+            if counting is not None:
+                self._count(counting, now)
+
+    def _count(self, counting: _Counting, now: dt.datetime) -> None:
+        seconds = (now - counting.counted_until).total_seconds()
+        if seconds > 0:
+            self._counter.labels(counting.namespace).inc(counting.gpus * seconds)
+            counting.counted_until = now
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+
 class OperatorMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, process_start: dt.datetime | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.phases = PhaseCollector()
         self.registry.register(self.phases)
@@ -47,8 +106,10 @@ class OperatorMetrics:
             registry=self.registry, buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800))
         self.retries = Counter("cairn_retries", "Pods recreated after a failure, by failure reason.",
                                ["reason"], registry=self.registry)
-        self.gpu_seconds = Counter("cairn_gpu_seconds", "GPU-seconds used by finished training pods.",
-                                   ["namespace"], registry=self.registry)
+        self.gpu_seconds = GpuSeconds(
+            Counter("cairn_gpu_seconds", "GPU-seconds held by training pods, counted while they run.",
+                    ["namespace"], registry=self.registry),
+            process_start or dt.datetime.now(dt.timezone.utc))
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         start_http_server(port, addr=addr, registry=self.registry)

@@ -21,12 +21,21 @@ from cairn.api import TrainingRun, to_dict
 from cairn.api.schema import from_dict
 from cairn.api.types import GPU_PRODUCT_LABEL, PARAM_KEY, Condition, TrainingRunStatus
 from cairn.controller.failures import FailureKind, classify_pod_failure, phase_from_pod, retry_delay
-from cairn.podspec import TRAINER
+from cairn.podspec import PREPARE, SIDECAR, TRAINER
 from cairn.rundir import RunStatus
 
 PENDING, RUNNING, SUCCEEDED, FAILED, SUSPENDED = "Pending", "Running", "Succeeded", "Failed", "Suspended"
 TERMINAL = (SUCCEEDED, FAILED)
 PARAM_KEY_RE = re.compile(PARAM_KEY)
+
+# Waiting reasons the kubelet keeps retrying but that need a person, by kind: the run is Stalled, and
+# Failed after spec.pendingDeadlineSeconds. The kubelet alternates ErrImagePull and ImagePullBackOff, so
+# one Event is posted per kind, not per reason.
+STUCK_REASONS = {"ErrImagePull": "ImagePull", "ImagePullBackOff": "ImagePull", "ErrImageNeverPull": "ImagePull",
+                 "InvalidImageName": "ImagePull", "CreateContainerConfigError": "ContainerConfig",
+                 "CreateContainerError": "ContainerConfig", "RunContainerError": "CrashLoop",
+                 "CrashLoopBackOff": "CrashLoop"}
+STUCK_MESSAGE_CHARS = 500  # of the kubelet's message, which quotes user input (the image name)
 
 # Store statuses for the TrainingRun phases.
 STORE_STATUS = {PENDING: RunStatus.PENDING, RUNNING: RunStatus.RUNNING, SUCCEEDED: RunStatus.FINISHED,
@@ -50,6 +59,7 @@ class Plan:
     store: dict[str, Any] = field(default_factory=dict)  # run columns to set in the store
     retried_for: str | None = None  # failure reason, when this plan schedules a retry
     finished_pod: Mapping[str, Any] | None = None  # a pod that just ended (for GPU-seconds)
+    running_since: dt.datetime | None = None  # the current pod runs, since then (GPU-seconds grow meanwhile)
     requeue_after: float | None = None  # seconds until the run must be looked at again, pod events or not
 
 
@@ -153,6 +163,43 @@ def _pod_done(pod: Mapping[str, Any]) -> bool:
     return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """A container of the pod waits on a kubelet reason that needs a person."""
+
+    container: str
+    reason: str
+    message: str
+
+
+def stuck_container(pod: Mapping[str, Any]) -> Waiting | None:
+    """The first container (init containers first, as the kubelet starts them) waiting on a stuck reason."""
+    status = pod.get("status") or {}
+    for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_REASONS:
+            message = " ".join(str(waiting.get("message") or "").split())[:STUCK_MESSAGE_CHARS]
+            return Waiting(str(cs.get("name")), waiting["reason"], message)
+    return None
+
+
+def stuck_hint(tr: TrainingRun, pod_name: str, waiting: Waiting) -> str:
+    """What a person can do about ``waiting``, as far as Cairn knows."""
+    kind = STUCK_REASONS[waiting.reason]
+    ours = waiting.container in (SIDECAR, PREPARE)
+    if kind == "ImagePull" and ours:
+        return "the operator's sidecar image cannot be pulled: check its CAIRN_SIDECAR_IMAGE setting"
+    if kind == "ImagePull":
+        return (f"check spec.image ({tr.spec.image}): the image must exist and the node must be able to pull it "
+                "(a private registry needs imagePullSecrets on the ServiceAccount in spec.serviceAccountName)")
+    if kind == "ContainerConfig" and ours:
+        return (f"Cairn's containers read the store URL from a Secret in namespace {tr.namespace} (the operator's "
+                "CAIRN_DATABASE_SECRET, default cairn-database, key url): create it, see docs/helm.md")
+    if kind == "ContainerConfig":
+        return "check the Secrets and ConfigMaps that spec.env refers to"
+    return f"see kubectl logs -n {tr.namespace} {pod_name} -c {waiting.container}"
+
+
 # ---------------------------------------------------------------------------------------------------
 # The plan
 
@@ -166,8 +213,11 @@ class _Draft:
         self.start = parse_time(tr.status.start_time)
         self.node: str | None = None
         self.finished = False
+        self.stalled = False  # the pod waits on something a person must fix
         self._conditions = list(tr.status.conditions)
         self.plan = Plan(status={"observedGeneration": tr.generation})
+        if tr.status.run_id != tr.uid:  # the store's run id is the TrainingRun's uid
+            self.plan.status["runId"] = tr.uid
 
     def condition(self, ctype: str, ok: bool, reason: str, message: str) -> None:
         self._conditions = set_condition(self._conditions, ctype, ok, reason, message, self.tr.generation, self.now)
@@ -175,6 +225,23 @@ class _Draft:
 
     def has_condition(self, ctype: str) -> bool:
         return any(c.type == ctype and c.status == "True" for c in self._conditions)
+
+    def true_since(self, ctype: str) -> dt.datetime | None:
+        """When condition ``ctype`` last became True; None while it is not True."""
+        return next((parse_time(c.last_transition_time) for c in self._conditions
+                     if c.type == ctype and c.status == "True"), None)
+
+    def show_readiness(self) -> None:
+        """Ready, Reconciling and Stalled from the phase this plan leaves the run in, as kstatus reads them
+        (Flux, kubectl wait): Ready while Running or Succeeded; Reconciling while Pending or waiting to
+        retry, unless stuck; Stalled once Failed or while the pod waits on something a person must fix."""
+        phase = self.plan.status.get("phase", self.status.phase)
+        reason = self.plan.status.get("reason", self.status.reason) or phase or PENDING
+        message = self.plan.status.get("message", self.status.message) or ""
+        retrying = self.plan.status.get("retryAfter", self.status.retry_after) is not None
+        self.condition("Ready", phase in (RUNNING, SUCCEEDED) and not retrying, reason, message)
+        self.condition("Reconciling", (phase == PENDING or retrying) and not self.stalled, reason, message)
+        self.condition("Stalled", phase == FAILED or self.stalled, reason, message)
 
     def move(self, phase: str, reason: str, message: str, event_type: str = "Normal") -> None:
         if self.status.phase != phase:
@@ -200,6 +267,17 @@ class _Draft:
         self.plan.store["attempts"] = attempt
         self.move(PENDING, reason, f"creating the pod of attempt {attempt}")
         self.plan.events.append(Event("Normal", "PodCreated", f"attempt {attempt}"))
+
+    def within_infrastructure_limit(self, message: str) -> bool:
+        """Count one failure that is not the trainer's; past spec.infrastructureRetryLimit the run fails."""
+        retries = (self.status.infrastructure_retries or 0) + 1
+        self.plan.status["infrastructureRetries"] = retries
+        limit = self.spec.infrastructure_retry_limit
+        if retries <= limit:
+            return True
+        self.finish(FAILED, FailureKind.INFRASTRUCTURE.reason, f"{message}; infrastructureRetryLimit {limit} reached",
+                    self.plan.status.get("exitCode"))
+        return False
 
     def requeue_by(self, when: dt.datetime) -> None:
         after = max(0.0, (when - self.now).total_seconds())
@@ -233,6 +311,7 @@ def plan(tr: TrainingRun, pod: Mapping[str, Any] | None, node_labels: Mapping[st
     d = _Draft(tr, now)
     if tr.status.phase in TERMINAL:
         _finished(d)
+        d.show_readiness()
         return d.plan
     problem = invalid_params(tr.spec.params)
     deadline = d.deadline()
@@ -252,6 +331,7 @@ def plan(tr: TrainingRun, pod: Mapping[str, Any] | None, node_labels: Mapping[st
     deadline = d.deadline()
     if deadline is not None and not d.finished:
         d.requeue_by(deadline)
+    d.show_readiness()
     return d.plan
 
 
@@ -302,6 +382,8 @@ def _without_pod(d: _Draft) -> None:
         d.requeue_by(retry_at)
         return
     if retry_at is None:
+        if not d.within_infrastructure_limit(f"pod {d.status.pod_name} disappeared"):
+            return
         d.plan.events.append(Event("Warning", "PodLost",
                                    f"pod {d.status.pod_name} disappeared; starting a new attempt"))
         d.plan.retried_for = FailureKind.INFRASTRUCTURE.value
@@ -309,7 +391,8 @@ def _without_pod(d: _Draft) -> None:
 
 
 def _pending(d: _Draft, pod: Mapping[str, Any]) -> None:
-    """The pod waits for a node or for its containers; the scheduler's reason is shown when it has none."""
+    """The pod waits for a node or for its containers; the scheduler's reason is shown when it has none,
+    the kubelet's when a container is stuck."""
     why = unschedulable_message(pod)
     if why:
         d.condition("Scheduled", False, "Unschedulable", why)
@@ -317,12 +400,36 @@ def _pending(d: _Draft, pod: Mapping[str, Any]) -> None:
         return
     if d.node:
         d.condition("Scheduled", True, "Scheduled", f"scheduled on {d.node}")
+    waiting = stuck_container(pod)
+    if waiting is not None:
+        _stuck(d, pod, waiting)
+        return
     d.move(PENDING, "PodPending", f"pod {pod['metadata']['name']} is starting")
+
+
+def _stuck(d: _Draft, pod: Mapping[str, Any], waiting: Waiting) -> None:
+    """A container waits on a kubelet reason that needs a person: shown at once (one Event per kind of
+    trouble), and the run fails once it has been stuck for ``pendingDeadlineSeconds``."""
+    name = pod["metadata"]["name"]
+    text = f"container {waiting.container}: {waiting.reason}: {waiting.message}; {stuck_hint(d.tr, name, waiting)}"
+    limit = d.spec.pending_deadline_seconds
+    give_up_at = (d.true_since("Stalled") or d.now) + dt.timedelta(seconds=limit)
+    if d.now >= give_up_at:
+        d.plan.delete_pod = name
+        d.finish(FAILED, waiting.reason, f"{text} (stuck for {limit}s, spec.pendingDeadlineSeconds)", None)
+        return
+    new_trouble = STUCK_REASONS.get(d.status.reason or "") != STUCK_REASONS[waiting.reason]
+    if new_trouble and d.status.phase == PENDING:  # from another phase, move() posts the Event
+        d.plan.events.append(Event("Warning", waiting.reason, text))
+    d.stalled = True
+    d.move(PENDING, waiting.reason, text, "Warning")
+    d.requeue_by(give_up_at)
 
 
 def _running(d: _Draft, pod: Mapping[str, Any]) -> None:
     """The pod runs: the run's start time is the first attempt's; a Retrying condition is cleared."""
     d.condition("Scheduled", True, "Scheduled", f"scheduled on {d.node}")
+    d.plan.running_since = parse_time((pod.get("status") or {}).get("startTime")) or d.now
     if d.start is None:
         d.start = _pod_started(pod) or d.now
         d.plan.status["startTime"] = fmt_time(d.start)
@@ -340,8 +447,9 @@ def _succeeded(d: _Draft, pod: Mapping[str, Any]) -> None:
 
 
 def _failed(d: _Draft, pod: Mapping[str, Any]) -> None:
-    """The pod failed: counted once (``retryAfter`` marks it), then the run fails or retries after a
-    backoff. Infrastructure failures are retried without counting; some failures are final."""
+    """The pod failed: counted once (``retryAfter`` marks it), against ``backoffLimit`` or, when it is
+    not the trainer's fault, ``infrastructureRetryLimit``; then the run fails or retries after a backoff.
+    Some failures are final."""
     retry_at = parse_time(d.status.retry_after)
     if retry_at is not None:  # this failure was counted already; waiting out the backoff
         if d.now < retry_at:
@@ -358,6 +466,8 @@ def _failed(d: _Draft, pod: Mapping[str, Any]) -> None:
     if kind.counts:
         failures += 1
         d.plan.status["failures"] = failures
+    elif not d.within_infrastructure_limit(message):
+        return
     limit = d.spec.backoff_limit
     if kind.is_final or (kind.counts and failures > limit):
         d.finish(FAILED, kind.reason, message if kind.is_final else f"{message}; backoffLimit {limit} reached", code)
