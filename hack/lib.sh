@@ -78,23 +78,32 @@ seal_archive() {
 }
 
 # import_archive ARCHIVE NAME: import an OCI archive into the local cluster's containerd unless
-# the node already holds its manifest (ARCHIVE.digest). NAME is one of the references the archive
-# carries, used to see what the node has. Does nothing when the caller set DO_IMPORT=0
-# (--no-import).
+# the node already holds its manifest (ARCHIVE.digest), unpacked. NAME is one of the references the
+# archive carries, used to see what the node has. An import whose unpack fails (containerd's garbage
+# collector can take a shared parent layer's snapshot away mid-import) is tried once more. Does
+# nothing when the caller set DO_IMPORT=0 (--no-import).
 import_archive() {
   [[ $DO_IMPORT -eq 1 ]] || return 0
-  local archive="$1" name="$2" want have t1=$SECONDS
+  local archive="$1" name="$2" want t1=$SECONDS
   local sock="${CAIRN_CLUSTER_DIR:-$CACHE_ROOT/cluster}/containerd/containerd.sock"
   [[ -S "$sock" ]] || die "the cluster's containerd is not running ($sock); run hack/cluster.sh up or pass --no-import"
   want="$(cat "$archive.digest")"
-  have="$(ctr --address "$sock" --namespace k8s.io images ls "name==$name" 2>/dev/null |
-    awk 'NR > 1 {print $3}')"
-  if [[ "$have" == "$want" ]]; then
+  if [[ "$(node_image "$sock" "$name")" == "$want true" ]]; then
     log "$name ($want) already in the node"
     return 0
   fi
-  ctr --address "$sock" --namespace k8s.io images import "$archive" >/dev/null
+  if ! ctr --address "$sock" --namespace k8s.io images import "$archive" >/dev/null ||
+     [[ "$(node_image "$sock" "$name")" != "$want true" ]]; then
+    log "import of $archive did not leave $name unpacked; importing it again"
+    ctr --address "$sock" --namespace k8s.io images import "$archive" >/dev/null
+    [[ "$(node_image "$sock" "$name")" == "$want true" ]] || die "$name is not unpacked in the node after two imports"
+  fi
   log "imported $archive into the node in $((SECONDS - t1))s"
+}
+
+# node_image SOCKET NAME: "<manifest digest> <unpacked: true|false>" of NAME in the node's containerd.
+node_image() {
+  ctr --address "$1" --namespace k8s.io images check "name==$2" 2>/dev/null | awk 'NR > 1 {print $3, $NF}'
 }
 
 # go_install_logged GOBIN LDFLAGS PACKAGE@VERSION BINARY: `go install` into GOBIN with the whole log in
