@@ -135,6 +135,17 @@ def test_a_clearly_worse_candidate_fails():
     assert verdict.primary.ci_high < 0
 
 
+def test_identical_models_fail_the_primary_metric_and_hold_an_untouched_guard():
+    correct = (np.random.default_rng(12).random(500) < 0.8).astype(float)
+    latency = np.random.default_rng(13).normal(50, 5, 500)
+    same = examples({"correct": correct, "latency_ms": latency})
+    spec = GateSpec("correct", "higher", 0.0, guards=(Guard("latency_ms", "lower", tolerance=0.0),))
+    verdict = decide(spec, same, same)
+    assert (verdict.primary.ci_low, verdict.primary.ci_high, verdict.primary.p_value) == (0.0, 0.0, 1.0)
+    assert verdict.primary.decision == "fail" and verdict.guards[0].decision == "pass"
+    assert verdict.decision == "fail"
+
+
 def test_lower_is_better_is_read_the_right_way_round():
     rng = np.random.default_rng(3)
     baseline = rng.normal(100, 5, 500)

@@ -79,22 +79,23 @@ def _compare(test: _Test, candidate: np.ndarray, baseline: np.ndarray, means: np
     sign = 1.0 if test.direction == "higher" else -1.0
     gain, gain_low, gain_high = sign * delta, *sorted((sign * delta_low, sign * delta_high))
     level = f"{spec.confidence:.0%} confidence"
+    mcnemar = "" if p_value is None else f", McNemar p = {p_value:.4g}"
     shown = (f"{test.name}: improvement {gain:.4g}, at least {gain_low:.4g} and at most {gain_high:.4g} "
-             f"at {level} ({n} paired examples)")
+             f"at {level} ({n} paired examples{mcnemar})")
     cleared = gain_low > test.threshold if test.strict else gain_low >= test.threshold
     missed = gain_high <= test.threshold if test.strict else gain_high < test.threshold
     alpha = 1 - spec.confidence
     wanted = (f"more than {test.threshold:.4g}" if test.strict
               else f"no worse than {-test.threshold:.4g} (the tolerance)")
     if n < spec.min_examples:
-        decision, reason = "not_enough_evidence", f"{test.name}: only {n} paired examples, fewer than {spec.min_examples}"
+        decision = "not_enough_evidence"
+        reason = f"{test.name}: only {n} paired examples, fewer than {spec.min_examples}"
     elif missed:
         decision, reason = "fail", f"{shown}; it has to be {wanted} and is not"
     elif not cleared:
         decision, reason = "not_enough_evidence", f"{shown}; cannot tell whether it is {wanted}"
     elif p_value is not None and p_value > alpha:
-        decision = "not_enough_evidence"
-        reason = f"{shown}; McNemar's exact test gives p = {p_value:.4g}, above {alpha:.4g}"
+        decision, reason = "not_enough_evidence", f"{shown}; McNemar's exact test is above {alpha:.4g}"
     else:
         decision, reason = "pass", f"{shown}; {wanted}"
     return Comparison(name=test.name, candidate=float(candidate.mean()), baseline=float(baseline.mean()),

@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 DIRECTIONS = ("higher", "lower")
-DECISIONS = ("pass", "fail", "not_enough_evidence")
 MIN_RESAMPLES = 100
 MAX_RESAMPLES = 1_000_000
 
