@@ -80,13 +80,13 @@ def _compare(test: _Test, candidate: np.ndarray, baseline: np.ndarray, means: np
     gain, gain_low, gain_high = sign * delta, *sorted((sign * delta_low, sign * delta_high))
     level = f"{spec.confidence:.0%} confidence"
     mcnemar = "" if p_value is None else f", McNemar p = {p_value:.4g}"
-    shown = (f"{test.name}: improvement {gain:.4g}, at least {gain_low:.4g} and at most {gain_high:.4g} "
-             f"at {level} ({n} paired examples{mcnemar})")
+    shown = (f"{test.name}: improvement {gain:.4g} (from {gain_low:.4g} to {gain_high:.4g} at {level}, "
+             f"{n} paired examples{mcnemar})")
     cleared = gain_low > test.threshold if test.strict else gain_low >= test.threshold
     missed = gain_high <= test.threshold if test.strict else gain_high < test.threshold
     alpha = 1 - spec.confidence
     wanted = (f"more than {test.threshold:.4g}" if test.strict
-              else f"no worse than {-test.threshold:.4g} (the tolerance)")
+              else f"at least {test.threshold:.4g} (worse by no more than the tolerance)")
     if n < spec.min_examples:
         decision = "not_enough_evidence"
         reason = f"{test.name}: only {n} paired examples, fewer than {spec.min_examples}"
