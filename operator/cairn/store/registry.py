@@ -234,6 +234,7 @@ class ModelRegistry:
                 params=params, registered_by=who, created_at=now)
             s.add(version)
             s.flush()
+            s.refresh(version)  # times as the database gives them back, as every read returns them
             file_rows = [ModelFileRow(version_id=version.id, path=a.path, uri=a.uri, size=a.size, sha256=a.sha256)
                          for a in files]
             s.add_all(file_rows)
@@ -274,6 +275,7 @@ class ModelRegistry:
                 passed=verdict["passed"], verdict=verdict, created_at=utcnow())
             s.add(evaluation)
             s.flush()
+            s.refresh(evaluation)
             return _evaluation(evaluation)
 
     def promote(self, namespace: str, model: str, version: int, alias: str, who: str, force: bool = False,
