@@ -288,6 +288,8 @@ def test_a_verdict_needs_passed_and_reason(store):
                     {"passed": True, "reason": "r", "delta": float("nan")}):
         with pytest.raises(StoreError, match="verdict"):
             store.record_evaluation("team-a", "digits", 1, None, verdict)
+    with pytest.raises(StoreError, match="eval run ids must be run ids"):
+        store.record_evaluation("team-a", "digits", 1, None, PASS, eval_run_ids=["not-a-run"])
     assert store.evaluations("team-a", "digits") == []
 
 

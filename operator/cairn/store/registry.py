@@ -263,7 +263,10 @@ class ModelRegistry:
             raise StoreError(f"the verdict is not plain JSON: {exc}", code="BAD_VERDICT") from None
         if len(eval_run_ids) > MAX_EVAL_RUNS:
             raise StoreError(f"more than {MAX_EVAL_RUNS} evaluation runs", code="BAD_VERDICT")
-        run_ids = [str(uuid.UUID(str(r))) for r in eval_run_ids]
+        try:
+            run_ids = [str(uuid.UUID(str(r))) for r in eval_run_ids]
+        except ValueError:
+            raise StoreError(f"eval run ids must be run ids: {list(eval_run_ids)[:5]}", code="BAD_VERDICT") from None
         with self._session() as s:
             row = self._model(s, namespace, model)
             for number in (candidate_version, baseline_version):
