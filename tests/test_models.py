@@ -129,7 +129,8 @@ def test_a_retried_attempt_replaces_an_example_and_an_earlier_attempt_never_does
     store.ingest_batch(rid, "attempt-1/records.jsonl", IngestBatch(
         examples=[EvalExample("a", {"correct": 0.0}), EvalExample("b", {"correct": 1.0}),
                   EvalExample("a", {"correct": 1.0}, ["late"])], attempt=1), 10, 3)
-    assert store.eval_examples(rid) == [EvalExample("a", {"correct": 1.0}, ["late"]), EvalExample("b", {"correct": 1.0})]
+    assert store.eval_examples(rid) == [EvalExample("a", {"correct": 1.0}, ["late"]),
+                                        EvalExample("b", {"correct": 1.0})]
     store.ingest_batch(rid, "attempt-2/records.jsonl", IngestBatch(examples=[EvalExample("a", {"correct": 0.5})],
                                                                    attempt=2), 10, 1)
     # A stale agent of attempt 1 that commits late cannot undo what attempt 2 stored.
