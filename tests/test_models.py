@@ -4,7 +4,14 @@ aliases, the promotion gate, the audit trail and the CLI, on SQLite and PostgreS
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -122,6 +129,64 @@ def test_an_agent_restarted_mid_file_stores_each_example_once(store_url, tmp_pat
     assert {e.metrics["round"] for e in stored} == {rounds - 1}
     assert all(e.slices == [f"shard:{int(e.id[3:]) % 4}"] for e in stored)
     assert store.run_status(RUN_ID) == RunStatus.FINISHED
+
+
+EXAMPLE_WRITER = textwrap.dedent(
+    """
+    import sys, time, cairn
+    ids = int(sys.argv[2])
+    cairn.init(run_dir=sys.argv[1], run_id=sys.argv[3], capture_env=False)
+    for rnd in range(2):
+        for i in range(ids):
+            cairn.log_example(f"ex-{i}", {"round": rnd})
+            if i % 500 == 0:
+                time.sleep(0.01)
+    cairn.finish()
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_an_agent_killed_at_random_instants_stores_every_example_once_with_its_last_value(postgres_url, tmp_path):
+    ids = 10_000
+    run_dir = tmp_path / "run"
+    writer = subprocess.Popen([sys.executable, "-c", EXAMPLE_WRITER, str(run_dir), str(ids), RUN_ID],
+                              env=dict(os.environ))
+    procs, kills, rng = [writer], 0, random.Random(11)
+
+    def agent() -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "cairn.cli.main", "--database-url", postgres_url, "agent",
+                                 "--run-dir", str(run_dir), "--exit-on-finish", "--poll-interval", "0.02",
+                                 "--batch-bytes", "20000"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        procs.append(proc)
+        return proc
+
+    try:
+        while kills < 15:
+            victim = agent()
+            time.sleep(rng.uniform(0.3, 1.0))
+            if victim.poll() is not None:
+                break
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            kills += 1
+        assert writer.wait(timeout=120) == 0
+        final = agent()
+        _, err = final.communicate(timeout=120)
+        assert final.returncode == 0, err
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert kills >= 3, "the agent finished too fast for the kills to land mid-stream"
+    store = TrackingStore(postgres_url)
+    examples = store.eval_examples(RUN_ID)
+    assert example_rows(store) == ids and len(examples) == ids
+    assert {e.metrics["round"] for e in examples} == {1.0}
+    assert store.ingest_progress(RUN_ID, RECORDS_FILE) == ((run_dir / RECORDS_FILE).stat().st_size, 2 * ids + 2)
 
 
 def test_a_retried_attempt_replaces_an_example_and_an_earlier_attempt_never_does(store):
