@@ -10,12 +10,12 @@ standard library::
 """
 
 from cairn import sdk as _sdk
-from cairn.sdk import Config, Resume, Run, config, finish, init, log, log_artifact, save_checkpoint
+from cairn.sdk import Config, Resume, Run, config, finish, init, log, log_artifact, log_example, save_checkpoint
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "Resume", "Run", "config", "dataset_dir", "finish", "init", "log", "log_artifact", "resume_from",
-           "run", "save_checkpoint", "__version__"]
+__all__ = ["Config", "Resume", "Run", "config", "dataset_dir", "finish", "init", "log", "log_artifact", "log_example",
+           "resume_from", "run", "save_checkpoint", "__version__"]
 
 
 def __getattr__(name: str):

@@ -38,9 +38,15 @@ PARAMS = "params"  # {"params": {key: scalar}} added after init (config.update)
 TAGS = "tags"  # {"tags": {key: str}}
 ARTIFACT = "artifact"  # {"path": path relative to the run dir}
 FINISH = "finish"  # {"status": "FINISHED"|"FAILED", "exit_code": int|None, "ts": float}
+EXAMPLE = "example"  # {"id": str, "metrics": {key: finite number}, "slices": [str], "ts": float}: one eval example
 
 MAX_KEY_LENGTH = 250
 MAX_PATH_LENGTH = 1024
+# Bounds of an example record: its id, its metrics and its slice labels.
+MAX_EXAMPLE_ID_LENGTH = 255
+MAX_EXAMPLE_METRICS = 64
+MAX_EXAMPLE_SLICES = 32
+MAX_SLICE_LENGTH = 128
 
 
 class UnsafePath(ValueError):

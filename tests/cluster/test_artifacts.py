@@ -209,3 +209,37 @@ def test_a_run_killed_after_its_second_checkpoint_resumes_from_it(kubectl, names
     wait_until(pods_done, 30, "both attempts' pods")
     second = kubectl.get("pod", pod_name("resume", uid, 2), namespace)
     assert [c["name"] for c in second["spec"]["initContainers"]] == ["cairn-prepare", "cairn-sidecar"]
+
+
+EVALUATING = """
+import cairn
+cairn.init()
+resume = cairn.resume_from
+start = 0 if resume is None else int(open(resume.path).read())
+for i in range(start, 60):
+    cairn.log_example(f"ex-{i:02d}", {"correct": float(i % 3 != 0), "resumed": float(resume is not None)},
+                      slices=[f"shard:{i % 4}"])
+    if i == 39:
+        with open("/tmp/next.txt", "w") as f:
+            f.write("40")
+        cairn.save_checkpoint("/tmp/next.txt", step=i)
+    if i == 49 and resume is None:
+        cairn.run.flush()
+        hog = bytearray(1 << 30)  # killed by the kernel after logging 40-49, which the next attempt logs again
+cairn.finish()
+"""
+
+
+def test_an_eval_pod_killed_mid_way_resumes_and_each_example_is_stored_once(kubectl, namespace, running_operator,
+                                                                            store_urls, objectstore):
+    kubectl.apply(trainingrun("evaluate", python_trainer(EVALUATING), backoffLimit=1, resources={"memory": "128Mi"}),
+                  namespace=namespace)
+    tr = wait_phase(kubectl, namespace, "evaluate", ("Succeeded", "Failed"), timeout=300)
+    assert tr["status"]["phase"] == "Succeeded", (tr["status"], running_operator.log())
+    assert tr["status"]["attempts"] == 2
+    examples = TrackingStore(store_urls[0]).eval_examples(tr["metadata"]["uid"])
+    assert [e.id for e in examples] == [f"ex-{i:02d}" for i in range(60)]
+    # 0-39 from the first attempt; 40-49, logged by both, and 50-59 from the resumed one.
+    assert [e.metrics["resumed"] for e in examples] == [0.0] * 40 + [1.0] * 20
+    assert all(e.metrics["correct"] == float(int(e.id[3:]) % 3 != 0) for e in examples)
+    assert all(e.slices == [f"shard:{int(e.id[3:]) % 4}"] for e in examples)

@@ -167,6 +167,7 @@ class IngestAgent:
         self.manifest_params = dict(manifest_params or {})
         # Each attempt of a retried pod writes fresh files; its offsets are kept apart.
         self.source_prefix = f"attempt-{attempt}/" if attempt is not None else ""
+        self.attempt = attempt
         self.stats = AgentStats()
         self.live = None  # an exporter's LiveState, fed with every parsed batch
         # The sidecar's uploader, when an object store is configured: artifact records go to it and
@@ -280,6 +281,7 @@ class IngestAgent:
         message: a line costs at most about log2(lines) more commits, and never stops the ingest.
         """
         parsed = parse_lines(lines, line_no + 1, now_ms=int(time.time() * 1000), max_points=self.max_batch_points)
+        parsed.batch.attempt = self.attempt
         self._collect_artifacts(parsed, line_no)
         overridden = keep_recorded_facts(parsed.batch, self.manifest_params)
         if overridden:

@@ -14,12 +14,13 @@ Both are counted under a reason and reported with their line number, and never s
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from functools import partial
 
 from cairn import rundir as R
 from cairn.rundir import RunStatus
-from cairn.store.entities import IngestBatch, MetricPoint, RunFinish
+from cairn.store.entities import EvalExample, IngestBatch, MetricPoint, RunFinish
 
 MAX_LINE_BYTES = 1 << 20
 MAX_STEP = (1 << 63) - 1
@@ -41,6 +42,7 @@ KEY_TOO_LONG = "key_too_long"
 NON_NUMERIC = "non_numeric"
 BAD_RECORD = "bad_record"
 UNSAFE_PATH = "unsafe_path"
+BAD_EXAMPLE = "bad_example"  # an example record with a bad id, metrics or slices: none of it is stored
 BAD_TEXT = "bad_text"  # a NUL or a lone surrogate in a string: no database can store it as text
 STORE_REJECTED = "store_rejected"  # the database refused the line (counted by the agent, not the parser)
 PARSER_ERROR = "parser_error"  # the parser failed on the line in a way it does not foresee
@@ -135,7 +137,7 @@ def parse_lines(lines: list[bytes], first_line_no: int, now_ms: int, max_points:
         out.lines_used = offset + 1
         total += len(raw) if type(raw) is not OversizeLine else raw.size
         out.bytes_used = total
-        if max_points is not None and len(out.batch.metrics) >= max_points:
+        if max_points is not None and len(out.batch.metrics) + len(out.batch.examples) >= max_points:
             break
     return out
 
@@ -195,6 +197,12 @@ def _parse_line(raw: bytes, line_no: int, now_ms: int, out: ParsedLines) -> None
             reject(Rejection(line_no, BAD_RECORD, _excerpt(raw)))
         else:
             batch.finish = finish
+    elif kind == R.EXAMPLE:
+        example = _example(rec)
+        if isinstance(example, str):
+            reject(Rejection(line_no, BAD_EXAMPLE, example))
+        else:
+            batch.examples.append(example)
     elif kind in (R.PARAMS, R.TAGS, R.ARTIFACT):
         reject(Rejection(line_no, BAD_RECORD, _excerpt(raw)))
     else:
@@ -256,6 +264,44 @@ def _finish(rec: dict) -> RunFinish | None:
     if ts is not None and not _valid_timestamp_s(ts):
         return None
     return RunFinish(status, exit_code, ts)
+
+
+def _example(rec: dict) -> EvalExample | str:
+    """The example record as an ``EvalExample``, or what is wrong with it."""
+    example_id, metrics, slices = rec.get("id"), rec.get("metrics"), rec.get("slices")
+    if type(example_id) is int:
+        example_id = str(example_id)
+    if type(example_id) is not str or not example_id:
+        return f"id is not a non-empty string: {repr(example_id)[:60]}"
+    if len(example_id) > R.MAX_EXAMPLE_ID_LENGTH:
+        return f"id is longer than {R.MAX_EXAMPLE_ID_LENGTH} characters"
+    if type(metrics) is not dict or not metrics:
+        return f"example {example_id[:60]!r}: metrics is not a non-empty object"
+    if len(metrics) > R.MAX_EXAMPLE_METRICS:
+        return f"example {example_id[:60]!r}: more than {R.MAX_EXAMPLE_METRICS} metrics"
+    values = {}
+    for key, value in metrics.items():
+        if not key or len(key) > R.MAX_KEY_LENGTH:
+            return (f"example {example_id[:60]!r}: metric key {key[:60]!r} is not 1 to {R.MAX_KEY_LENGTH} "
+                    "characters")
+        if not _is_number(value):
+            return f"example {example_id[:60]!r}: metric {key[:60]!r} is not a number: {repr(value)[:60]}"
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            return f"example {example_id[:60]!r}: metric {key[:60]!r} is not finite: {repr(value)[:60]}"
+        values[key] = number
+    if slices is None:
+        slices = []
+    if type(slices) is not list or len(slices) > R.MAX_EXAMPLE_SLICES:
+        return f"example {example_id[:60]!r}: slices is not a list of at most {R.MAX_EXAMPLE_SLICES} labels"
+    for label in slices:
+        if type(label) is not str or not label or len(label) > R.MAX_SLICE_LENGTH:
+            return (f"example {example_id[:60]!r}: slice {repr(label)[:60]} is not a label of 1 to "
+                    f"{R.MAX_SLICE_LENGTH} characters")
+    return EvalExample(example_id, values, list(dict.fromkeys(slices)))
 
 
 def _unstorable_text(value: object) -> str | None:

@@ -13,6 +13,7 @@ from cairn.cli.datasets import datasets
 from cairn.cli.db import db_group
 from cairn.cli.experiments import experiments
 from cairn.cli.local import run_cmd, sync
+from cairn.cli.models import evals, models
 from cairn.cli.output import err_console
 from cairn.cli.roles import RoleCommand, agent, operator_cmd, prepare, sidecar
 from cairn.cli.runs import runs
@@ -64,7 +65,7 @@ def cli(ctx: click.Context, database_url: str | None, verbose: bool) -> None:
     ctx.ensure_object(dict)["database_url"] = database_url
 
 
-for command in (runs, experiments, datasets, db_group, run_cmd, sync, agent, operator_cmd, sidecar, prepare):
+for command in (runs, experiments, models, evals, datasets, db_group, run_cmd, sync, agent, operator_cmd, sidecar, prepare):
     cli.add_command(command)
 
 

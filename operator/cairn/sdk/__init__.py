@@ -21,6 +21,10 @@ Checkpoints: ``cairn.save_checkpoint(path_or_dir, step=...)`` keeps a copy under
 starts, the latest uploaded checkpoint is already restored there and ``cairn.resume_from`` says
 where (``.path``, ``.step``); it is None on a fresh start.
 
+Evaluation: ``cairn.log_example(id, {"correct": 1.0}, slices=["lang:de"])`` records one example's
+result (finite numbers per metric, optional slice labels); the store keeps one row per (run, example
+id), the last one logged winning, so an evaluation that is retried or resumed may log an example again.
+
 Datasets: with ``spec.dataset.stage`` the dataset is already copied in when the trainer starts,
 and ``cairn.dataset_dir`` names the directory (``CAIRN_DATASET_DIR``); None otherwise.
 """
@@ -257,6 +261,19 @@ class Run:
             except OSError:  # a full disk must not stop training; flush kept the records and warned
                 pass
 
+    def log_example(self, example_id: str | int, metrics: Mapping[str, float],
+                    slices: list[str] | None = None) -> None:
+        """Record one evaluation example: its id, its metrics and optional slice labels.
+
+        ``cairn.log_example("q-17", {"correct": 1.0, "latency_ms": 41.5}, slices=["lang:de", "long"])``.
+        Logging the same id again replaces what was logged for it (the last one wins). The agent checks
+        the limits (``cairn.rundir.MAX_EXAMPLE_*``, finite numbers) and rejects and counts a bad record.
+        """
+        payload = {"id": example_id, "metrics": dict(metrics), "ts": time.time()}
+        if slices:
+            payload["slices"] = list(slices)
+        self._append(rundir.EXAMPLE, payload)
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._append(rundir.PARAMS, {"params": dict(params)})
 
@@ -438,6 +455,11 @@ def _require_run() -> Run:
 def log(data: Mapping[str, Any], step: int | None = None) -> None:
     """Record metrics, e.g. ``cairn.log({"loss": 0.3, "acc": 0.9}, step=10)``."""
     _require_run().log(data, step)
+
+
+def log_example(example_id: str | int, metrics: Mapping[str, float], slices: list[str] | None = None) -> None:
+    """Record one evaluation example, e.g. ``cairn.log_example("q-17", {"correct": 1.0}, slices=["lang:de"])``."""
+    _require_run().log_example(example_id, metrics, slices)
 
 
 def log_artifact(path: str, name: str | None = None) -> str:

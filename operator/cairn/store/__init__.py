@@ -5,6 +5,7 @@
 """
 
 from cairn.store.db import StoreError
+from cairn.store.registry import ModelNotFound, PromotionRefused, RegistrationRefused
 from cairn.store.tracking import RunNotFound, TrackingStore
 
-__all__ = ["RunNotFound", "StoreError", "TrackingStore"]
+__all__ = ["ModelNotFound", "PromotionRefused", "RegistrationRefused", "RunNotFound", "StoreError", "TrackingStore"]

@@ -39,6 +39,15 @@ class RunFinish:
     ts: float | None = None  # seconds since the epoch; None: when the record is committed
 
 
+@dataclass(frozen=True)
+class EvalExample:
+    """One example's result from evaluation code: its metrics (finite numbers) and slice labels."""
+
+    id: str
+    metrics: dict[str, float]
+    slices: list[str] = field(default_factory=list)
+
+
 @dataclass
 class IngestBatch:
     """Everything read from one stretch of a source file, committed in one transaction."""
@@ -49,9 +58,12 @@ class IngestBatch:
     run_info: dict[str, Any] | None = None  # the SDK's "run" record: experiment, name, environment, code
     artifacts: list[ArtifactInfo] = field(default_factory=list)
     finish: RunFinish | None = None
+    examples: list[EvalExample] = field(default_factory=list)
+    attempt: int | None = None  # the pod attempt that wrote the lines (None: a local run)
 
     def is_empty(self) -> bool:
-        return not (self.metrics or self.params or self.tags or self.run_info or self.artifacts or self.finish)
+        return not (self.metrics or self.params or self.tags or self.run_info or self.artifacts or self.finish
+                    or self.examples)
 
 
 class IngestPosition(NamedTuple):
@@ -209,3 +221,105 @@ class HistoryBucket:
     min_value: float
     max_value: float
     count: int
+
+
+# -- the model registry ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelFile:
+    """A file of a model version: where it is and the sha256 recorded when the run uploaded it."""
+
+    path: str
+    uri: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A registered version and its lineage, copied from its run when it was registered."""
+
+    namespace: str
+    model: str
+    version: int
+    run_id: str
+    path: str
+    image_digest: str | None
+    code_repository: str | None
+    code_commit: str | None
+    dataset_uri: str | None
+    dataset_digest: str | None
+    params: dict[str, Any]
+    files: list[ModelFile]
+    registered_by: str
+    created_at: dt.datetime
+    aliases: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ModelAlias:
+    alias: str
+    version: int
+    set_at: dt.datetime
+    set_by: str
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A candidate version evaluated against a baseline; ``verdict`` holds at least ``passed`` and ``reason``."""
+
+    id: int
+    candidate_version: int
+    baseline_version: int | None
+    eval_run_ids: list[str]
+    dataset_sha256: str | None
+    eval_image_digest: str | None
+    passed: bool
+    verdict: dict[str, Any]
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One thing done to a model: ``register`` a version, ``promote`` one to an alias (``forced`` past the gate)."""
+
+    action: str
+    version: int | None
+    alias: str | None
+    previous_version: int | None
+    who: str
+    at: dt.datetime
+    reason: str | None
+    forced: bool
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    namespace: str
+    name: str
+    versions: int
+    latest_version: int | None
+    aliases: dict[str, int]
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class ModelDetail:
+    namespace: str
+    name: str
+    created_at: dt.datetime
+    versions: list[ModelVersion]
+    aliases: list[ModelAlias]
+    evaluations: list[Evaluation]
+    audit: list[AuditEntry]
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What a promotion did: ``alias`` now names ``version`` (``previous_version`` before; ``changed`` False
+    when it already did), ``forced`` when it went past a refusing gate."""
+
+    alias: str
+    version: int
+    previous_version: int | None
+    forced: bool
+    changed: bool

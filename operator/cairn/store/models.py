@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Double,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     String,
@@ -196,3 +197,105 @@ class IngestProgress(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, onupdate=utcnow, server_default=func.now()
     )
+
+
+class EvalExampleRow(Base):
+    """One evaluation example of a run. One row per (run, example id): the last record ingested wins,
+    except that an earlier attempt never replaces what a later one stored."""
+
+    __tablename__ = "eval_examples"
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    example_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    metrics: Mapped[dict] = mapped_column(JSONDoc)
+    slices: Mapped[list] = mapped_column(JSONDoc)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # 0: a run outside Kubernetes
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# -- the model registry ---------------------------------------------------------------------------
+VERSION_KEY = ["model_versions.model_id", "model_versions.version"]  # a version by (model, version number)
+
+
+class RegisteredModel(Base):
+    __tablename__ = "models"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    namespace: Mapped[str] = mapped_column(String(253))
+    name: Mapped[str] = mapped_column(String(253))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    __table_args__ = (UniqueConstraint("namespace", "name", name="uq_models_namespace_name"),)
+
+
+class ModelVersionRow(Base):
+    """A version of a model, with the lineage copied from the run it was registered from."""
+
+    __tablename__ = "model_versions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id"), index=True)
+    path: Mapped[str] = mapped_column(Text)  # the run-directory path its files were taken from
+    image_digest: Mapped[str | None] = mapped_column(Text)
+    code_repository: Mapped[str | None] = mapped_column(Text)
+    code_commit: Mapped[str | None] = mapped_column(String(64))
+    dataset_uri: Mapped[str | None] = mapped_column(Text)
+    dataset_digest: Mapped[str | None] = mapped_column(String(128))
+    params: Mapped[dict] = mapped_column(JSONDoc)
+    registered_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    __table_args__ = (UniqueConstraint("model_id", "version", name="uq_model_versions_model_version"),)
+
+
+class ModelFileRow(Base):
+    __tablename__ = "model_files"
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    uri: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+
+
+class ModelAliasRow(Base):
+    __tablename__ = "model_aliases"
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(63), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    set_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    set_by: Mapped[str] = mapped_column(String(255))
+    __table_args__ = (ForeignKeyConstraint(["model_id", "version"], VERSION_KEY, name="fk_model_aliases_version"),)
+
+
+class ModelEvaluationRow(Base):
+    """An evaluation of a candidate version against a baseline; ``verdict`` is the gate's own JSON."""
+
+    __tablename__ = "model_evaluations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    candidate_version: Mapped[int] = mapped_column(Integer)
+    baseline_version: Mapped[int | None] = mapped_column(Integer)
+    eval_run_ids: Mapped[list] = mapped_column(JSONDoc)
+    dataset_sha256: Mapped[str | None] = mapped_column(String(128))
+    eval_image_digest: Mapped[str | None] = mapped_column(Text)
+    passed: Mapped[bool] = mapped_column(Boolean)
+    verdict: Mapped[dict] = mapped_column(JSONDoc)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    __table_args__ = (
+        ForeignKeyConstraint(["model_id", "candidate_version"], VERSION_KEY, name="fk_model_evaluations_candidate"),
+        ForeignKeyConstraint(["model_id", "baseline_version"], VERSION_KEY, name="fk_model_evaluations_baseline"),
+        Index("ix_model_evaluations_pair", "model_id", "candidate_version", "baseline_version"),
+    )
+
+
+class ModelAuditRow(Base):
+    """What was done to a model, by whom, when and why: registrations, alias moves, forced ones."""
+
+    __tablename__ = "model_audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    version: Mapped[int | None] = mapped_column(Integer)
+    alias: Mapped[str | None] = mapped_column(String(63))
+    previous_version: Mapped[int | None] = mapped_column(Integer)  # the alias's holder before the move
+    who: Mapped[str] = mapped_column(String(255))
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    reason: Mapped[str | None] = mapped_column(Text)
+    forced: Mapped[bool] = mapped_column(Boolean, default=False)

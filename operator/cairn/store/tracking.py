@@ -23,6 +23,7 @@ from cairn.store.entities import (
     CodeVersion,
     DatasetRecord,
     Environment,
+    EvalExample,
     ExperimentSummary,
     HistoryBucket,
     IngestBatch,
@@ -41,6 +42,7 @@ from cairn.store.models import Environment as EnvironmentRow
 from cairn.store.models import (
     Artifact,
     Dataset,
+    EvalExampleRow,
     Experiment,
     IngestProgress,
     LatestMetric,
@@ -51,6 +53,7 @@ from cairn.store.models import (
     Tag,
     utcnow,
 )
+from cairn.store.registry import ModelRegistry, param_value
 
 FINAL_STATUSES = tuple(status.value for status in RunStatus if status.is_final)
 
@@ -71,13 +74,6 @@ def _as_uuid(run_id: str | uuid.UUID) -> uuid.UUID:
 
 def _param_text(value: Any) -> str:
     return json.dumps(value, sort_keys=True, allow_nan=True)
-
-
-def _param_value(text_value: str) -> Any:
-    try:
-        return json.loads(text_value)
-    except ValueError:
-        return text_value
 
 
 def _environment(row: EnvironmentRow) -> Environment:
@@ -101,8 +97,9 @@ def _merged_counts(counts: dict[str, int] | None, more: dict[str, int]) -> dict[
     return merged
 
 
-class TrackingStore:
-    """One store contract for PostgreSQL (production) and SQLite (the embedded default)."""
+class TrackingStore(ModelRegistry):
+    """One store contract for PostgreSQL (production) and SQLite (the embedded default); the model
+    registry's methods come from ``ModelRegistry``."""
 
     def __init__(self, url: str | None = None, engine: Engine | None = None, check_schema: bool = True) -> None:
         self.engine = engine or db.get_engine(url)
@@ -329,6 +326,8 @@ class TrackingStore:
             self._update_latest(s, rid, batch.metrics)
         for art in batch.artifacts:
             self._upsert_artifact(s, rid, art)
+        if batch.examples:
+            self._upsert_examples(s, rid, batch.examples, batch.attempt or 0)
         if batch.finish is not None:
             fin = batch.finish
             end = dt.datetime.fromtimestamp(fin.ts, dt.timezone.utc) if fin.ts else utcnow()
@@ -337,6 +336,26 @@ class TrackingStore:
                 .where(Run.id == rid, Run.status.notin_(FINAL_STATUSES))
                 .values(status=fin.status, exit_code=fin.exit_code, end_time=end)
             )
+
+    def _upsert_examples(self, s: Session, rid: uuid.UUID, examples: list[EvalExample], attempt: int) -> None:
+        """One row per (run, example id): the last record wins, but never over a later attempt's."""
+        latest = {e.id: e for e in examples}  # one statement cannot touch a row twice
+        now = utcnow()
+        stmt = self.backend.insert(EvalExampleRow).values(
+            [{"run_id": rid, "example_id": e.id, "metrics": e.metrics, "slices": e.slices, "attempt": attempt,
+              "created_at": now} for e in latest.values()])
+        ex = stmt.excluded
+        s.execute(stmt.on_conflict_do_update(
+            index_elements=["run_id", "example_id"],
+            set_={"metrics": ex.metrics, "slices": ex.slices, "attempt": ex.attempt, "created_at": ex.created_at},
+            where=ex.attempt >= EvalExampleRow.__table__.c.attempt))
+
+    def eval_examples(self, run_id: str) -> list[EvalExample]:
+        """The run's evaluation examples, one per id, ordered by id."""
+        with self._session() as s:
+            rows = s.execute(select(EvalExampleRow).where(EvalExampleRow.run_id == _as_uuid(run_id))
+                             .order_by(EvalExampleRow.example_id)).scalars()
+            return [EvalExample(r.example_id, dict(r.metrics), list(r.slices)) for r in rows]
 
     def _apply_run_info(self, s: Session, rid: uuid.UUID, info: dict[str, Any]) -> None:
         exp_id = self._experiment_id(s, info.get("experiment") or "default")
@@ -575,7 +594,7 @@ class TrackingStore:
                 raise RunNotFound(run_id)
             run = row[0]
             summary = self._summaries(s, [row])[0]
-            params = {p.key: _param_value(p.value)
+            params = {p.key: param_value(p.value)
                       for p in s.execute(select(Param).where(Param.run_id == rid)).scalars()}
             tags = {t.key: t.value for t in s.execute(select(Tag).where(Tag.run_id == rid)).scalars()}
             env_row = s.get(EnvironmentRow, rid)
