@@ -419,3 +419,69 @@ def test_cli_registers_refuses_forces_and_shows_the_audit(store_url, cairn_home,
     assert json.loads(invoke(store_url, "models", "list", "-n", "team-b", "-o", "json").stdout) == []
     missing = invoke(store_url, "models", "show", "digits")
     assert missing.exit_code == 1 and "model default/digits not found" in missing.stderr
+
+
+# -- evaluations through the gate -------------------------------------------------------------------
+def eval_run(store: TrackingStore, accuracy: float, seed: int, dataset_digest: str = "a" * 64,
+             image_digest: str = "sha256:" + "b" * 64, examples: int = 400) -> str:
+    """A finished evaluation run whose per-example `correct` is 1 with probability ``accuracy``."""
+    rid = store.create_run("eval", image_digest=image_digest)
+    store.record_dataset(rid, "s3://data/digits-eval/", dataset_digest, object_count=1, total_bytes=10)
+    rng = random.Random(seed)
+    store.ingest_batch(rid, "records.jsonl", IngestBatch(examples=[
+        EvalExample(f"ex-{i}", {"correct": float(rng.random() < accuracy)}) for i in range(examples)]), 1, examples)
+    store.finish_run(rid, RunStatus.FINISHED, 0)
+    return rid
+
+
+def test_evals_compare_decides_stores_the_verdict_and_promotion_follows_it(store_url, cairn_home, tmp_path):
+    store = TrackingStore(store_url)
+    for alias in ("production", None, None):
+        rid = finished_run(store)
+        args = ["models", "register", "digits", "--run", rid, "-n", "team-a"]
+        assert invoke(store_url, *args, *(["--alias", alias] if alias else [])).exit_code == 0
+    gate = tmp_path / "gate.yaml"
+    gate.write_text("primary: correct\ndirection: higher\nminImprovement: 0.02\nconfidence: 0.95\n")
+    baseline = eval_run(store, 0.70, seed=1)
+
+    def compare(version: int, candidate: str, *extra: str):  # noqa: ANN202
+        return invoke(store_url, "evals", "compare", "digits", str(version), "--gate", str(gate), "--candidate-run",
+                      candidate, "--baseline-run", baseline, "-n", "team-a", *extra)
+
+    better = compare(2, eval_run(store, 0.90, seed=2))
+    assert better.exit_code == 0, better.output
+    assert "PASS" in better.stdout and "stored as evaluation" in better.stdout
+    assert invoke(store_url, "models", "promote", "digits", "2", "--alias", "production", "-n",
+                  "team-a").exit_code == 0
+
+    # Version 2 now holds production: version 3, no better than the baseline's 0.70, is refused with numbers.
+    worse = compare(3, eval_run(store, 0.70, seed=3), "-o", "json")
+    assert worse.exit_code == 1
+    stored = json.loads(worse.stdout)
+    assert (stored["candidate_version"], stored["baseline_version"], stored["passed"]) == (3, 2, False)
+    assert stored["verdict"]["primary"]["name"] == "correct" and stored["verdict"]["paired"] == 400
+    refused = invoke(store_url, "models", "promote", "digits", "3", "--alias", "production", "-n", "team-a")
+    assert refused.exit_code == 1 and stored["verdict"]["reason"] in refused.stderr
+
+    # Results on another dataset (or from another evaluation image) are never paired, and nothing is stored.
+    before = len(store.evaluations("team-a", "digits"))
+    other_data = compare(3, eval_run(store, 0.99, seed=4, dataset_digest="c" * 64))
+    assert other_data.exit_code == 1 and "different datasets" in other_data.stderr
+    other_image = compare(3, eval_run(store, 0.99, seed=5, image_digest="sha256:" + "d" * 64))
+    assert other_image.exit_code == 1 and "different images" in other_image.stderr
+    assert len(store.evaluations("team-a", "digits")) == before
+
+
+def test_evals_compare_refuses_a_gate_file_it_cannot_read(store_url, cairn_home, tmp_path):
+    store = TrackingStore(store_url)
+    assert invoke(store_url, "models", "register", "digits", "--run", finished_run(store), "--alias",
+                  "production").exit_code == 0
+    gate = tmp_path / "gate.yaml"
+    gate.write_text("primary: correct\ndirection: up\nminImprovement: 0.02\n")
+    bad = invoke(store_url, "evals", "compare", "digits", "1", "--gate", str(gate), "--candidate-run", "x",
+                 "--baseline-run", "y")
+    assert bad.exit_code == 1 and "primary direction must be 'higher' or 'lower', got 'up'" in bad.stderr
+    gate.write_text("primary: correct\ndirection: higher\nminImprovment: 0.02\n")
+    typo = invoke(store_url, "evals", "compare", "digits", "1", "--gate", str(gate), "--candidate-run", "x",
+                  "--baseline-run", "y")
+    assert typo.exit_code == 1 and "unknown gate field(s) ['minImprovment']" in typo.stderr

@@ -14,7 +14,9 @@ from rich.table import Table
 
 from cairn.cli.context import RUN_REF_HELP, resolve_run, store_of
 from cairn.cli.output import JSON, TABLE, YAML, console, err_console, fmt_bytes, fmt_time, output_option, write_document
-from cairn.store.entities import Evaluation, ModelDetail
+from cairn.gates import Example, Verdict, decide, gate_spec_from
+from cairn.rundir import RunStatus
+from cairn.store.entities import EvalExample, Evaluation, ModelDetail, RunDetail
 from cairn.store.registry import DEFAULT_MODEL_PATH
 
 DEFAULT_NAMESPACE = "default"
@@ -212,3 +214,81 @@ def evals_show(ctx: click.Context, model: str, version: int | None, namespace: s
         write_document(found, output)
     else:
         console.print(evaluations_table(found))
+
+
+def evaluation_inputs(candidate: RunDetail, baseline: RunDetail) -> tuple[str | None, str | None]:
+    """The (dataset digest, eval image digest) both evaluation runs share, or a ClickException saying why
+    their results cannot be compared: only runs that finished, on the same data, with the same code."""
+    for role, run in (("candidate", candidate), ("baseline", baseline)):
+        if run.summary.status != RunStatus.FINISHED:
+            raise click.ClickException(f"the {role} evaluation run {run.summary.id} is {run.summary.status.value}, "
+                                       f"not FINISHED: its results may be incomplete")
+    digests = [sorted({d.digest or d.pinned_digest or "" for d in run.datasets}) for run in (candidate, baseline)]
+    if digests[0] != digests[1]:
+        raise click.ClickException(f"the evaluation runs read different datasets (candidate {digests[0] or 'none'}, "
+                                   f"baseline {digests[1] or 'none'}): results on different data are not paired")
+    images = [run.cluster.image_digest for run in (candidate, baseline)]
+    if images[0] != images[1]:
+        raise click.ClickException(f"the evaluation runs used different images (candidate {images[0] or 'unknown'}, "
+                                   f"baseline {images[1] or 'unknown'}): the evaluation code must be the same")
+    return (",".join(digests[0]) or None), images[0]
+
+
+def as_examples(found: list[EvalExample]) -> list[Example]:
+    return [Example(e.id, e.metrics, tuple(e.slices)) for e in found]
+
+
+def verdict_table(v: Verdict) -> Table:
+    table = Table(title=f"{v.decision.upper().replace('_', ' ')}: {v.reason}")
+    for col in ("metric", "candidate", "baseline", "delta", "interval", "p", "verdict"):
+        table.add_column(col, overflow="fold")
+    for kind, c in [("primary", v.primary), *(("guard", g) for g in v.guards), *(("slice", x) for x in v.slices)]:
+        p = "-" if c.p_value is None else f"{c.p_value:.3g}"
+        mark = "[green]pass[/]" if c.passed else f"[red]{c.decision.replace('_', ' ')}[/]"
+        table.add_row(f"{c.name} ({kind})", f"{c.candidate:.6g}", f"{c.baseline:.6g}", f"{c.delta:+.6g}",
+                      f"[{c.ci_low:+.4g}, {c.ci_high:+.4g}]", p, mark)
+    return table
+
+
+@evals.command("compare", epilog=RUN_REF_HELP)
+@click.argument("model")
+@click.argument("version", type=click.IntRange(min=1))
+@click.option("--gate", "gate_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML file declaring the gate: primary, direction, minImprovement, confidence, guards, slices "
+                   "(docs/evaluation-gates.md).")
+@click.option("--candidate-run", required=True, help="The evaluation run of VERSION.")
+@click.option("--baseline-run", required=True, help="The evaluation run of the version ALIAS names.")
+@click.option("--alias", default="production", show_default=True, help="The alias whose holder is the baseline.")
+@namespace_option()
+@output_option(TABLE, JSON, YAML)
+@click.pass_context
+def evals_compare(ctx: click.Context, model: str, version: int, gate_file: Path, candidate_run: str,
+                  baseline_run: str, alias: str, namespace: str, output: str) -> None:
+    """Decide whether VERSION of MODEL beats the version ALIAS names, from the per-example results of two
+    evaluation runs on the same dataset with the same evaluation image, and store the verdict that
+    `cairn models promote` reads. Exits 1 unless the gate passed."""
+    try:
+        spec = gate_spec_from(yaml.safe_load(gate_file.read_text()) or {})
+    except (ValueError, yaml.YAMLError) as exc:
+        raise click.ClickException(f"{gate_file}: {exc}") from None
+    store = store_of(ctx)
+    holder = next((a.version for a in store.get_model(namespace, model).aliases if a.alias == alias), None)
+    if holder is None:
+        raise click.ClickException(f"alias {alias!r} of {namespace}/{model} names no version yet: there is nothing "
+                                   f"to compare against (promote VERSION to it directly)")
+    runs = [store.get_run(resolve_run(store, ref)) for ref in (candidate_run, baseline_run)]
+    dataset_sha256, image_digest = evaluation_inputs(*runs)
+    try:
+        verdict = decide(spec, as_examples(store.eval_examples(runs[0].summary.id)),
+                         as_examples(store.eval_examples(runs[1].summary.id)))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    evaluation = store.record_evaluation(namespace, model, version, holder, verdict.to_dict(),
+                                         [r.summary.id for r in runs], dataset_sha256, image_digest)
+    if output != TABLE:
+        write_document(evaluation, output)
+    else:
+        console.print(verdict_table(verdict))
+        console.print(f"stored as evaluation {evaluation.id}: version {version} against version {holder} "
+                      f"({alias})", highlight=False)
+    ctx.exit(0 if verdict.passed else 1)

@@ -2,6 +2,6 @@
 matters, without breaking its guard metrics or slices? Pure (no I/O); see docs/evaluation-gates.md."""
 
 from cairn.gates.decide import decide
-from cairn.gates.model import Comparison, Example, GateSpec, Guard, Verdict
+from cairn.gates.model import Comparison, Example, GateSpec, Guard, Verdict, gate_spec_from
 
-__all__ = ["Comparison", "Example", "GateSpec", "Guard", "Verdict", "decide"]
+__all__ = ["Comparison", "Example", "GateSpec", "Guard", "Verdict", "decide", "gate_spec_from"]

@@ -91,6 +91,36 @@ class GateSpec:
                  f"max_unpaired_fraction must be between 0 and 1, got {self.max_unpaired_fraction!r}")
 
 
+GATE_FIELDS = {"primary": "primary", "direction": "direction", "minImprovement": "min_improvement",
+               "confidence": "confidence", "slices": "slices", "sliceTolerance": "slice_tolerance",
+               "minExamples": "min_examples", "maxUnpairedFraction": "max_unpaired_fraction",
+               "resamples": "resamples", "seed": "seed"}
+GUARD_FIELDS = ("metric", "direction", "tolerance")
+
+
+def gate_spec_from(manifest: Mapping[str, Any]) -> GateSpec:
+    """A GateSpec from its manifest form (camelCase keys, as a resource's spec spells them, ``guards`` a
+    list of {metric, direction, tolerance}); an unknown or missing key is a ValueError naming it."""
+    _require(isinstance(manifest, Mapping), f"a gate is a mapping, got {type(manifest).__name__}")
+    unknown = sorted(set(manifest) - set(GATE_FIELDS) - {"guards"})
+    _require(not unknown, f"unknown gate field(s) {unknown}; known: {sorted([*GATE_FIELDS, 'guards'])}")
+    guards = manifest.get("guards") or []
+    _require(isinstance(guards, list), f"guards must be a list, got {type(guards).__name__}")
+    parsed = []
+    for i, guard in enumerate(guards):
+        _require(isinstance(guard, Mapping) and set(guard) == set(GUARD_FIELDS),
+                 f"guards[{i}] must have exactly the keys {list(GUARD_FIELDS)}, got {guard!r}")
+        parsed.append(Guard(guard["metric"], guard["direction"], guard["tolerance"]))
+    fields = {GATE_FIELDS[k]: v for k, v in manifest.items() if k != "guards"}
+    if isinstance(fields.get("slices"), list):
+        fields["slices"] = tuple(fields["slices"])
+    if isinstance(fields.get("confidence"), int) and not isinstance(fields.get("confidence"), bool):
+        fields["confidence"] = float(fields["confidence"])
+    missing = [k for k, f in GATE_FIELDS.items() if f in ("primary", "direction", "min_improvement") and f not in fields]
+    _require(not missing, f"a gate needs {missing}")
+    return GateSpec(guards=tuple(parsed), **fields)
+
+
 @dataclass(frozen=True)
 class Example:
     """One evaluated example: its metric values for one model and the slice labels it belongs to."""
