@@ -39,6 +39,10 @@ TAGS = "tags"  # {"tags": {key: str}}
 ARTIFACT = "artifact"  # {"path": path relative to the run dir}
 FINISH = "finish"  # {"status": "FINISHED"|"FAILED", "exit_code": int|None, "ts": float}
 
+# Metric keys under this prefix are the SDK's system metrics (CPU, memory, GPUs; cairn.sdk.system).
+# The sidecar exports them live whatever spec.tracking.exportKeys says.
+SYSTEM_METRIC_PREFIX = "system/"
+
 MAX_KEY_LENGTH = 250
 MAX_PATH_LENGTH = 1024
 

@@ -33,9 +33,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
+from cairn.rundir import SYSTEM_METRIC_PREFIX as PREFIX
+
 log = logging.getLogger("cairn.sdk.system")
 
-PREFIX = "system/"
 DEFAULT_INTERVAL_S = 10.0
 MIN_INTERVAL_S = 1.0
 MAX_INTERVAL_S = 3600.0
