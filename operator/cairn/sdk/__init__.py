@@ -207,7 +207,10 @@ class Run:
     def _log_system(self, values: dict[str, float]) -> None:
         """Record system metrics at the trainer's latest step, which they never move."""
         with self._lock:
-            if self._closed or len(self._buffer) >= MAX_BUFFERED_RECORDS:
+            if self._closed:
+                return
+            if len(self._buffer) >= MAX_BUFFERED_RECORDS:
+                self._dropped += 1
                 return
             step = max(self._next_step - 1, 0)
             self._buffer.append((rundir.METRIC, self._seq, step, time.time(), values))
