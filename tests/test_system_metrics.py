@@ -209,8 +209,8 @@ def test_system_metrics_reach_the_store(trainer_run_dir, store, tmp_path):
     busy = [p.value for p in cpu if p.step == 0]
     idle = [p.value for p in cpu if p.step == 1][1:]  # the first idle sample may straddle the switch
     assert len(busy) >= 2 and len(idle) >= 1, cpu
-    assert max(busy) >= 40, busy  # a busy loop holds one core
-    assert max(idle) <= 20, idle
+    assert max(busy) >= 25, busy  # a busy loop holds one core (less on a loaded machine)
+    assert max(idle) <= 10, idle
     times = [p.timestamp_ms for p in cpu]
     assert times == sorted(times) and all(800 <= b - a <= 3000 for a, b in zip(times, times[1:])), times
     rss = store.metric_history(RUN_ID, "system/memory.rss_bytes")
