@@ -12,7 +12,8 @@ import urllib.request
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from cairn.agent.exporter import MAX_KEYS, LiveState, RunCollector, export_keys
+from cairn.agent.exporter import MAX_KEYS, MAX_SYSTEM_KEYS, LiveState, RunCollector, export_keys
+from tests.support.fake_gpu import build_fake_nvml
 from tests.support.servers import clean_env, free_port, start_sidecar
 
 LABELS = {"namespace": "ml", "experiment": "digits", "run": "r1", "trainingrun": "digits"}
@@ -117,13 +118,60 @@ def test_sidecar_exports_while_training_and_drops_series_at_the_end(sqlite_url, 
     assert sidecar.returncode == 0, out
 
 
-def test_gpu_series_exactly_when_an_nvidia_driver_answers():
-    import shutil
+def test_system_metrics_are_exported_whatever_the_keys_and_gpus_by_device():
+    state = LiveState(export_keys(["loss"], None))
+    state.observe([("loss", 4, 0, 0.5), ("system/cpu.percent", 4, 0, 97.0), ("system/cpu.percent", 4, 0, 99.0),
+                   ("system/gpu.0.utilization_percent", 4, 0, 37.0), ("system/gpu.1.memory_used_bytes", 4, 0, 2.0**30),
+                   ("system/gpu.1.power_watts", 4, 0, 215.5), ("system/gpu.0.fan_speed", 4, 0, 40.0)])
+    text = render(state)
+    assert ('cairn_run_metric{experiment="digits",key="system/cpu.percent",namespace="ml",run="r1",'
+            'trainingrun="digits"} 99.0') in text  # sampled against time: the newest at a step wins
+    assert 'cairn_run_gpu_utilization_ratio{experiment="digits",gpu="0",namespace="ml"' in text
+    assert 'gpu="0",namespace="ml",run="r1",trainingrun="digits"} 0.37' in text
+    assert 'cairn_run_gpu_memory_used_bytes{experiment="digits",gpu="1",' in text
+    assert 'cairn_run_gpu_power_watts{experiment="digits",gpu="1",namespace="ml",run="r1",trainingrun="digits"} 215.5' \
+        in text
+    assert 'key="system/gpu.0.utilization_percent"' not in text  # one series per reading, under its GPU family
+    assert 'key="system/gpu.0.fan_speed"' in text  # a GPU reading without a family stays a plain metric
+    assert 'cairn_run_step{experiment="digits",namespace="ml",run="r1",trainingrun="digits"} 4.0' in text
 
-    from cairn.agent.exporter import GpuProbe
 
-    probe = GpuProbe.try_open()  # never raises, with or without a driver
-    assert (probe is not None) == (shutil.which("nvidia-smi") is not None)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(RunCollector(LiveState(export_keys([], None)), LABELS, probe))
-    assert ("cairn_run_gpu_utilization_ratio{" in generate_latest(registry).decode()) == (probe is not None)
+def test_system_keys_the_trainer_makes_up_are_bounded():
+    state = LiveState(export_keys([], None))
+    state.observe([(f"system/made_up_{i}", i, 0, 1.0) for i in range(500)])
+    state.observe([("system/made_up_0", 501, 0, 2.0), ("system/made_up_499", 501, 0, 2.0)])
+    text = render(state)
+    assert text.count('key="system/made_up_') == 2 * MAX_SYSTEM_KEYS  # cairn_run_metric and cairn_run_metric_step
+    assert 'key="system/made_up_0",namespace="ml",run="r1",trainingrun="digits"} 2.0' in text
+    assert 'key="system/made_up_499"' not in text
+
+
+@pytest.mark.slow
+def test_the_sidecar_exports_the_gpus_the_trainer_samples(sqlite_url, tmp_path):
+    lib = build_fake_nvml(tmp_path / "nvml")
+    port = free_port()
+    run_dir = tmp_path / "run"
+    run_id = "7b2e1d40-2c6f-4b9a-8d1e-3f5a7c9e0b2d"
+    sidecar = start_sidecar(run_dir, dict(CAIRN_RUN_ID=run_id, CAIRN_DATABASE_URL=sqlite_url,
+                                          CAIRN_METRICS_PORT=str(port), CAIRN_PARAMS="{}"))
+    trainer = None
+    try:
+        trainer = subprocess.Popen([sys.executable, "-c", TRAINER, "5", "15"],
+                                   env=clean_env(CAIRN_RUN_DIR=str(run_dir), CAIRN_RUN_ID=run_id,
+                                                 CAIRN_SYSTEM_METRICS_INTERVAL="1", CAIRN_NVML_LIBRARY=str(lib)))
+        def gpu_series() -> str | None:
+            text = scrape(port)
+            return text if "cairn_run_gpu_utilization_ratio{" in text else None
+
+        text = wait_for(gpu_series)
+        assert 'gpu="0",namespace="",run="%s",trainingrun=""} 0.37' % run_id in text
+        assert 'gpu="1",namespace="",run="%s",trainingrun=""} 0.88' % run_id in text
+        assert 'key="system/cpu.percent"' in text
+        assert trainer.wait(timeout=60) == 0
+        wait_for(lambda: "cairn_run_gpu_utilization_ratio{" not in scrape(port))  # finished: series gone
+    finally:
+        for proc in (trainer, sidecar):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        out, _ = sidecar.communicate(timeout=60)
+    assert sidecar.returncode == 0, out

@@ -40,6 +40,10 @@ ARTIFACT = "artifact"  # {"path": path relative to the run dir}
 FINISH = "finish"  # {"status": "FINISHED"|"FAILED", "exit_code": int|None, "ts": float}
 EXAMPLE = "example"  # {"id": str, "metrics": {key: finite number}, "slices": [str], "ts": float}: one eval example
 
+# Metric keys under this prefix are the SDK's system metrics (CPU, memory, GPUs; cairn.sdk.system).
+# The sidecar exports them live whatever spec.tracking.exportKeys says.
+SYSTEM_METRIC_PREFIX = "system/"
+
 MAX_KEY_LENGTH = 250
 MAX_PATH_LENGTH = 1024
 # Bounds of an example record: its id, its metrics and its slice labels.
@@ -154,6 +158,9 @@ class Env:
     DATASET_URI = "CAIRN_DATASET_URI"
     DATASET_SHA256 = "CAIRN_DATASET_SHA256"
     DATASET_DIR = "CAIRN_DATASET_DIR"
+    SYSTEM_METRICS = "CAIRN_SYSTEM_METRICS"  # "off" (or "false", "0"): no system/* metrics
+    SYSTEM_METRICS_INTERVAL = "CAIRN_SYSTEM_METRICS_INTERVAL"  # seconds between samples (at least 1)
+    NVML_LIBRARY = "CAIRN_NVML_LIBRARY"  # path of libnvidia-ml.so.1, for odd installs and tests
 
     # The store (sidecar, prepare step, operator, CLI)
     DATABASE_URL = "CAIRN_DATABASE_URL"

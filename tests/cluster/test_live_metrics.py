@@ -1,4 +1,5 @@
-"""A stock Prometheus pod job (kubernetes_sd) finds a running TrainingRun and scrapes its live loss."""
+"""A stock Prometheus pod job (kubernetes_sd) finds a running TrainingRun and scrapes its live loss and
+system metrics."""
 
 from __future__ import annotations
 
@@ -47,5 +48,9 @@ def test_prometheus_scrapes_a_running_run_and_loses_it_when_it_ends(
                           predicate=lambda r: r and float(r[0]["value"][1]) >= 20, timeout=60)
     assert later
     assert prom.query(f'cairn_run_metric{{namespace="{namespace}",key="noise"}}') == []  # not exported
+    # the trainer's system metrics (sampled every 10 s) are exported whatever exportKeys says; no GPU here
+    (rss,) = prom.wait_for(f'cairn_run_metric{{namespace="{namespace}",key="system/memory.rss_bytes"}}', timeout=60)
+    assert 2**20 < float(rss["value"][1]) < 2**32
+    assert prom.query(f'cairn_run_gpu_utilization_ratio{{namespace="{namespace}"}}') == []
     wait_phase(kubectl, namespace, "live", ("Succeeded",), timeout=180)
     prom.wait_for(query, predicate=lambda r: r == [], timeout=60)

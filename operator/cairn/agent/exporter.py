@@ -1,15 +1,19 @@
 """Live run metrics for Prometheus, served by the tracking sidecar on ``/metrics``.
 
 Bounded by design: only the keys the TrainingRun exports (``spec.tracking``) or a small default,
-at most ``MAX_KEYS`` per run, and nothing at all once the run's finish record has been read, so a
-finished run's series end with it. Values come from the lines the agent has just parsed, before
-they are committed, so the live view keeps moving while the database is away.
+at most ``MAX_KEYS`` per run, plus the trainer's ``system/*`` metrics (at most ``MAX_SYSTEM_KEYS``),
+and nothing at all once the run's finish record has been read, so a finished run's series end with
+it. Values come from the lines the agent has just parsed, before they are committed, so the live
+view keeps moving while the database is away.
+
+GPU series come from the ``system/gpu.<i>.*`` metrics the SDK samples in the trainer, which holds
+the GPUs; the sidecar is given none, so it does not read them itself.
 """
 
 from __future__ import annotations
 
 import collections
-import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,10 +22,20 @@ from typing import Iterable, Sequence
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-log = logging.getLogger("cairn.exporter")
+from cairn.rundir import SYSTEM_METRIC_PREFIX
 
 DEFAULT_KEYS = ("loss", "val_loss", "acc", "val_acc", "accuracy", "lr")
 MAX_KEYS = 20
+MAX_SYSTEM_KEYS = 64  # the trainer names these keys too: the first 64 seen are exported
+GPU_KEY = re.compile(re.escape(SYSTEM_METRIC_PREFIX) + r"gpu\.(\d{1,3})\.(\w+)")
+# system/gpu.<i>.<field> -> (family, help, scale): series with a ``gpu`` label
+GPU_FAMILIES = {
+    "utilization_percent": ("cairn_run_gpu_utilization_ratio", "GPU busy fraction (sampled by the trainer).", 0.01),
+    "memory_used_bytes": ("cairn_run_gpu_memory_used_bytes", "GPU memory in use.", 1.0),
+    "memory_total_bytes": ("cairn_run_gpu_memory_total_bytes", "GPU memory in all.", 1.0),
+    "temperature_celsius": ("cairn_run_gpu_temperature_celsius", "GPU temperature.", 1.0),
+    "power_watts": ("cairn_run_gpu_power_watts", "GPU power draw.", 1.0),
+}
 RATE_WINDOW_S = 30.0
 LABELS = ("namespace", "experiment", "run", "trainingrun")
 
@@ -32,6 +46,7 @@ class LiveState:
 
     keys: frozenset[str]
     values: dict[str, tuple[int, float]] = field(default_factory=dict)  # key -> (step, value)
+    system_keys: int = 0  # how many system/* keys ``values`` holds
     step: int | None = None
     rejected: collections.Counter = field(default_factory=collections.Counter)
     skipped_files: collections.Counter = field(default_factory=collections.Counter)  # by reason, from the uploader
@@ -53,6 +68,13 @@ class LiveState:
                     seen = self.values.get(key)
                     if seen is None or step >= seen[0]:
                         self.values[key] = (step, value)
+                elif key.startswith(SYSTEM_METRIC_PREFIX):
+                    # Sampled against time, several at one step: the newest arrival wins.
+                    if key not in self.values:
+                        if self.system_keys >= MAX_SYSTEM_KEYS:
+                            continue
+                        self.system_keys += 1
+                    self.values[key] = (step, value)
             if top is not None and top != self.step:
                 self.step = top
                 self._steps.append((now, top))
@@ -81,16 +103,21 @@ def export_keys(configured: Sequence[str], headline: str | None) -> frozenset[st
 class RunCollector:
     """Renders one run's live state as Prometheus metric families."""
 
-    def __init__(self, state: LiveState, labels: dict[str, str], gpu: "GpuProbe | None" = None) -> None:
+    def __init__(self, state: LiveState, labels: dict[str, str]) -> None:
         self.state = state
         self.label_values = [labels.get(name, "") for name in LABELS]
-        self.gpu = gpu
 
     def collect(self):  # noqa: ANN201
         if self.state.finished:
             return
         values, step = self.state.snapshot()
         lv = self.label_values
+        gpu = {name: GaugeMetricFamily(name, doc, labels=[*LABELS, "gpu"]) for name, doc, _ in GPU_FAMILIES.values()}
+        for key in [k for k in values if k.startswith(SYSTEM_METRIC_PREFIX)]:
+            match = GPU_KEY.fullmatch(key)
+            if match and match[2] in GPU_FAMILIES:
+                name, _, scale = GPU_FAMILIES[match[2]]
+                gpu[name].add_metric([*lv, match[1]], values.pop(key)[1] * scale)
         metric = GaugeMetricFamily("cairn_run_metric", "Latest value of a run's metric.", labels=[*LABELS, "key"])
         for key in sorted(values):
             metric.add_metric([*lv, key], values[key][1])
@@ -128,44 +155,11 @@ class RunCollector:
         for reason, n in sorted(self.state.skipped_files.items()):
             c.add_metric([*lv, reason], n)
         yield c
-        if self.gpu is not None:
-            yield from self.gpu.families(lv)
-
-
-class GpuProbe:
-    """GPU utilisation and memory through NVML, when a GPU and the library are both there."""
-
-    def __init__(self, nvml) -> None:  # noqa: ANN001
-        self.nvml = nvml
-        self.handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
-
-    @classmethod
-    def try_open(cls) -> "GpuProbe | None":
-        try:
-            import pynvml  # nvidia-ml-py
-
-            pynvml.nvmlInit()
-            probe = cls(pynvml)
-        except Exception as exc:  # noqa: BLE001 - no library, no driver or no device: no GPU series
-            log.info("no GPU metrics: %s", exc)
-            return None
-        return probe if probe.handles else None
-
-    def families(self, lv: list[str]):  # noqa: ANN201
-        util = GaugeMetricFamily("cairn_run_gpu_utilization_ratio", "GPU busy fraction.", labels=[*LABELS, "gpu"])
-        mem = GaugeMetricFamily("cairn_run_gpu_memory_used_bytes", "GPU memory in use.", labels=[*LABELS, "gpu"])
-        for i, h in enumerate(self.handles):
-            try:
-                util.add_metric([*lv, str(i)], self.nvml.nvmlDeviceGetUtilizationRates(h).gpu / 100.0)
-                mem.add_metric([*lv, str(i)], float(self.nvml.nvmlDeviceGetMemoryInfo(h).used))
-            except Exception:  # noqa: BLE001 - a GPU that stopped answering is left out of this scrape
-                continue
-        yield util
-        yield mem
+        yield from gpu.values()
 
 
 def serve(state: LiveState, labels: dict[str, str], port: int, addr: str = "0.0.0.0") -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RunCollector(state, labels, GpuProbe.try_open()))
+    registry.register(RunCollector(state, labels))
     start_http_server(port, addr=addr, registry=registry)
     return registry

@@ -15,6 +15,12 @@ Settings come from the environment, so code written for a laptop runs unchanged 
 ``CAIRN_PARAMS_FILE``   the same, as a file (default ``<run dir>/params.json`` when present)
 ``CAIRN_CODE_REPOSITORY``, ``CAIRN_CODE_COMMIT``  code version, when git is not in the image
 ``CAIRN_MODE=disabled`` every call becomes a no-op
+``CAIRN_SYSTEM_METRICS=off``  no ``system/*`` metrics (also ``init(system_metrics=False)``)
+``CAIRN_SYSTEM_METRICS_INTERVAL``  seconds between system samples (default 10, at least 1)
+``CAIRN_NVML_LIBRARY``  path of ``libnvidia-ml.so.1`` where the loader does not find it (and in tests)
+
+System metrics: a daemon thread samples CPU, memory and GPUs and logs them as ``system/*`` metrics
+(``cairn.sdk.system`` lists the keys); it stops at ``finish()``.
 
 Checkpoints: ``cairn.save_checkpoint(path_or_dir, step=...)`` keeps a copy under
 ``checkpoints/<step>/`` of the run directory (the sidecar uploads it). When a retried attempt
@@ -44,6 +50,7 @@ from typing import Any, Mapping, NamedTuple
 from cairn import rundir
 from cairn.rundir import Env, RunStatus
 from cairn.sdk.environment import capture_environment, code_version
+from cairn.sdk.system import DEFAULT_INTERVAL_S, NVML_LIBRARY, SystemSampler
 
 FLUSH_INTERVAL_S = 1.0
 FLUSH_AT_RECORDS = 5000
@@ -174,6 +181,7 @@ class Run:
         self._closed = False
         self._file = None
         self._flusher: threading.Thread | None = None
+        self.system_sampler: SystemSampler | None = None
         if not disabled:
             os.makedirs(os.path.join(run_dir, rundir.ARTIFACTS_DIR), exist_ok=True)
             self._file = open(os.path.join(run_dir, rundir.RECORDS_FILE), "ab", buffering=0)
@@ -199,6 +207,23 @@ class Run:
             self._seq += 1
             if len(self._buffer) >= FLUSH_AT_RECORDS:
                 self._wake.set()
+
+    def _log_system(self, values: dict[str, float]) -> None:
+        """Record system metrics at the trainer's latest step, which they never move."""
+        with self._lock:
+            if self._closed:
+                return
+            if len(self._buffer) >= MAX_BUFFERED_RECORDS:
+                self._dropped += 1
+                return
+            step = max(self._next_step - 1, 0)
+            self._buffer.append((rundir.METRIC, self._seq, step, time.time(), values))
+            self._seq += 1
+
+    def start_system_metrics(self, interval: float = DEFAULT_INTERVAL_S, nvml_library: str = NVML_LIBRARY) -> None:
+        if self.disabled or self.system_sampler is not None:
+            return
+        self.system_sampler = SystemSampler(self._log_system, interval, nvml_library).start()
 
     # -- everything else ------------------------------------------------------------------------
     def _append(self, kind: str, payload: dict) -> None:
@@ -360,8 +385,13 @@ class Run:
         status = RunStatus(status)
         if not status.is_final:
             raise ValueError(f"a run finishes as FINISHED, FAILED or KILLED, not {status}")
-        self._append(rundir.FINISH, {"status": status.value, "exit_code": exit_code, "ts": time.time()})
-        self._closed = True
+        if self.system_sampler is not None:
+            self.system_sampler.stop()
+        with self._lock:
+            self._buffer.append((rundir.FINISH, self._seq, {"status": status.value, "exit_code": exit_code,
+                                                           "ts": time.time()}))
+            self._seq += 1
+            self._closed = True
         self._wake.set()
         if self._flusher is not None:
             self._flusher.join(timeout=5)
@@ -390,11 +420,13 @@ def init(
     run_dir: str | None = None,
     run_id: str | None = None,
     capture_env: bool = True,
+    system_metrics: bool = True,
 ) -> Run:
     """Start (or attach to) a run and return it; also sets ``cairn.run`` and ``cairn.config``.
 
     ``config`` holds the code's defaults; parameters injected by ``cairn run -p`` or a
-    TrainingRun override them, so the same script serves sweeps unchanged.
+    TrainingRun override them, so the same script serves sweeps unchanged. ``system_metrics``
+    (unless ``CAIRN_SYSTEM_METRICS=off``) samples CPU, memory and GPUs as ``system/*`` metrics.
     """
     global run
     if run is not None and not run._closed:
@@ -436,9 +468,27 @@ def init(
         },
     )
     run.flush()
+    if system_metrics and _system_metrics_on():
+        run.start_system_metrics(_system_metrics_interval(), os.environ.get(Env.NVML_LIBRARY) or NVML_LIBRARY)
     atexit.register(_finish_at_exit)
     _install_excepthook()
     return run
+
+
+def _system_metrics_on() -> bool:
+    return os.environ.get(Env.SYSTEM_METRICS, "").strip().lower() not in ("off", "false", "0", "no")
+
+
+def _system_metrics_interval() -> float:
+    text = os.environ.get(Env.SYSTEM_METRICS_INTERVAL, "").strip()
+    if not text:
+        return DEFAULT_INTERVAL_S
+    try:
+        return float(text)
+    except ValueError:
+        print(f"cairn: {Env.SYSTEM_METRICS_INTERVAL}={text!r} is not a number of seconds; "
+              f"sampling every {DEFAULT_INTERVAL_S:.0f} s", file=sys.stderr)
+        return DEFAULT_INTERVAL_S
 
 
 def _record_params(changes: Mapping[str, Any]) -> None:
