@@ -33,7 +33,8 @@ from tests.support.servers import clean_env
 
 pytestmark = pytest.mark.usefixtures("fresh_sdk")
 RUN_ID = "5d0c1e2f-3a4b-4c5d-8e6f-7a8b9c0d1e2f"
-BUSY_S = IDLE_S = 3.5
+BUSY_S = 5.5  # long enough for two samples a second apart even on a loaded machine
+IDLE_S = 3.5
 GPU_FIELDS = ("utilization_percent", "memory_used_bytes", "memory_total_bytes", "temperature_celsius", "power_watts")
 
 
@@ -212,7 +213,7 @@ def test_system_metrics_reach_the_store(trainer_run_dir, store, tmp_path):
     assert max(busy) >= 25, busy  # a busy loop holds one core (less on a loaded machine)
     assert max(idle) <= 10, idle
     times = [p.timestamp_ms for p in cpu]
-    assert times == sorted(times) and all(800 <= b - a <= 3000 for a, b in zip(times, times[1:])), times
+    assert times == sorted(times) and all(800 <= b - a <= 5000 for a, b in zip(times, times[1:])), times
     rss = store.metric_history(RUN_ID, "system/memory.rss_bytes")
     assert all(5 * 2**20 < p.value < 4 * 2**30 for p in rss), rss
     # system points carry the trainer's step and never move it
