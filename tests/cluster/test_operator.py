@@ -16,6 +16,10 @@ from tests.support.cluster_operator import python_trainer, trainingrun, wait_pha
 
 pytestmark = pytest.mark.cluster
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "trainingrun.yaml"
+# A trainer that stops on SIGTERM, as a well-behaved one does: as its container's PID 1 a bare
+# `time.sleep` would ignore the signal and hold the pod for its whole grace period (drain + 30 s).
+SLEEPER = "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\ntime.sleep(600)\n"
+POD_GONE_S = 120  # the pod's grace period (90 s by default) bounds it; a SIGTERM-stopped trainer takes seconds
 
 
 def test_sample_trainingrun_is_trained_and_tracked(kubectl, namespace, running_operator, store_urls):
@@ -148,12 +152,12 @@ def test_too_many_gpus_stay_pending_with_the_schedulers_reason(kubectl, namespac
 
 def test_deleting_a_running_trainingrun_stops_its_pod_and_marks_the_run_killed(
         kubectl, namespace, running_operator, store_urls):
-    kubectl.apply(trainingrun("long", python_trainer("import time; time.sleep(600)")), namespace=namespace)
+    kubectl.apply(trainingrun("long", python_trainer(SLEEPER)), namespace=namespace)
     tr = wait_phase(kubectl, namespace, "long", ("Running",), timeout=120)
     kubectl.run("-n", namespace, "delete", "trainingrun", "long", "--timeout=90s")
     pod = pod_name("long", tr["metadata"]["uid"], 1)
     wait_until(lambda: kubectl.run("-n", namespace, "get", "pod", pod, check=False).returncode != 0,
-               90, "the pod to be deleted")
+               POD_GONE_S, "the pod to be deleted")
     run = TrackingStore(store_urls[0]).get_run(tr["metadata"]["uid"])
     assert run.summary.status == "KILLED"
 
@@ -174,13 +178,13 @@ def test_operator_restarted_ten_times_mid_run_creates_no_duplicate_pod(
 
 
 def test_suspend_stops_the_pod_and_resume_starts_a_new_attempt(kubectl, namespace, running_operator):
-    kubectl.apply(trainingrun("pausable", python_trainer("import time; time.sleep(600)")), namespace=namespace)
+    kubectl.apply(trainingrun("pausable", python_trainer(SLEEPER)), namespace=namespace)
     first = pod_name("pausable", wait_phase(kubectl, namespace, "pausable", ("Running",), timeout=120)["metadata"]["uid"], 1)
     kubectl.run("-n", namespace, "patch", "trainingruns.cairn.dev", "pausable", "--type=merge", "-p", '{"spec":{"suspend":true}}')
     tr = wait_phase(kubectl, namespace, "pausable", ("Suspended",), timeout=60)
     assert conditions(tr)["Suspended"]["status"] == "True"
     wait_until(lambda: kubectl.run("-n", namespace, "get", "pod", first, check=False).returncode != 0,
-               90, "the suspended pod to be deleted")
+               POD_GONE_S, "the suspended pod to be deleted")
     kubectl.run("-n", namespace, "patch", "trainingruns.cairn.dev", "pausable", "--type=merge", "-p", '{"spec":{"suspend":false}}')
     tr = wait_phase(kubectl, namespace, "pausable", ("Running",), timeout=120)
     assert tr["status"]["attempts"] == 2 and tr["status"].get("failures") is None
