@@ -1,0 +1,184 @@
+"""The chart's alert rules: valid for promtool, each alert firing and quiet in promtool's unit tests, rendered as a
+PrometheusRule only where that API exists, and one alert firing for real in a Prometheus scraping a real sidecar.
+
+Helm, Prometheus and promtool are built from their Go modules (hack/build-helm.sh, hack/build-prometheus.sh).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.servers import built_binary, clean_env, free_port, promtool_binary, start_sidecar
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "charts" / "cairn"
+PROMTOOL_TESTS = REPO / "tests" / "alerts" / "alerts_test.yaml"
+DATABASE = "externalDatabase.url=postgresql://cairn:pw@db.internal:5432/cairn"
+RULES_API = "monitoring.coreos.com/v1/PrometheusRule"
+ALERTS = {"CairnRunStalled", "CairnRunGpuIdle", "CairnRunFailed", "CairnRunIngestBacklogGrowing",
+          "CairnStoreUnreachable", "CairnOperatorDown"}
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    return built_binary("build-helm.sh")
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    return promtool_binary()
+
+
+def render(helm: str, *sets: str, numbers: dict[str, float] | None = None,
+           api_versions: tuple[str, ...] = ()) -> list[dict]:
+    """``sets`` as ``--set``; ``numbers`` as ``--set-json`` (``--set`` makes a string of a fraction)."""
+    args = [helm, "template", "cairn", str(CHART), "--namespace", "cairn-system", "--show-only",
+            "templates/alerts.yaml", "--set", DATABASE]
+    for s in sets:
+        args += ["--set", s]
+    for key, number in (numbers or {}).items():
+        args += ["--set-json", f"{key}={json.dumps(number)}"]
+    for api in api_versions:
+        args += ["--api-versions", api]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    if result.returncode != 0 and "could not find template" in result.stderr:
+        return []  # nothing rendered
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def rules_file(helm: str, *sets: str, numbers: dict[str, float] | None = None) -> str:
+    """The plain rules file the chart puts in its ConfigMap."""
+    (configmap,) = render(helm, *sets, numbers=numbers)
+    assert configmap["kind"] == "ConfigMap"
+    return configmap["data"]["cairn-alerts.yaml"]
+
+
+def promtool_run(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([promtool, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_rules_pass_promtool_check_with_defaults_and_tuned_values(helm, promtool, tmp_path):
+    tuned = ("alerts.runStalled.for=90s", "alerts.runFailed.severity=page",
+             "alerts.operatorDown.selector=job=\"kubernetes-pods\"\\,app_kubernetes_io_name=\"cairn\"")
+    numbers = {"alerts.runStalled.minutes": 10, "alerts.gpuIdle.ratio": 0.2, "alerts.ingestBacklog.minBytes": 10**9}
+    for name, sets, tuned_numbers in (("defaults", (), None), ("tuned", tuned, numbers)):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(rules_file(helm, *sets, numbers=tuned_numbers))
+        result = promtool_run(promtool, "check", "rules", str(path))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "SUCCESS: 6 rules found" in result.stdout
+
+    rules = {r["alert"]: r for g in yaml.safe_load((tmp_path / "tuned.yaml").read_text())["groups"] for r in g["rules"]}
+    assert set(rules) == ALERTS
+    assert rules["CairnRunStalled"]["expr"].endswith("/ 60 > 10") and rules["CairnRunStalled"]["for"] == "90s"
+    assert rules["CairnRunGpuIdle"]["expr"].endswith("< 0.2")
+    assert rules["CairnRunFailed"]["labels"]["severity"] == "page"
+    assert "cairn_run_ingest_backlog_bytes > 1000000000" in rules["CairnRunIngestBacklogGrowing"]["expr"]
+    assert rules["CairnOperatorDown"]["expr"] == 'absent(up{job="kubernetes-pods",app_kubernetes_io_name="cairn"} == 1)'
+
+
+def test_every_alert_fires_and_stays_quiet_in_promtool_unit_tests(helm, promtool, tmp_path):
+    cases = yaml.safe_load(PROMTOOL_TESTS.read_text())
+    checks = [c for t in cases["tests"] for c in t["alert_rule_test"]]
+    assert {c["alertname"] for c in checks if c["exp_alerts"]} == ALERTS  # each one fires
+    assert {c["alertname"] for c in checks if not c["exp_alerts"]} == ALERTS  # and each one stays quiet
+    (tmp_path / cases["rule_files"][0]).write_text(rules_file(helm))
+    shutil.copy(PROMTOOL_TESTS, tmp_path / PROMTOOL_TESTS.name)
+    result = promtool_run(promtool, "test", "rules", str(tmp_path / PROMTOOL_TESTS.name))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_a_prometheus_rule_only_where_the_api_exists_and_a_config_map_otherwise(helm):
+    plain = yaml.safe_load(rules_file(helm))
+    (rule,) = render(helm, "alerts.prometheusRule.enabled=true", "alerts.prometheusRule.labels.release=kps",
+                     api_versions=(RULES_API,))
+    assert (rule["apiVersion"], rule["kind"], rule["metadata"]["name"]) == ("monitoring.coreos.com/v1",
+                                                                           "PrometheusRule", "cairn-alerts")
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    assert rule["spec"] == plain  # the same rules as the plain file
+
+    for sets, apis in ((("alerts.prometheusRule.enabled=true",), ()),  # asked for, but no API: the plain file
+                       ((), (RULES_API,))):  # the API, but not asked for
+        (configmap,) = render(helm, *sets, api_versions=apis)
+        assert configmap["kind"] == "ConfigMap" and yaml.safe_load(configmap["data"]["cairn-alerts.yaml"]) == plain
+    assert render(helm, "alerts.enabled=false", "alerts.prometheusRule.enabled=true", api_versions=(RULES_API,)) == []
+
+
+TRAINER = """
+import pathlib, sys, time, cairn
+cairn.init()
+stop = time.monotonic() + float(sys.argv[1])
+step = 0
+while time.monotonic() < stop:
+    cairn.log({"loss": 1.0 / (step + 1)}, step=step)
+    cairn.run.flush()
+    step += 1
+    time.sleep(0.1)
+pathlib.Path(sys.argv[2]).write_text(str(time.time()))  # the last step is logged: the run stalls from here
+time.sleep(float(sys.argv[3]))
+cairn.finish()
+"""
+
+
+@pytest.mark.slow
+def test_a_stalled_run_fires_in_a_real_prometheus(helm, sqlite_url, tmp_path, prometheus_factory):
+    """A real sidecar exports a real trainer's steps; the trainer logs steps for longer than the stall threshold,
+    then stops logging. The chart's rule, with a 5 s threshold, fires only after the last step."""
+    threshold_s, training_s = 5, 10
+    rules = tmp_path / "cairn-alerts.yaml"
+    rules.write_text(rules_file(helm, "alerts.runStalled.for=2s", numbers={"alerts.runStalled.minutes": threshold_s / 60}))
+    port = free_port()
+    run_dir, stalled_file = tmp_path / "run", tmp_path / "stalled-since"
+    side_env = dict(CAIRN_RUN_ID="0b4e7f2a-6c1d-4f5e-8a9b-3c2d1e0f4a5b", CAIRN_DATABASE_URL=sqlite_url,
+                    CAIRN_METRICS_PORT=str(port), CAIRN_NAMESPACE="ml", CAIRN_EXPERIMENT="digits",
+                    CAIRN_RUN_NAME="digits", CAIRN_PARAMS=json.dumps({}))
+    sidecar = start_sidecar(run_dir, side_env)
+    trainer = None
+    try:
+        prom = prometheus_factory({
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(rules)],
+            "scrape_configs": [{"job_name": "run", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}],
+        })
+        trainer = subprocess.Popen([sys.executable, "-c", TRAINER, str(training_s), str(stalled_file), "60"],
+                                   env=clean_env(CAIRN_RUN_DIR=str(run_dir), CAIRN_RUN_ID=side_env["CAIRN_RUN_ID"]))
+        deadline = time.monotonic() + training_s + 45
+        while not (firing := [a for a in prom.alerts() if a["labels"]["alertname"] == "CairnRunStalled"
+                              and a["state"] == "firing"]):
+            assert time.monotonic() < deadline, f"CairnRunStalled not firing: {prom.alerts()}"
+            assert trainer.poll() is None, "the trainer ended early"
+            time.sleep(0.5)
+        (alert,) = firing
+        assert {k: alert["labels"][k] for k in ("namespace", "trainingrun", "severity")} == \
+            {"namespace": "ml", "trainingrun": "digits", "severity": "warning"}
+        assert alert["annotations"]["summary"] == "TrainingRun ml/digits is stalled"
+        # Pending from when the threshold passed after the last step, not while steps came in.
+        stalled_since = float(stalled_file.read_text())
+        active_at = _unix(alert["activeAt"])
+        assert stalled_since + threshold_s - 1.5 <= active_at <= stalled_since + threshold_s + 5
+    finally:
+        for proc in (trainer, sidecar):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        if trainer is not None:
+            trainer.wait(timeout=30)
+        sidecar.communicate(timeout=60)
+
+
+def _unix(rfc3339: str) -> float:
+    """Prometheus' RFC 3339 time (nanoseconds) as Unix time."""
+    whole, _, fraction = rfc3339.rstrip("Z").partition(".")
+    seconds = dt.datetime.fromisoformat(whole).replace(tzinfo=dt.timezone.utc).timestamp()
+    return seconds + (float(f"0.{fraction}") if fraction else 0.0)
