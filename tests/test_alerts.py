@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -81,6 +82,10 @@ def test_rules_pass_promtool_check_with_defaults_and_tuned_values(helm, promtool
 
     rules = {r["alert"]: r for g in yaml.safe_load((tmp_path / "tuned.yaml").read_text())["groups"] for r in g["rules"]}
     assert set(rules) == ALERTS
+    sources = (REPO / "operator/cairn/controller/metrics.py").read_text() + \
+        (REPO / "operator/cairn/agent/exporter.py").read_text()
+    for family in {m for r in rules.values() for m in re.findall(r"\bcairn_\w+", r["expr"])}:
+        assert f'"{family}"' in sources, f"an alert uses {family}, which no code exports"
     assert rules["CairnRunStalled"]["expr"].endswith("/ 60 > 10") and rules["CairnRunStalled"]["for"] == "90s"
     assert rules["CairnRunGpuIdle"]["expr"].endswith("< 0.2")
     assert rules["CairnRunFailed"]["labels"]["severity"] == "page"

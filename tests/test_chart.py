@@ -534,7 +534,7 @@ def test_grafana_dashboard_covers_the_operator_and_live_run_metrics(helm):
     for family in used:
         assert f'"{family}"' in sources, f"the dashboard queries {family}, which no code exports"
     assert not find(render(helm, "externalDatabase.url=postgresql://x:y@db/cairn",
-                           "grafana.dashboard.enabled=false"), "ConfigMap")
+                           "grafana.dashboard.enabled=false"), "ConfigMap", "cairn-dashboard")
 
 
 # -- network policies -------------------------------------------------------------------------
