@@ -143,7 +143,8 @@ def test_a_stalled_run_fires_in_a_real_prometheus(helm, sqlite_url, tmp_path, pr
     then stops logging. The chart's rule, with a 5 s threshold, fires only after the last step."""
     threshold_s, training_s = 5, 10
     rules = tmp_path / "cairn-alerts.yaml"
-    rules.write_text(rules_file(helm, "alerts.runStalled.for=2s", numbers={"alerts.runStalled.minutes": threshold_s / 60}))
+    rules.write_text(rules_file(helm, "alerts.runStalled.for=2s",
+                                numbers={"alerts.runStalled.minutes": threshold_s / 60}))
     port = free_port()
     run_dir, stalled_file = tmp_path / "run", tmp_path / "stalled-since"
     side_env = dict(CAIRN_RUN_ID="0b4e7f2a-6c1d-4f5e-8a9b-3c2d1e0f4a5b", CAIRN_DATABASE_URL=sqlite_url,
