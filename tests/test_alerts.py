@@ -1,5 +1,6 @@
 """The chart's alert rules: valid for promtool, each alert firing and quiet in promtool's unit tests, rendered as a
-PrometheusRule only where that API exists, and one alert firing for real in a Prometheus scraping a real sidecar.
+PrometheusRule only where that API exists, and two alerts firing for real in a Prometheus: a stalled run (a real
+sidecar whose trainer stops logging) and the store unreachable (the operator's store writes, PostgreSQL stopped).
 
 Helm, Prometheus and promtool are built from their Go modules (hack/build-helm.sh, hack/build-prometheus.sh).
 """
@@ -14,12 +15,22 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.support.servers import built_binary, clean_env, free_port, promtool_binary, start_sidecar
+from prometheus_client import CollectorRegistry, start_http_server
+
+from cairn.api import from_manifest
+from cairn.controller import handlers as H
+from cairn.controller.metrics import StoreWritesCollector
+from cairn.controller.runtime import StoreWrite, StoreWrites
+from cairn.rundir import RunStatus
+from cairn.store import TrackingStore, db
+from tests.support.servers import (PostgresServer, built_binary, clean_env, free_port, promtool_binary,
+                                   start_sidecar)
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "cairn"
@@ -67,6 +78,17 @@ def rules_file(helm: str, *sets: str, numbers: dict[str, float] | None = None) -
 
 def promtool_run(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([promtool, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def firing(prom, alertname: str) -> list[dict]:  # noqa: ANN001 - a PrometheusServer
+    return [a for a in prom.alerts() if a["labels"]["alertname"] == alertname and a["state"] == "firing"]
+
+
+def _unix(rfc3339: str) -> float:
+    """Prometheus' RFC 3339 time (nanoseconds) as Unix time."""
+    whole, _, fraction = rfc3339.rstrip("Z").partition(".")
+    seconds = dt.datetime.fromisoformat(whole).replace(tzinfo=dt.timezone.utc).timestamp()
+    return seconds + (float(f"0.{fraction}") if fraction else 0.0)
 
 
 def test_rules_pass_promtool_check_with_defaults_and_tuned_values(helm, promtool, tmp_path):
@@ -161,12 +183,11 @@ def test_a_stalled_run_fires_in_a_real_prometheus(helm, sqlite_url, tmp_path, pr
         trainer = subprocess.Popen([sys.executable, "-c", TRAINER, str(training_s), str(stalled_file), "60"],
                                    env=clean_env(CAIRN_RUN_DIR=str(run_dir), CAIRN_RUN_ID=side_env["CAIRN_RUN_ID"]))
         deadline = time.monotonic() + training_s + 45
-        while not (firing := [a for a in prom.alerts() if a["labels"]["alertname"] == "CairnRunStalled"
-                              and a["state"] == "firing"]):
+        while not (alerts := firing(prom, "CairnRunStalled")):
             assert time.monotonic() < deadline, f"CairnRunStalled not firing: {prom.alerts()}"
             assert trainer.poll() is None, "the trainer ended early"
             time.sleep(0.5)
-        (alert,) = firing
+        (alert,) = alerts
         assert {k: alert["labels"][k] for k in ("namespace", "trainingrun", "severity")} == \
             {"namespace": "ml", "trainingrun": "digits", "severity": "warning"}
         assert alert["annotations"]["summary"] == "TrainingRun ml/digits is stalled"
@@ -183,8 +204,53 @@ def test_a_stalled_run_fires_in_a_real_prometheus(helm, sqlite_url, tmp_path, pr
         sidecar.communicate(timeout=60)
 
 
-def _unix(rfc3339: str) -> float:
-    """Prometheus' RFC 3339 time (nanoseconds) as Unix time."""
-    whole, _, fraction = rfc3339.rstrip("Z").partition(".")
-    seconds = dt.datetime.fromisoformat(whole).replace(tzinfo=dt.timezone.utc).timestamp()
-    return seconds + (float(f"0.{fraction}") if fraction else 0.0)
+@pytest.mark.slow
+def test_store_unreachable_fires_while_the_store_is_down_and_resolves_when_it_is_back(helm, tmp_path,
+                                                                                      prometheus_factory):
+    """The operator's store writes against a real PostgreSQL, their metrics served over HTTP as the operator
+    serves them: the chart's rule (with `for: 2s`) fires once the store is stopped and a write waits, and the
+    alert is gone once the store is back and the write landed."""
+    rules = tmp_path / "cairn-alerts.yaml"
+    rules.write_text(rules_file(helm, "alerts.storeUnreachable.for=2s"))
+    postgres = PostgresServer().init().start()
+    store = TrackingStore(postgres.create_database("alerts"), check_schema=False)
+    db.upgrade(store.engine)
+    writes = StoreWrites(lambda uid, write: H.write_run(store, uid, write), lambda: db.ensure_schema(store.engine),
+                         H.store_unavailable)
+    registry = CollectorRegistry()
+    registry.register(StoreWritesCollector(writes))
+    tr = from_manifest({"metadata": {"name": "digits", "namespace": "ml", "uid": str(uuid.uuid4())},
+                        "spec": {"image": "trainer:1", "command": ["python3", "train.py"], "experiment": "digits"}})
+    writes.submit(tr.uid, StoreWrite({}, tr, create=True))  # the store answers: up
+    port = free_port()
+    http, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        prom = prometheus_factory({
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(rules)],
+            "scrape_configs": [{"job_name": "cairn-metrics", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}],
+        })
+        prom.wait_for("cairn_store_up == 1", timeout=30)
+        assert firing(prom, "CairnStoreUnreachable") == []
+
+        postgres.stop()
+        writes.submit(tr.uid, StoreWrite({"status": RunStatus.RUNNING}, tr))
+        assert (writes.up, writes.pending()) == (False, 1)
+        deadline = time.monotonic() + 30
+        while not (alerts := firing(prom, "CairnStoreUnreachable")):
+            assert time.monotonic() < deadline, f"CairnStoreUnreachable not firing: {prom.alerts()}"
+            time.sleep(0.5)
+        assert [(a["labels"]["severity"], a["labels"]["job"]) for a in alerts] == [("critical", "cairn-metrics")]
+        assert firing(prom, "CairnOperatorDown") == []  # the operator itself is scraped fine
+
+        postgres.start()
+        assert writes.flush() and writes.pending() == 0
+        assert store.run_status(tr.uid) == RunStatus.RUNNING
+        deadline = time.monotonic() + 30
+        while [a for a in prom.alerts() if a["labels"]["alertname"] == "CairnStoreUnreachable"]:
+            assert time.monotonic() < deadline, f"CairnStoreUnreachable still active: {prom.alerts()}"
+            time.sleep(0.5)
+    finally:
+        http.shutdown()
+        store.engine.dispose()
+        postgres.destroy()
