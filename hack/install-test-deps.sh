@@ -4,7 +4,7 @@
 # system service is stopped and disabled.
 #   postgresql: the store in tests and benchmarks
 #   openssl: a throwaway CA and certificate for the object store over TLS
-# Prometheus is compiled from its Go module (hack/build-prometheus.sh): Debian's package is built
+# Prometheus and promtool are compiled from their Go module (hack/build-prometheus.sh): Debian's package is built
 # without the Kubernetes service discovery the tests scrape pods with.
 set -euo pipefail
 PACKAGES=(postgresql openssl)

@@ -534,7 +534,7 @@ def test_grafana_dashboard_covers_the_operator_and_live_run_metrics(helm):
     for family in used:
         assert f'"{family}"' in sources, f"the dashboard queries {family}, which no code exports"
     assert not find(render(helm, "externalDatabase.url=postgresql://x:y@db/cairn",
-                           "grafana.dashboard.enabled=false"), "ConfigMap")
+                           "grafana.dashboard.enabled=false"), "ConfigMap", "cairn-dashboard")
 
 
 # -- network policies -------------------------------------------------------------------------
@@ -594,6 +594,9 @@ BAD_VALUES = {  # --set values, and what the error must say
     "S3 endpoint without a scheme": (["externalS3.endpoint=s3.internal:9000"], "at '/externalS3/endpoint'"),
     "bucket name S3 refuses": (["minio.bucket=My_Bucket"], "at '/minio/bucket'"),
     "CA bundle that is not PEM": (["externalS3.caBundle=/etc/ssl/ca.pem"], "at '/externalS3/caBundle'"),
+    "alert duration in words": (["alerts.runStalled.for=ten minutes"], "at '/alerts/runStalled/for'"),
+    "alert threshold as a string": (["alerts.gpuIdle.ratio=0.2"], "at '/alerts/gpuIdle/ratio': got string, want number"),
+    "alert selector with braces": (["alerts.operatorDown.selector=up{job}"], "at '/alerts/operatorDown/selector'"),
 }
 
 

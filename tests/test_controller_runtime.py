@@ -152,3 +152,25 @@ def test_gpu_seconds_before_the_operator_started_are_not_counted_again():
     assert len(metrics.gpu_seconds) == 1
     metrics.gpu_seconds.forget("u1", t0 + dt.timedelta(seconds=40))
     assert gpu_seconds(metrics, "ml") == 40 and len(metrics.gpu_seconds) == 0
+
+
+def test_failed_runs_have_their_failure_time_until_deleted_and_phases_are_counted():
+    metrics = OperatorMetrics()
+    failed_at = dt.datetime(2026, 1, 1, 12, tzinfo=dt.timezone.utc)
+    metrics.phases.set("u1", "Running", "ml", "digits")
+    metrics.phases.set("u2", "Failed", "cv", "resnet", "OOMKilled", failed_at)
+    metrics.phases.set("u3", "Succeeded", "ml", "done", "", failed_at)  # not failed: no failure time
+
+    def failed(namespace: str, name: str, reason: str) -> float | None:
+        return metrics.registry.get_sample_value("cairn_trainingrun_failed_timestamp_seconds",
+                                                 {"namespace": namespace, "trainingrun": name, "reason": reason})
+
+    assert failed("cv", "resnet", "OOMKilled") == failed_at.timestamp()
+    assert failed("ml", "done", "") is None
+    assert [metrics.registry.get_sample_value("cairn_trainingruns", {"phase": p})
+            for p in ("Running", "Failed", "Succeeded")] == [1, 1, 1]
+    metrics.phases.set("u1", "Failed", "ml", "digits", "Error", failed_at)
+    assert failed("ml", "digits", "Error") == failed_at.timestamp()
+    metrics.phases.forget("u2")
+    assert failed("cv", "resnet", "OOMKilled") is None
+    assert metrics.registry.get_sample_value("cairn_trainingruns", {"phase": "Failed"}) == 1

@@ -50,6 +50,19 @@ def test_steps_per_second_and_rejections():
     assert 'cairn_run_rejected_lines_total{experiment="digits",namespace="ml",reason="bad_json"' in render(state)
 
 
+def test_last_progress_is_the_start_until_a_step_and_moves_only_with_a_new_step():
+    before = time.time()
+    state = LiveState(export_keys([], None))
+    assert before <= state.progress_at <= time.time()  # no step yet: the sidecar's start
+    state.observe([("loss", 5, 0, 1.0)], now=10.0, wall=1_000.0)
+    state.observe([("loss", 5, 0, 0.9), ("loss", 3, 0, 0.8)], now=20.0, wall=2_000.0)  # no newer step
+    assert state.progress_at == 1_000.0
+    state.observe([("acc", 6, 0, 0.5)], now=30.0, wall=3_000.0)  # any key's new step is progress
+    assert state.progress_at == 3_000.0
+    line = 'cairn_run_last_progress_timestamp_seconds{experiment="digits",namespace="ml",run="r1",trainingrun="digits"}'
+    assert f"{line} 3000.0" in render(state)
+
+
 def test_a_finished_run_has_no_series():
     state = LiveState(export_keys([], None))
     state.observe([("loss", 1, 0, 0.5)])

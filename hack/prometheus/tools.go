@@ -1,6 +1,9 @@
 //go:build tools
 
-// Pins the prometheus command in this module's requirements.
+// Pins the prometheus and promtool commands in this module's requirements.
 package tools
 
-import _ "github.com/prometheus/prometheus/cmd/prometheus"
+import (
+	_ "github.com/prometheus/prometheus/cmd/prometheus"
+	_ "github.com/prometheus/prometheus/cmd/promtool"
+)

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from cairn.api import GROUP, PLURAL, VERSION
 from cairn.controller import handlers as H
@@ -372,6 +373,19 @@ def test_a_command_that_cannot_start_fails_at_once_with_backoff_limit_zero(make_
     assert (status["phase"], status["reason"], status["failures"]) == ("Failed", "StartError", 1)
     assert "spec.command" in status["message"] and conditions(status)["Stalled"] == "True"
     assert cluster.pod_names() == [pod] and op.requeues.pending() == {}
+    # The failed run's series (alert CairnRunFailed) carries its completion time, and goes with the TrainingRun.
+    failed_at = dt.datetime.fromisoformat(status["completionTime"].replace("Z", "+00:00")).timestamp()
+    assert failed_run_series(op) == [({"namespace": cluster.namespace, "trainingrun": "mnist", "reason": "StartError"},
+                                      failed_at)]
+    H.on_trainingrun_event(type="DELETED", uid=cluster.trainingrun("mnist")["metadata"]["uid"],
+                           namespace=cluster.namespace, name="mnist", memo={"operator": op})
+    assert failed_run_series(op) == []
+
+
+def failed_run_series(op: H.Operator) -> list[tuple[dict, float]]:
+    text = generate_latest(op.metrics.registry).decode()
+    return [(sample.labels, sample.value) for family in text_string_to_metric_families(text)
+            if family.name == "cairn_trainingrun_failed_timestamp_seconds" for sample in family.samples]
 
 
 def test_infrastructure_retries_stop_at_their_limit(make_operator, cluster):

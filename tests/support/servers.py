@@ -174,16 +174,16 @@ def _terminate(proc: subprocess.Popen | None, kill: bool = False, timeout: float
         proc.wait()
 
 
-def built_binary(script: str, build: bool = True) -> str:
-    """The binary hack/SCRIPT builds (cached by version); built first (minutes, once) if missing."""
+def built_binary(script: str, build: bool = True, *args: str) -> str:
+    """The binary ``hack/SCRIPT ARGS...`` builds (cached by version); built first (minutes, once) if missing."""
     path_of = REPO_ROOT / "hack" / script
-    path = subprocess.run(["bash", str(path_of), "--print-bin"], check=True, capture_output=True,
+    path = subprocess.run(["bash", str(path_of), *args, "--print-bin"], check=True, capture_output=True,
                           text=True).stdout.strip()
     if not os.access(path, os.X_OK):
         if not build:
-            raise RuntimeError(f"not built: run hack/{script} (expected {path})")
+            raise RuntimeError(f"not built: run hack/{script} {' '.join(args)} (expected {path})")
         # Progress goes to stderr, which pytest shows with -s or when the fixture fails.
-        subprocess.run(["bash", str(path_of)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["bash", str(path_of), *args], check=True, stdout=subprocess.DEVNULL)
     return path
 
 
@@ -337,6 +337,11 @@ def prometheus_binary(build: bool = True) -> str:
     return built_binary("build-prometheus.sh", build)
 
 
+def promtool_binary(build: bool = True) -> str:
+    """promtool from the same Go module build as :func:`prometheus_binary`."""
+    return built_binary("build-prometheus.sh", build, "promtool")
+
+
 class PrometheusServer:
     """A Prometheus server on loopback with a generated config; ``reload()`` swaps the config live.
 
@@ -430,6 +435,10 @@ class PrometheusServer:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{promql!r}: still {result!r} after {timeout}s")
             time.sleep(poll)
+
+    def alerts(self) -> list:
+        """``/api/v1/alerts``: the pending and firing alerts, each with labels, annotations, state and activeAt."""
+        return self._api("alerts")["alerts"]
 
     def targets(self) -> list:
         return self._api("targets", state="active")["activeTargets"]

@@ -52,12 +52,16 @@ class LiveState:
     skipped_files: collections.Counter = field(default_factory=collections.Counter)  # by reason, from the uploader
     backlog_bytes: int = 0
     last_commit: float | None = None
+    # Unix time of the last new step; the exporter's start until the first one (alerts on stalled runs).
+    progress_at: float = field(default_factory=time.time)
     finished: bool = False
     _steps: collections.deque = field(default_factory=collections.deque)  # (monotonic time, step)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def observe(self, points: Iterable[tuple[str, int, int, float]], now: float | None = None) -> None:
-        """Take the newest value per exported key from freshly parsed points (key, step, ts_ms, value)."""
+    def observe(self, points: Iterable[tuple[str, int, int, float]], now: float | None = None,
+                wall: float | None = None) -> None:
+        """Take the newest value per exported key from freshly parsed points (key, step, ts_ms, value).
+        ``now`` is monotonic time (for the step rate), ``wall`` Unix time (for the last progress)."""
         now = time.monotonic() if now is None else now
         with self._lock:
             top = self.step
@@ -77,6 +81,7 @@ class LiveState:
                     self.values[key] = (step, value)
             if top is not None and top != self.step:
                 self.step = top
+                self.progress_at = time.time() if wall is None else wall
                 self._steps.append((now, top))
                 while self._steps and now - self._steps[0][0] > RATE_WINDOW_S:
                     self._steps.popleft()
@@ -130,6 +135,11 @@ class RunCollector:
             g = GaugeMetricFamily("cairn_run_step", "Latest step the run has logged.", labels=list(LABELS))
             g.add_metric(lv, step)
             yield g
+        g = GaugeMetricFamily("cairn_run_last_progress_timestamp_seconds",
+                              "Unix time of the run's last new step (before the first: when its sidecar started).",
+                              labels=list(LABELS))
+        g.add_metric(lv, self.state.progress_at)
+        yield g
         g = GaugeMetricFamily("cairn_run_steps_per_second", f"Steps per second over the last {RATE_WINDOW_S:.0f} s.",
                               labels=list(LABELS))
         g.add_metric(lv, self.state.steps_per_second())

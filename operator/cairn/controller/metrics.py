@@ -12,28 +12,49 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
 
 
+@dataclass(frozen=True)
+class _Seen:
+    phase: str
+    namespace: str
+    name: str
+    reason: str
+    failed_at: float | None  # Unix time, for a run in phase Failed
+
+
 class PhaseCollector:
-    """TrainingRuns by phase, from the last phase the operator saw for each of them."""
+    """TrainingRuns by phase, from the last phase the operator saw for each of them, and when each TrainingRun
+    in phase Failed failed (one series per such run, until it is deleted; alerts on failed runs)."""
 
     def __init__(self) -> None:
-        self._phases: dict[str, str] = {}
+        self._seen: dict[str, _Seen] = {}
         self._lock = threading.Lock()
 
-    def set(self, uid: str, phase: str) -> None:
+    def set(self, uid: str, phase: str, namespace: str, name: str, reason: str = "",
+            failed_at: dt.datetime | None = None) -> None:
+        """``failed_at`` is when a run in phase Failed finished; ignored in other phases."""
+        failed_ts = failed_at.timestamp() if phase == "Failed" and failed_at is not None else None
         with self._lock:
-            self._phases[uid] = phase
+            self._seen[uid] = _Seen(phase, namespace, name, reason, failed_ts)
 
     def forget(self, uid: str) -> None:
         with self._lock:
-            self._phases.pop(uid, None)
+            self._seen.pop(uid, None)
 
     def collect(self):  # noqa: ANN201
         with self._lock:
-            phases = list(self._phases.values())
+            seen = list(self._seen.values())
         g = GaugeMetricFamily("cairn_trainingruns", "TrainingRuns known to the operator, by phase.", labels=["phase"])
+        phases = [s.phase for s in seen]
         for p in PHASES:
             g.add_metric([p], phases.count(p))
         yield g
+        failed = GaugeMetricFamily("cairn_trainingrun_failed_timestamp_seconds",
+                                   "When each TrainingRun in phase Failed failed (Unix time), until it is deleted.",
+                                   labels=["namespace", "trainingrun", "reason"])
+        for s in seen:
+            if s.failed_at is not None:
+                failed.add_metric([s.namespace, s.name, s.reason], s.failed_at)
+        yield failed
 
 
 @dataclass
