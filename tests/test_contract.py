@@ -103,3 +103,12 @@ def test_importing_any_cairn_module_reads_no_file(tmp_path, layout):
     assert seen["touched"] == []
     assert not (tmp_path / "home").exists() and sorted(p.name for p in tmp_path.iterdir()) == (
         ["run"] if layout == "unparsable files" else [])
+
+
+def test_the_cli_every_pod_role_starts_from_leaves_the_statistics_unloaded():
+    """The operator and the sidecar run as `cairn operator` / `cairn sidecar` under memory limits: the gate's
+    numpy and scipy (about 75 MiB) are imported only by the command that decides."""
+    probe = "import sys, cairn.cli.main; print(sorted(m for m in ('numpy', 'scipy') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

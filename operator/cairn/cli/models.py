@@ -6,7 +6,7 @@ from __future__ import annotations
 import getpass
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
@@ -14,10 +14,12 @@ from rich.table import Table
 
 from cairn.cli.context import RUN_REF_HELP, resolve_run, store_of
 from cairn.cli.output import JSON, TABLE, YAML, console, err_console, fmt_bytes, fmt_time, output_option, write_document
-from cairn.gates import Example, Verdict, decide, gate_spec_from
 from cairn.rundir import RunStatus
 from cairn.store.entities import EvalExample, Evaluation, ModelDetail, RunDetail
 from cairn.store.registry import DEFAULT_MODEL_PATH
+
+if TYPE_CHECKING:
+    from cairn.gates import Example, Verdict
 
 DEFAULT_NAMESPACE = "default"
 MAX_KUBECONFIG_BYTES = 1 << 20
@@ -235,6 +237,8 @@ def evaluation_inputs(candidate: RunDetail, baseline: RunDetail) -> tuple[str | 
 
 
 def as_examples(found: list[EvalExample]) -> list[Example]:
+    from cairn.gates import Example
+
     return [Example(e.id, e.metrics, tuple(e.slices)) for e in found]
 
 
@@ -267,6 +271,9 @@ def evals_compare(ctx: click.Context, model: str, version: int, gate_file: Path,
     """Decide whether VERSION of MODEL beats the version ALIAS names, from the per-example results of two
     evaluation runs on the same dataset with the same evaluation image, and store the verdict that
     `cairn models promote` reads. Exits 1 unless the gate passed."""
+    # Imported here: numpy and scipy cost about 75 MiB, and every role (operator, sidecar) starts from this CLI.
+    from cairn.gates import decide, gate_spec_from
+
     try:
         spec = gate_spec_from(yaml.safe_load(gate_file.read_text()) or {})
     except (ValueError, yaml.YAMLError) as exc:
