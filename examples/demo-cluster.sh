@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The cluster demo on a fresh machine: install what is missing, then train and track the sample
-# TrainingRun on the local Kubernetes cluster (see examples/demo_cluster.py). Needs root.
+# TrainingRun on the local cluster with the Helm chart (see examples/demo_cluster.py). Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash hack/install-cluster-deps.sh
@@ -9,4 +9,4 @@ if ! python3 -c "import cairn, kopf, kubernetes" 2>/dev/null; then
   echo "[demo] installing cairn" >&2
   python3 -m pip install --quiet --disable-pip-version-check -e .
 fi
-exec python3 examples/demo_cluster.py
+exec python3 examples/demo_cluster.py "$@"

@@ -24,7 +24,7 @@ POD_GONE_S = 120  # the pod's grace period (90 s by default) bounds it; a SIGTER
 
 def test_sample_trainingrun_is_trained_and_tracked(kubectl, namespace, running_operator, store_urls):
     manifest = yaml.safe_load(EXAMPLE.read_text())
-    manifest["spec"]["params"]["epochs"] = 4
+    manifest["spec"]["params"].update(epochs=4, epoch_seconds=0)
     kubectl.apply(manifest, namespace=namespace)
     seen = set()
 
