@@ -1,0 +1,215 @@
+"""Admission rules that make a namespace a tenant: ValidatingAdmissionPolicies (CEL), generated here.
+
+    python -m cairn.api.tenancy > crds/tenancy/cairn-tenancy.yaml
+
+Two policies, enforced by the API server itself:
+
+- ``tenancy.cairn.dev`` on TrainingRuns: the namespace is labelled ``cairn.dev/tenant=enabled``; no
+  env var reads a Cairn-managed Secret (``cairn-*``); the dataset is under ``s3://<bucket>/<namespace>/``
+  or a shared prefix; the ServiceAccount, PriorityClass, toleration keys and nodeSelector keys are
+  the ones the admin allows. What is allowed comes from a ConfigMap the admin owns (the policy's
+  param, in the operator's namespace); a key missing there falls back to the safe defaults below.
+  Per namespace, ``<setting>.<namespace>`` replaces ``<setting>``. Lists are comma-separated.
+- ``operator-pods.cairn.dev`` on Pods created by the operator's ServiceAccount: only in enabled
+  namespaces. Unlike a RoleBinding per namespace, it follows the label at admission time, so an
+  admin enables a namespace with one label and the operator needs no right to create RoleBindings.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import yaml
+
+from cairn.api import types as T
+
+TENANT_LABEL = "cairn.dev/tenant"
+TENANT_ENABLED = "enabled"
+MANAGED_SECRET_PREFIX = "cairn-"
+TENANCY_POLICY = f"tenancy.{T.GROUP}"
+OPERATOR_PODS_POLICY = f"operator-pods.{T.GROUP}"
+PARAMS_CONFIGMAP = "cairn-tenancy"
+# Where the companion manifest expects the operator; the chart puts its own release's names in.
+DEFAULT_NAMESPACE = "cairn-system"
+DEFAULT_OPERATOR_SERVICE_ACCOUNT = "cairn-operator"
+
+# Safe defaults: the default ServiceAccount, no PriorityClass, only the GPU toleration and node label.
+DEFAULTS = {
+    "bucket": "cairn",
+    "sharedDatasetPrefixes": "",
+    "serviceAccounts": "default",
+    "priorityClasses": "",
+    "tolerationKeys": "nvidia.com/gpu",
+    "nodeSelectorKeys": T.GPU_PRODUCT_LABEL,
+}
+
+
+def _setting(key: str) -> str:
+    """CEL: the namespace's value of a setting, else the cluster-wide one, else the default."""
+    return (f"variables.data[?'{key}.' + request.namespace]"
+            f".orValue(variables.data[?'{key}'].orValue('{DEFAULTS[key]}'))")
+
+
+def _list_setting(key: str) -> str:
+    return f"{_setting(key)}.split(',').map(s, s.trim()).filter(s, s != '')"
+
+
+def _allowed(variable: str) -> str:
+    """CEL: the allowed values for a message, or "none"."""
+    return f"(variables.{variable}.size() == 0 ? 'none' : variables.{variable}.join(', '))"
+
+
+def tenancy_policy(params_namespace: str = DEFAULT_NAMESPACE) -> list[dict[str, Any]]:
+    """The TrainingRun policy and its binding to the admin's ConfigMap in ``params_namespace``."""
+    where = f"ConfigMap {params_namespace}/{PARAMS_CONFIGMAP}"
+    env_secret = (f"e.?valueFrom.?secretKeyRef.?name.orValue('').startsWith('{MANAGED_SECRET_PREFIX}')")
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": TENANCY_POLICY},
+        "spec": {
+            "failurePolicy": "Fail",
+            "paramKind": {"apiVersion": "v1", "kind": "ConfigMap"},
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": [T.GROUP], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"],
+                "resources": [T.PLURAL],
+            }]},
+            # Metadata-only updates (the operator's finalizer) pass, so a run admitted before a rule
+            # changed can still be deleted.
+            "matchConditions": [{"name": "spec-written",
+                                 "expression": "request.operation == 'CREATE' || object.spec != oldObject.spec"}],
+            "variables": [
+                {"name": "data", "expression": "params.?data.orValue({})"},
+                {"name": "enabled", "expression": f"namespaceObject.metadata.?labels[?'{TENANT_LABEL}']"
+                                                  f".orValue('') == '{TENANT_ENABLED}'"},
+                {"name": "env", "expression": "object.spec.?env.orValue([])"},
+                {"name": "secretEnv", "expression": f"variables.env.filter(e, {env_secret})"},
+                {"name": "uri", "expression": "object.spec.?dataset.?uri.orValue('')"},
+                {"name": "ownPrefix", "expression": f"'s3://' + {_setting('bucket')} + '/' + request.namespace + '/'"},
+                {"name": "sharedPrefixes", "expression": f"{_list_setting('sharedDatasetPrefixes')}"
+                                                         ".map(p, p.endsWith('/') ? p : p + '/')"},
+                {"name": "serviceAccounts", "expression": _list_setting("serviceAccounts")},
+                {"name": "priorityClasses", "expression": _list_setting("priorityClasses")},
+                {"name": "tolerationKeys", "expression": _list_setting("tolerationKeys")},
+                {"name": "nodeSelectorKeys", "expression": _list_setting("nodeSelectorKeys")},
+                {"name": "tolerations", "expression": "object.spec.?tolerations.orValue([])"},
+                {"name": "badTolerations", "expression": "variables.tolerations.filter(t, "
+                                                         "!(t.?key.orValue('') in variables.tolerationKeys))"},
+                {"name": "badNodeSelectorKeys", "expression": "object.spec.?nodeSelector.orValue({}).filter(k, "
+                                                              "!(k in variables.nodeSelectorKeys))"},
+            ],
+            "validations": [
+                {"expression": "variables.enabled",
+                 "messageExpression": f"'namespace ' + request.namespace + ' is not enabled for Cairn: ask the "
+                                      f"cluster admin to label it {TENANT_LABEL}={TENANT_ENABLED}'",
+                 "reason": "Forbidden"},
+                {"expression": "variables.secretEnv.size() == 0",
+                 "messageExpression": "'spec.env[' + string(variables.env.indexOf(variables.secretEnv[0])) + "
+                                      "'].valueFrom.secretKeyRef.name: ' + "
+                                      "variables.secretEnv[0].valueFrom.secretKeyRef.name + "
+                                      f"' is a Secret Cairn manages ({MANAGED_SECRET_PREFIX}*); "
+                                      "a TrainingRun may not read it'",
+                 "reason": "Forbidden"},
+                {"expression": "variables.uri == '' || !variables.uri.matches('/[.]{1,2}(/|$)')",
+                 "messageExpression": "'spec.dataset.uri: ' + variables.uri + ' has a . or .. path segment'",
+                 "reason": "Invalid"},
+                {"expression": "variables.uri == '' || variables.uri.startsWith(variables.ownPrefix) || "
+                               "variables.sharedPrefixes.exists(p, variables.uri.startsWith(p))",
+                 "messageExpression": "'spec.dataset.uri: ' + variables.uri + ' is outside this namespace\\'s '"
+                                      "+ variables.ownPrefix + ' and the shared prefixes (' "
+                                      f"+ {_allowed('sharedPrefixes')} + ')'",
+                 "reason": "Forbidden"},
+                {"expression": "object.spec.?serviceAccountName.orValue('') in [''] + variables.serviceAccounts",
+                 "messageExpression": "'spec.serviceAccountName: ' + object.spec.serviceAccountName + "
+                                      "' is not allowed in namespace ' + request.namespace + ' (allowed: ' + "
+                                      f"{_allowed('serviceAccounts')} + '; the admin lists them in {where})'",
+                 "reason": "Forbidden"},
+                {"expression": "object.spec.?priorityClassName.orValue('') in [''] + variables.priorityClasses",
+                 "messageExpression": "'spec.priorityClassName: ' + object.spec.priorityClassName + "
+                                      "' is not allowed in namespace ' + request.namespace + ' (allowed: ' + "
+                                      f"{_allowed('priorityClasses')} + '; the admin lists them in {where})'",
+                 "reason": "Forbidden"},
+                {"expression": "variables.badTolerations.size() == 0",
+                 "messageExpression": "'spec.tolerations[' + "
+                                      "string(variables.tolerations.indexOf(variables.badTolerations[0])) + "
+                                      "'].key: ' + variables.badTolerations[0].?key.orValue('(any key)') + "
+                                      "' is not allowed in namespace ' + request.namespace + ' (allowed: ' + "
+                                      f"{_allowed('tolerationKeys')} + '; the admin lists them in {where})'",
+                 "reason": "Forbidden"},
+                {"expression": "variables.badNodeSelectorKeys.size() == 0",
+                 "messageExpression": "'spec.nodeSelector.' + variables.badNodeSelectorKeys[0] + "
+                                      "': this node label is not allowed in namespace ' + request.namespace + "
+                                      f"' (allowed: ' + {_allowed('nodeSelectorKeys')} + "
+                                      f"'; the admin lists them in {where})'",
+                 "reason": "Forbidden"},
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": TENANCY_POLICY},
+        "spec": {
+            "policyName": TENANCY_POLICY,
+            "validationActions": ["Deny"],
+            # Without the admin's ConfigMap nothing is admitted: a missing param never opens the gate.
+            "paramRef": {"name": PARAMS_CONFIGMAP, "namespace": params_namespace,
+                         "parameterNotFoundAction": "Deny"},
+        },
+    }
+    return [policy, binding]
+
+
+def operator_pods_policy(namespace: str = DEFAULT_NAMESPACE,
+                         service_account: str = DEFAULT_OPERATOR_SERVICE_ACCOUNT) -> list[dict[str, Any]]:
+    """Pods the operator's ServiceAccount creates: only in namespaces labelled enabled."""
+    user = f"system:serviceaccount:{namespace}:{service_account}"
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": OPERATOR_PODS_POLICY},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"],
+            }]},
+            "matchConditions": [{"name": "by-the-operator", "expression": f"request.userInfo.username == '{user}'"}],
+            "validations": [{
+                "expression": f"namespaceObject.metadata.?labels[?'{TENANT_LABEL}'].orValue('') == '{TENANT_ENABLED}'",
+                "messageExpression": "'the Cairn operator may create pods only in namespaces labelled "
+                                     f"{TENANT_LABEL}={TENANT_ENABLED}; ' + request.namespace + ' is not'",
+                "reason": "Forbidden",
+            }],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": OPERATOR_PODS_POLICY},
+        "spec": {"policyName": OPERATOR_PODS_POLICY, "validationActions": ["Deny"]},
+    }
+    return [policy, binding]
+
+
+def params_configmap(namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any]:
+    """The admin's ConfigMap with the safe defaults written out, to edit."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": PARAMS_CONFIGMAP, "namespace": namespace},
+        "data": dict(DEFAULTS),
+    }
+
+
+def render() -> str:
+    header = ("# Generated from operator/cairn/api/tenancy.py by `python -m cairn.api.tenancy`; do not edit.\n"
+              f"# Expects the operator as ServiceAccount {DEFAULT_OPERATOR_SERVICE_ACCOUNT} in namespace "
+              f"{DEFAULT_NAMESPACE}: change the\n# ConfigMap's namespace, the binding's paramRef and the "
+              "operator-pods matchCondition when yours differ.\n")
+    docs = [params_configmap(), *tenancy_policy(), *operator_pods_policy()]
+    return header + yaml.safe_dump_all(docs, sort_keys=False, width=120)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())
