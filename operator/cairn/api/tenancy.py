@@ -62,7 +62,7 @@ def _allowed(variable: str) -> str:
 
 def tenancy_policy(params_namespace: str = DEFAULT_NAMESPACE) -> list[dict[str, Any]]:
     """The TrainingRun policy and its binding to the admin's ConfigMap in ``params_namespace``."""
-    where = f"ConfigMap {params_namespace}/{PARAMS_CONFIGMAP}"
+    where = f"ConfigMap {PARAMS_CONFIGMAP} next to the operator"
     env_secret = (f"e.?valueFrom.?secretKeyRef.?name.orValue('').startsWith('{MANAGED_SECRET_PREFIX}')")
     policy = {
         "apiVersion": "admissionregistration.k8s.io/v1",
