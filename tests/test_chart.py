@@ -604,17 +604,19 @@ def test_tenancy_policies_are_bound_to_this_release(helm):
                   "tenancy.namespaces.team-a.priorityClasses={batch}", release="lab")
     source = {(d["kind"], d["metadata"]["name"]): d
               for d in yaml.safe_load_all((REPO / "crds" / "tenancy" / "cairn-tenancy.yaml").read_text())}
-    params = one(objs, "ConfigMap", "cairn-tenancy", NS)
-    assert params["data"] == {"bucket": "ml-data", "sharedDatasetPrefixes": "s3://ml-data/shared/",
-                              "serviceAccounts": "default", "serviceAccounts.team-a": "default,trainer",
-                              "priorityClasses": "", "priorityClasses.team-a": "batch",
-                              "tolerationKeys": "nvidia.com/gpu", "nodeSelectorKeys": "nvidia.com/gpu.product"}
+    assert len(source) == 4
     policy = one(objs, "ValidatingAdmissionPolicy", "lab-cairn-tenancy")
-    assert policy["spec"] == source["ValidatingAdmissionPolicy", "tenancy.cairn.dev"]["spec"]
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    assert json.loads(variables.pop("settings")) == {
+        "bucket": "ml-data", "sharedDatasetPrefixes": "s3://ml-data/shared/",
+        "serviceAccounts": "default", "serviceAccounts.team-a": "default,trainer",
+        "priorityClasses": "", "priorityClasses.team-a": "batch",
+        "tolerationKeys": "nvidia.com/gpu", "nodeSelectorKeys": "nvidia.com/gpu.product"}
+    generated = source["ValidatingAdmissionPolicy", "tenancy.cairn.dev"]["spec"]
+    assert variables == {v["name"]: v["expression"] for v in generated["variables"] if v["name"] != "settings"}
+    assert policy["spec"]["validations"] == generated["validations"]
     binding = one(objs, "ValidatingAdmissionPolicyBinding", "lab-cairn-tenancy")
-    assert binding["spec"]["policyName"] == "lab-cairn-tenancy"
-    assert binding["spec"]["paramRef"] == {"name": "cairn-tenancy", "namespace": NS, "parameterNotFoundAction": "Deny"}
-    assert "matchResources" not in binding["spec"]  # every namespace
+    assert binding["spec"] == {"policyName": "lab-cairn-tenancy", "validationActions": ["Deny"]}  # every namespace
     pods = one(objs, "ValidatingAdmissionPolicy", "lab-cairn-operator-pods")
     assert pods["spec"]["matchConditions"] == [{
         "name": "by-the-operator", "expression": f"request.userInfo.username == 'system:serviceaccount:{NS}:op'"}]
@@ -625,7 +627,8 @@ def test_tenancy_policies_are_bound_to_this_release(helm):
     assert one(scoped, "ValidatingAdmissionPolicyBinding", "cairn-tenancy")["spec"]["matchResources"] == \
         {"namespaceSelector": {"matchLabels": {"team": "ml"}}}
     off = render(helm, "externalDatabase.url=postgresql://cairn:pw@db/cairn", "tenancy.admission.enabled=false")
-    assert not find(off, "ConfigMap", "cairn-tenancy") and not find(off, "ValidatingAdmissionPolicyBinding", "cairn-tenancy")
+    assert [p["metadata"]["name"] for p in find(off, "ValidatingAdmissionPolicy")] == ["trainingrun-params.cairn.dev"]
+    assert not find(off, "ValidatingAdmissionPolicyBinding", "cairn-tenancy")
     assert "/tenancy/serviceAccounts/0" in render_error(helm, "externalDatabase.url=postgresql://cairn:pw@db/cairn",
                                                      "tenancy.serviceAccounts={a b}")
 

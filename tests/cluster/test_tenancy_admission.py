@@ -1,4 +1,4 @@
-"""The API server enforces the tenancy admission rules (crds/tenancy/cairn-tenancy.yaml).
+"""The API server enforces the tenancy admission rules (crds/tenancy/cairn-tenancy.yaml), naming the field.
 
 The cluster is shared by every test run: the policies are applied under names of this module's own,
 and their bindings match only the namespaces this module labels, so no other test meets them.
@@ -65,34 +65,33 @@ def tenants(kubectl: Kubectl) -> Iterator[Tenants]:
     install_crd(kubectl)
     scope = uuid.uuid4().hex[:8]
     t = Tenants(kubectl, scope)
-    for ns in (t.admin, t.a, t.b, t.disabled):
-        kubectl.run("create", "namespace", ns)
-    for ns in (t.a, t.b, t.disabled):
-        kubectl.run("label", "namespace", ns, f"{SCOPE_LABEL}={scope}")
-    for ns in (t.a, t.b):
-        kubectl.run("label", "namespace", ns, f"{tenancy.TENANT_LABEL}={tenancy.TENANT_ENABLED}")
-    params = tenancy.params_configmap(t.admin)
-    params["data"].update({"bucket": BUCKET, "sharedDatasetPrefixes": f"s3://{BUCKET}/shared, s3://public/",
-                           f"serviceAccounts.{t.a}": "default,trainer"})
-    operator_user = ("op", t.admin)
-    docs = [params,
-            *scoped(tenancy.tenancy_policy(t.admin), scope, scope),
-            *scoped(tenancy.operator_pods_policy(t.admin, operator_user[0]), scope, scope)]
+    settings = {**tenancy.DEFAULTS, "bucket": BUCKET, "sharedDatasetPrefixes": f"s3://{BUCKET}/shared, s3://public/",
+                f"serviceAccounts.{t.a}": "default,trainer"}
+    docs = [*scoped(tenancy.tenancy_policy(settings), scope, scope),
+            *scoped(tenancy.operator_pods_policy(t.admin, "op"), scope, scope)]
     # Impersonating the operator's ServiceAccount needs a right to create pods in the tenants' namespaces.
     for ns in (t.a, t.disabled):
         docs.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                      "metadata": {"name": "operator-pods", "namespace": ns},
                      "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
                      "subjects": [{"kind": "ServiceAccount", "name": "op", "namespace": t.admin}]})
-    kubectl.run("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
-    # The API server loads new policies asynchronously: wait until the first rule bites.
-    wait_until(lambda: t.dry_run(t.disabled, run_doc("probe")).returncode != 0, 60, "the tenancy policy in force")
-    wait_until(lambda: t.dry_run(t.a, run_doc("probe")).returncode == 0, 60, "the policy's ConfigMap in force")
-    yield t
-    kubectl.run("delete", "--wait=false", "--ignore-not-found", "-f", "-",
-                input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs[1:]}), check=False)
-    for ns in (t.admin, t.a, t.b, t.disabled):
-        kubectl.run("delete", "namespace", ns, "--wait=false", check=False)
+    try:
+        for ns in (t.admin, t.a, t.b, t.disabled):
+            kubectl.run("create", "namespace", ns)
+        for ns in (t.a, t.b, t.disabled):
+            kubectl.run("label", "namespace", ns, f"{SCOPE_LABEL}={scope}")
+        for ns in (t.a, t.b):
+            kubectl.run("label", "namespace", ns, f"{tenancy.TENANT_LABEL}={tenancy.TENANT_ENABLED}")
+        kubectl.run("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+        # The API server loads new policies asynchronously: wait until the first rule bites.
+        wait_until(lambda: t.dry_run(t.disabled, run_doc("probe")).returncode != 0, 60, "the tenancy policy in force")
+        yield t
+    finally:
+        for doc in docs:
+            if "namespace" not in doc["metadata"]:
+                kubectl.run("delete", doc["kind"], doc["metadata"]["name"], "--ignore-not-found", check=False)
+        for ns in (t.admin, t.a, t.b, t.disabled):
+            kubectl.run("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
 
 
 def test_a_run_in_a_namespace_not_enabled_is_refused_saying_what_to_ask(tenants):
@@ -136,7 +135,7 @@ def test_a_run_breaking_a_rule_is_refused_naming_the_field(tenants, spec, field,
     assert words.replace("{a}", tenants.a) in message, message
 
 
-def test_shared_prefixes_and_per_namespace_service_accounts_come_from_the_admins_configmap(tenants):
+def test_shared_prefixes_and_per_namespace_service_accounts_come_from_the_admins_settings(tenants):
     for uri in (f"s3://{BUCKET}/shared/imagenet/", "s3://public/cifar10/"):
         tenants.admitted(tenants.b, run_doc("shared", dataset={"uri": uri}))
     tenants.refused(tenants.b, run_doc("prefix-lookalike", dataset={"uri": f"s3://{BUCKET}/shared-not/x/"}))

@@ -7,9 +7,14 @@ Two policies, enforced by the API server itself:
 - ``tenancy.cairn.dev`` on TrainingRuns: the namespace is labelled ``cairn.dev/tenant=enabled``; no
   env var reads a Cairn-managed Secret (``cairn-*``); the dataset is under ``s3://<bucket>/<namespace>/``
   or a shared prefix; the ServiceAccount, PriorityClass, toleration keys and nodeSelector keys are
-  the ones the admin allows. What is allowed comes from a ConfigMap the admin owns (the policy's
-  param, in the operator's namespace); a key missing there falls back to the safe defaults below.
-  Per namespace, ``<setting>.<namespace>`` replaces ``<setting>``. Lists are comma-separated.
+  the ones the admin allows. What is allowed is written into the policy itself (its ``settings``
+  variable, a map the chart renders from its ``tenancy`` values): a cluster-scoped object only the
+  cluster admin can change. A key missing there falls back to the safe defaults below. Per namespace,
+  ``<setting>.<namespace>`` replaces ``<setting>``. Lists are comma-separated.
+
+  Not a ConfigMap param (``paramKind``): the API server can lose a param it watches when policy,
+  binding and ConfigMap are recreated together, as an uninstall and install does
+  (kubernetes/kubernetes#133827), and then refuses every TrainingRun until it restarts.
 - ``operator-pods.cairn.dev`` on Pods created by the operator's ServiceAccount: only in enabled
   namespaces. Unlike a RoleBinding per namespace, it follows the label at admission time, so an
   admin enables a namespace with one label and the operator needs no right to create RoleBindings.
@@ -17,6 +22,7 @@ Two policies, enforced by the API server itself:
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -29,7 +35,6 @@ TENANT_ENABLED = "enabled"
 MANAGED_SECRET_PREFIX = "cairn-"
 TENANCY_POLICY = f"tenancy.{T.GROUP}"
 OPERATOR_PODS_POLICY = f"operator-pods.{T.GROUP}"
-PARAMS_CONFIGMAP = "cairn-tenancy"
 # Where the companion manifest expects the operator; the chart puts its own release's names in.
 DEFAULT_NAMESPACE = "cairn-system"
 DEFAULT_OPERATOR_SERVICE_ACCOUNT = "cairn-operator"
@@ -47,8 +52,8 @@ DEFAULTS = {
 
 def _setting(key: str) -> str:
     """CEL: the namespace's value of a setting, else the cluster-wide one, else the default."""
-    return (f"variables.data[?'{key}.' + request.namespace]"
-            f".orValue(variables.data[?'{key}'].orValue('{DEFAULTS[key]}'))")
+    return (f"variables.settings[?'{key}.' + request.namespace]"
+            f".orValue(variables.settings[?'{key}'].orValue('{DEFAULTS[key]}'))")
 
 
 def _list_setting(key: str) -> str:
@@ -60,9 +65,9 @@ def _allowed(variable: str) -> str:
     return f"(variables.{variable}.size() == 0 ? 'none' : variables.{variable}.join(', '))"
 
 
-def tenancy_policy(params_namespace: str = DEFAULT_NAMESPACE) -> list[dict[str, Any]]:
-    """The TrainingRun policy and its binding to the admin's ConfigMap in ``params_namespace``."""
-    where = f"ConfigMap {PARAMS_CONFIGMAP} next to the operator"
+def tenancy_policy(settings: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The TrainingRun policy with the admin's ``settings`` (keys of DEFAULTS, maybe ``.<namespace>``)."""
+    where = "the tenancy settings (Helm values tenancy.*)"
     env_secret = (f"e.?valueFrom.?secretKeyRef.?name.orValue('').startsWith('{MANAGED_SECRET_PREFIX}')")
     policy = {
         "apiVersion": "admissionregistration.k8s.io/v1",
@@ -70,7 +75,6 @@ def tenancy_policy(params_namespace: str = DEFAULT_NAMESPACE) -> list[dict[str, 
         "metadata": {"name": TENANCY_POLICY},
         "spec": {
             "failurePolicy": "Fail",
-            "paramKind": {"apiVersion": "v1", "kind": "ConfigMap"},
             "matchConstraints": {"resourceRules": [{
                 "apiGroups": [T.GROUP], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"],
                 "resources": [T.PLURAL],
@@ -80,7 +84,8 @@ def tenancy_policy(params_namespace: str = DEFAULT_NAMESPACE) -> list[dict[str, 
             "matchConditions": [{"name": "spec-written",
                                  "expression": "request.operation == 'CREATE' || object.spec != oldObject.spec"}],
             "variables": [
-                {"name": "data", "expression": "params.?data.orValue({})"},
+                # JSON is a CEL map literal.
+                {"name": "settings", "expression": json.dumps(DEFAULTS if settings is None else settings)},
                 {"name": "enabled", "expression": f"namespaceObject.metadata.?labels[?'{TENANT_LABEL}']"
                                                   f".orValue('') == '{TENANT_ENABLED}'"},
                 {"name": "env", "expression": "object.spec.?env.orValue([])"},
@@ -150,13 +155,7 @@ def tenancy_policy(params_namespace: str = DEFAULT_NAMESPACE) -> list[dict[str, 
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicyBinding",
         "metadata": {"name": TENANCY_POLICY},
-        "spec": {
-            "policyName": TENANCY_POLICY,
-            "validationActions": ["Deny"],
-            # Without the admin's ConfigMap nothing is admitted: a missing param never opens the gate.
-            "paramRef": {"name": PARAMS_CONFIGMAP, "namespace": params_namespace,
-                         "parameterNotFoundAction": "Deny"},
-        },
+        "spec": {"policyName": TENANCY_POLICY, "validationActions": ["Deny"]},
     }
     return [policy, binding]
 
@@ -192,22 +191,12 @@ def operator_pods_policy(namespace: str = DEFAULT_NAMESPACE,
     return [policy, binding]
 
 
-def params_configmap(namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any]:
-    """The admin's ConfigMap with the safe defaults written out, to edit."""
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": PARAMS_CONFIGMAP, "namespace": namespace},
-        "data": dict(DEFAULTS),
-    }
-
-
 def render() -> str:
     header = ("# Generated from operator/cairn/api/tenancy.py by `python -m cairn.api.tenancy`; do not edit.\n"
+              "# The allowed ServiceAccounts, PriorityClasses, ... are the variable `settings` of the first policy.\n"
               f"# Expects the operator as ServiceAccount {DEFAULT_OPERATOR_SERVICE_ACCOUNT} in namespace "
-              f"{DEFAULT_NAMESPACE}: change the\n# ConfigMap's namespace, the binding's paramRef and the "
-              "operator-pods matchCondition when yours differ.\n")
-    docs = [params_configmap(), *tenancy_policy(), *operator_pods_policy()]
+              f"{DEFAULT_NAMESPACE}: change the operator-pods\n# matchCondition when yours differs.\n")
+    docs = [*tenancy_policy(), *operator_pods_policy()]
     return header + yaml.safe_dump_all(docs, sort_keys=False, width=120)
 
 
