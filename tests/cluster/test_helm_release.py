@@ -232,6 +232,15 @@ def test_trainingrun_succeeds_and_is_recorded_in_the_store(kubectl, release):
     assert "cairn_reconcile_duration_seconds_count" in metrics
 
 
+def test_the_charts_tenancy_policy_refuses_a_run_that_reads_cairn_secrets(kubectl, release):
+    doc = trainingrun("snoop", python_trainer("print(1)"),
+                      env=[{"name": "DB", "valueFrom": {"secretKeyRef": {"name": "cairn-database", "key": "url"}}}])
+    r = kubectl.run("-n", release.namespace, "create", "--dry-run=server", "-f", "-", input=json.dumps(doc),
+                    check=False)
+    assert r.returncode != 0 and f"{release.name}-tenancy" in r.stderr, r.stderr
+    assert "spec.env[0].valueFrom.secretKeyRef.name: cairn-database is a Secret Cairn manages" in r.stderr
+
+
 def test_rbac_allows_exactly_what_the_operator_needs(kubectl, release):
     ns = release.namespace
     for verb in ("get", "list", "watch", "patch", "delete"):
