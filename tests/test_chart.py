@@ -245,7 +245,8 @@ def test_crd_and_admission_policy_are_templated_and_kept(helm):
     not_kept = render(helm, "externalDatabase.url=postgresql://cairn:pw@db/cairn", "crds.keep=false")
     assert "annotations" not in one(not_kept, "CustomResourceDefinition")["metadata"]
     none = render(helm, "externalDatabase.url=postgresql://cairn:pw@db/cairn", "crds.enabled=false")
-    assert not find(none, "CustomResourceDefinition") and not find(none, "ValidatingAdmissionPolicy", source[1]["metadata"]["name"])
+    assert not find(none, "CustomResourceDefinition")
+    assert not find(none, "ValidatingAdmissionPolicy", source[1]["metadata"]["name"])
 
 
 def test_migrations_run_as_a_hook_before_install_and_upgrade(helm):

@@ -195,7 +195,8 @@ def test_a_whole_run_sends_zero_packets_outside_the_cluster(kubectl, namespace, 
     tr = wait_phase(kubectl, namespace, "sealed", ("Succeeded", "Failed"), timeout=240)
     assert tr["status"]["phase"] == "Succeeded", (tr["status"], running_operator.log())
     prefix = f"{namespace}/airgap/{tr['metadata']['uid']}/"
-    keys = sorted(o.object_name.removeprefix(prefix) for o in client.list_objects(BUCKET, prefix=prefix, recursive=True))
+    objects = client.list_objects(BUCKET, prefix=prefix, recursive=True)
+    keys = sorted(o.object_name.removeprefix(prefix) for o in objects)
     assert keys == ["artifacts/model.bin", "checkpoints/15/ckpt.bin", "checkpoints/30/ckpt.bin"]
     assert egress.packets() == 0
     print(json.dumps({"egress_packets": egress.packets(), "objects": keys}))
