@@ -25,9 +25,10 @@ bash "$HERE/build-minio-image.sh" --no-import >&2
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage" "$out.partial"' EXIT
 chmod 755 "$stage"  # it is the bundle's top directory: mktemp's 700 would carry over on extraction
-mkdir -p "$stage/chart" "$stage/crds" "$stage/images"
+mkdir -p "$stage/chart" "$stage/crds/tenancy" "$stage/images"
 "$helm" package "$REPO/charts/cairn" --destination "$stage/chart" >&2
 cp "$REPO"/crds/*.yaml "$stage/crds/"
+cp "$REPO"/crds/tenancy/*.yaml "$stage/crds/tenancy/"
 cp "$CACHE_ROOT/image/cairn.oci.tar" "$stage/images/cairn.oci.tar"
 cp "$CACHE_ROOT/postgres-image/cairn-postgres.oci.tar" "$stage/images/cairn-postgres.oci.tar"
 cp "$CACHE_ROOT/minio-image/cairn-minio.oci.tar" "$stage/images/cairn-minio.oci.tar"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from cairn.api import from_manifest, to_dict
+from cairn.api import from_manifest, tenancy, to_dict
 from cairn.api import types as T
 from cairn.api.crd import PARAMS_POLICY, params_policy, render, trainingrun_crd
 from cairn.api.schema import camel, from_dict, type_schema
@@ -86,6 +86,11 @@ FULL_SPEC = {
 
 def test_committed_crd_is_generated_from_the_types():
     assert CRD_FILE.read_text() == render(), "crds/ is stale: run python -m cairn.api.crd > " + str(CRD_FILE)
+
+
+def test_committed_tenancy_policies_are_generated():
+    path = REPO / "crds" / "tenancy" / "cairn-tenancy.yaml"
+    assert path.read_text() == tenancy.render(), f"stale: run python -m cairn.api.tenancy > {path}"
 
 
 def test_committed_file_holds_the_crd_and_the_params_policy():

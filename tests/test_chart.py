@@ -126,6 +126,12 @@ def test_crd_copy_is_identical_to_the_generated_crd():
         "run: cp crds/trainingruns.cairn.dev.yaml charts/cairn/files/"
 
 
+def test_tenancy_policy_copy_is_identical_to_the_generated_one():
+    assert (CHART / "files" / "cairn-tenancy.yaml").read_bytes() == \
+        (REPO / "crds" / "tenancy" / "cairn-tenancy.yaml").read_bytes(), \
+        "run: cp crds/tenancy/cairn-tenancy.yaml charts/cairn/files/"
+
+
 def test_every_value_is_documented_and_in_the_schema():
     """Every leaf of values.yaml has a comment above it or above its parent, and the schema knows it."""
     schema = json.loads((CHART / "values.schema.json").read_text())
@@ -168,7 +174,7 @@ LINT_SETS = {
     "namespaced": ["rbac.clusterWide=false", "operator.watchNamespaces={ml-a,ml-b}"],
     "bundled-stores": BUNDLED,
     "air-gapped": [f"global.imageRegistry={MIRROR}", "global.imagePullSecrets={mirror-pull}", f"image.digest={DIGEST}",
-                   "networkPolicy.enabled=true", "networkPolicy.apiServerCIDRs={10.0.0.1/32}"],
+                   "networkPolicy.apiServerCIDRs={10.0.0.1/32}"],
     "existing-secret": ["externalDatabase.existingSecret=my-db", "crds.enabled=false",
                         "grafana.dashboard.enabled=false"],
 }
@@ -218,7 +224,8 @@ def test_defaults_render_the_operator_hardened_with_one_replica(helm):
     assert one(objs, "ServiceAccount", "cairn-operator", NS)
     svc = one(objs, "Service", "cairn-metrics", NS)
     assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}]
-    assert not find(objs, "ServiceMonitor") and not find(objs, "PodMonitor") and not find(objs, "NetworkPolicy")
+    assert not find(objs, "ServiceMonitor") and not find(objs, "PodMonitor")
+    assert {o["metadata"]["name"] for o in find(objs, "NetworkPolicy")} == {"cairn-operator", "cairn-trainingruns"}
     assert not find(objs, "StatefulSet")
     for o in objs:
         labels = o["metadata"]["labels"]
@@ -238,7 +245,8 @@ def test_crd_and_admission_policy_are_templated_and_kept(helm):
     not_kept = render(helm, "externalDatabase.url=postgresql://cairn:pw@db/cairn", "crds.keep=false")
     assert "annotations" not in one(not_kept, "CustomResourceDefinition")["metadata"]
     none = render(helm, "externalDatabase.url=postgresql://cairn:pw@db/cairn", "crds.enabled=false")
-    assert not find(none, "CustomResourceDefinition") and not find(none, "ValidatingAdmissionPolicy")
+    assert not find(none, "CustomResourceDefinition")
+    assert not find(none, "ValidatingAdmissionPolicy", source[1]["metadata"]["name"])
 
 
 def test_migrations_run_as_a_hook_before_install_and_upgrade(helm):
@@ -540,24 +548,90 @@ def test_grafana_dashboard_covers_the_operator_and_live_run_metrics(helm):
 # -- network policies -------------------------------------------------------------------------
 
 def test_network_policies_limit_egress(helm):
-    objs = render(helm, *BUNDLED, "networkPolicy.enabled=true", "operator.watchNamespaces={ml-a}",
-                  "networkPolicy.apiServerCIDRs={10.96.0.1/32}")
+    objs = render(helm, *BUNDLED, "operator.watchNamespaces={ml-a}", "networkPolicy.apiServerCIDRs={10.96.0.1/32}")
+    kube_dns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
     op = one(objs, "NetworkPolicy", "cairn-operator", NS)
     egress_ports = [p["port"] for rule in op["spec"]["egress"] for p in rule["ports"]]
-    assert sorted(map(str, egress_ports)) == sorted(map(str, [53, 53, 443, 6443, 5432]))
+    assert sorted(map(str, egress_ports)) == sorted(map(str, [53, 53, 443, 6443, 5432, 9000]))
+    assert op["spec"]["egress"][0]["to"] == [kube_dns]  # DNS is the cluster's DNS pods, not any address
     assert op["spec"]["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.96.0.1/32"}}]
+    assert all(rule.get("to") for rule in op["spec"]["egress"])
     runs = one(objs, "NetworkPolicy", "cairn-trainingruns", "ml-a")
-    assert runs["spec"]["policyTypes"] == ["Egress"]
+    assert runs["spec"]["policyTypes"] == ["Ingress", "Egress"]
     assert sorted(p["port"] for rule in runs["spec"]["egress"] for p in rule["ports"]) == [53, 53, 5432, 9000]
-    peers = [peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
-             for rule in runs["spec"]["egress"] for peer in rule.get("to", [])]
+    assert runs["spec"]["egress"][0]["to"] == [kube_dns]
+    peers = [peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component")
+             for rule in runs["spec"]["egress"][1:] for peer in rule["to"]]
     assert peers == ["postgresql", "minio"]
-    assert one(objs, "NetworkPolicy", "cairn-postgresql", NS)["spec"]["ingress"][0]["ports"][0]["port"] == 5432
+    # ingress: the metrics scraper, on the metrics port, and nothing else
+    assert runs["spec"]["ingress"] == [{
+        "ports": [{"port": "metrics", "protocol": "TCP"}],
+        "from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}],
+    }]
+    for component, port in (("postgresql", 5432), ("minio", 9000)):
+        store = one(objs, "NetworkPolicy", f"cairn-{component}", NS)["spec"]
+        assert store["egress"] == [] and len(store["ingress"]) == 1
+        assert store["ingress"][0]["ports"] == [{"port": port, "protocol": "TCP"}]
+        sources = store["ingress"][0]["from"]
+        assert sources[0] == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NS}},
+                              "podSelector": {"matchLabels": {"app.kubernetes.io/name": "cairn",
+                                                              "app.kubernetes.io/instance": "cairn"}}}
+        training = {"matchExpressions": [{"key": "cairn.dev/trainingrun", "operator": "Exists"}]}
+        assert sources[1]["namespaceSelector"]["matchExpressions"][0]["values"] == ["ml-a"]
+        assert sources[1]["podSelector"] == training
+        assert sources[2] == {"namespaceSelector": {"matchLabels": {"cairn.dev/tenant": "enabled"}},
+                              "podSelector": training}
     # an external object store without known addresses: its port, to anywhere
     external = render(helm, "externalDatabase.host=db", "externalS3.endpoint=https://s3.internal",
-                      "networkPolicy.enabled=true", "networkPolicy.externalS3Port=443")
+                      "networkPolicy.externalS3Port=443")
     rules = one(external, "NetworkPolicy", "cairn-trainingruns", NS)["spec"]["egress"]
     assert {"ports": [{"port": 443, "protocol": "TCP"}]} in rules
+    custom_dns = render(helm, "externalDatabase.host=db", "networkPolicy.dnsPeers[0].ipBlock.cidr=10.0.0.10/32")
+    rules = one(custom_dns, "NetworkPolicy", "cairn-trainingruns", NS)["spec"]["egress"]
+    assert rules[0]["to"] == [{"ipBlock": {"cidr": "10.0.0.10/32"}}]
+    assert "/networkPolicy/dnsPeers" in render_error(helm, "externalDatabase.host=db",
+                                                     extra=("--set-json", "networkPolicy.dnsPeers=[]"))
+    assert not find(render(helm, "externalDatabase.host=db", "networkPolicy.enabled=false"), "NetworkPolicy")
+
+
+# -- tenancy ----------------------------------------------------------------------------------
+
+def test_tenancy_policies_are_bound_to_this_release(helm):
+    objs = render(helm, "externalDatabase.url=postgresql://cairn:pw@db/cairn", "serviceAccount.name=op",
+                  "externalS3.endpoint=http://s3", "externalS3.bucket=ml-data",
+                  "tenancy.sharedDatasetPrefixes={s3://ml-data/shared/}",
+                  "tenancy.namespaces.team-a.serviceAccounts={default,trainer}",
+                  "tenancy.namespaces.team-a.priorityClasses={batch}", release="lab")
+    source = {(d["kind"], d["metadata"]["name"]): d
+              for d in yaml.safe_load_all((REPO / "crds" / "tenancy" / "cairn-tenancy.yaml").read_text())}
+    assert len(source) == 4
+    policy = one(objs, "ValidatingAdmissionPolicy", "lab-cairn-tenancy")
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    assert json.loads(variables.pop("settings")) == {
+        "bucket": "ml-data", "sharedDatasetPrefixes": "s3://ml-data/shared/",
+        "serviceAccounts": "default", "serviceAccounts.team-a": "default,trainer",
+        "priorityClasses": "", "priorityClasses.team-a": "batch",
+        "tolerationKeys": "nvidia.com/gpu", "nodeSelectorKeys": "nvidia.com/gpu.product"}
+    generated = source["ValidatingAdmissionPolicy", "tenancy.cairn.dev"]["spec"]
+    assert variables == {v["name"]: v["expression"] for v in generated["variables"] if v["name"] != "settings"}
+    assert policy["spec"]["validations"] == generated["validations"]
+    binding = one(objs, "ValidatingAdmissionPolicyBinding", "lab-cairn-tenancy")
+    assert binding["spec"] == {"policyName": "lab-cairn-tenancy", "validationActions": ["Deny"]}  # every namespace
+    pods = one(objs, "ValidatingAdmissionPolicy", "lab-cairn-operator-pods")
+    assert pods["spec"]["matchConditions"] == [{
+        "name": "by-the-operator", "expression": f"request.userInfo.username == 'system:serviceaccount:{NS}:op'"}]
+    assert one(objs, "ValidatingAdmissionPolicyBinding", "lab-cairn-operator-pods")["spec"]["policyName"] \
+        == "lab-cairn-operator-pods"
+    scoped = render(helm, "externalDatabase.url=postgresql://cairn:pw@db/cairn",
+                    "tenancy.admission.namespaceSelector.matchLabels.team=ml")
+    assert one(scoped, "ValidatingAdmissionPolicyBinding", "cairn-tenancy")["spec"]["matchResources"] == \
+        {"namespaceSelector": {"matchLabels": {"team": "ml"}}}
+    off = render(helm, "externalDatabase.url=postgresql://cairn:pw@db/cairn", "tenancy.admission.enabled=false")
+    assert [p["metadata"]["name"] for p in find(off, "ValidatingAdmissionPolicy")] == ["trainingrun-params.cairn.dev"]
+    assert not find(off, "ValidatingAdmissionPolicyBinding", "cairn-tenancy")
+    assert "/tenancy/serviceAccounts/0" in render_error(helm, "externalDatabase.url=postgresql://cairn:pw@db/cairn",
+                                                     "tenancy.serviceAccounts={a b}")
 
 
 # -- names ------------------------------------------------------------------------------------

@@ -104,7 +104,7 @@ def test_bundle_holds_the_chart_every_crd_and_every_image(bundle, unpacked):
         members = {m.name.removeprefix("./") for m in t.getmembers() if m.isfile()}
         assert all(m.uid == 0 and m.gid == 0 for m in t.getmembers())
         assert t.getmember(".").mode == 0o755  # the top directory, as unpacked at the site
-    crds = sorted(p.name for p in (REPO / "crds").glob("*.yaml"))
+    crds = sorted(str(p.relative_to(REPO / "crds")) for p in (REPO / "crds").rglob("*.yaml"))
     assert crds
     assert members == {f"chart/cairn-{VERSION}.tgz", "images.txt", "SHA256SUMS",
                        *(f"crds/{c}" for c in crds), *(f"images/{a}" for a in ARCHIVES)}

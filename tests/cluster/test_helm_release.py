@@ -87,6 +87,7 @@ def chart_postgres():
 def chart_namespace(kubectl: Kubectl):
     name = f"cairn-chart-{uuid.uuid4().hex[:8]}"
     kubectl.run("create", "namespace", name)
+    kubectl.run("label", "namespace", name, "cairn.dev/tenant=enabled")
     wait_until(lambda: kubectl.run("-n", name, "get", "serviceaccount", "default", check=False).returncode == 0,
                60, f"the default ServiceAccount in {name}")
     yield name
@@ -95,6 +96,11 @@ def chart_namespace(kubectl: Kubectl):
     for tr in names:
         kubectl.run("-n", name, "patch", tr, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
     kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+def only_this_tenant(namespace: str) -> dict:
+    """The release's tenancy policy bound to its own namespace: the cluster is shared with other tests."""
+    return {"admission": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}}
 
 
 def adopt_kept_objects(kubectl: Kubectl, release: str, namespace: str) -> None:
@@ -121,6 +127,7 @@ def release(kubeconfig, kubectl, cairn_image, chart_namespace, chart_postgres, h
         "trainingPods": {"imagePullPolicy": "Never"},
         "externalDatabase": {"url": host_url.replace("127.0.0.1", NODE_IP)},
         "operator": {"watchNamespaces": [ns]},
+        "tenancy": only_this_tenant(ns),
     }))
     rel = Release(f"cairn-{ns.rsplit('-', 1)[1]}", ns, helm_bin, kubeconfig, values, host_url)
     adopt_kept_objects(kubectl, rel.name, ns)
@@ -225,6 +232,15 @@ def test_trainingrun_succeeds_and_is_recorded_in_the_store(kubectl, release):
     assert "cairn_reconcile_duration_seconds_count" in metrics
 
 
+def test_the_charts_tenancy_policy_refuses_a_run_that_reads_cairn_secrets(kubectl, release):
+    doc = trainingrun("snoop", python_trainer("print(1)"),
+                      env=[{"name": "DB", "valueFrom": {"secretKeyRef": {"name": "cairn-database", "key": "url"}}}])
+    r = kubectl.run("-n", release.namespace, "create", "--dry-run=server", "-f", "-", input=json.dumps(doc),
+                    check=False)
+    assert r.returncode != 0 and f"{release.name}-tenancy" in r.stderr, r.stderr
+    assert "spec.env[0].valueFrom.secretKeyRef.name: cairn-database is a Secret Cairn manages" in r.stderr
+
+
 def test_rbac_allows_exactly_what_the_operator_needs(kubectl, release):
     ns = release.namespace
     for verb in ("get", "list", "watch", "patch", "delete"):
@@ -319,6 +335,7 @@ def bundled_namespace(kubectl: Kubectl, helm_bin: Path, kubeconfig: Path):
     """A namespace, host-path PersistentVolumes bound in advance to the stores' claims, clean-up."""
     name = f"cairn-chart-{uuid.uuid4().hex[:8]}"
     kubectl.run("create", "namespace", name)
+    kubectl.run("label", "namespace", name, "cairn.dev/tenant=enabled")
     release = f"cairn-{name.rsplit('-', 1)[1]}"
     volumes = {}
     for store, uid in (("postgresql", 999), ("minio", 1000)):
@@ -353,6 +370,7 @@ def test_bundled_stores_install_train_upgrade_keep_credentials_and_data(
         "image": {"tag": "dev", "pullPolicy": "Never"},
         "trainingPods": {"imagePullPolicy": "Never"},
         "operator": {"watchNamespaces": [ns]},
+        "tenancy": only_this_tenant(ns),
         "rbac": {"clusterWide": False},
         "postgresql": {"enabled": True, "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
                        "persistence": {"size": "1Gi", "storageClass": ns}},
