@@ -218,8 +218,10 @@ def main() -> int:
     minio_image = last_line("bash", str(REPO / "hack/build-minio-image.sh"))
 
     step(f"helm upgrade --install {RELEASE} charts/cairn -n {SYSTEM} (bundled PostgreSQL and MinIO)")
-    for ns in (SYSTEM, TENANT):
-        cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    cluster.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM}})
+    # A tenant: the admin enables the namespace, and the chart's admission policy then admits its runs.
+    cluster.apply({"apiVersion": "v1", "kind": "Namespace",
+                   "metadata": {"name": TENANT, "labels": {"cairn.dev/tenant": "enabled"}}})
     volumes(cluster)
     adopt_kept_objects(cluster)
     work = Path(tempfile.mkdtemp(prefix="cairn-demo-"))
