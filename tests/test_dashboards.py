@@ -7,15 +7,10 @@ Grafana fills them."""
 from __future__ import annotations
 
 import datetime as dt
-import json
-import re
 import signal
 import subprocess
 import sys
 import threading
-import time
-import urllib.parse
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -25,41 +20,23 @@ from prometheus_client import start_http_server
 
 from cairn.controller.metrics import OperatorMetrics
 from cairn.store import db
+from tests.support.dashboards import DASHBOARDS, load, query_every_panel, targets
 from tests.support.fake_gpu import build_fake_nvml
 from tests.support.servers import clean_env, free_port, start_sidecar
 
 REPO = Path(__file__).resolve().parents[1]
 GENERATOR = REPO / "hack" / "dashboards" / "generate.py"
-DASHBOARDS = REPO / "charts" / "cairn" / "files" / "dashboards"
 NAMESPACE, EXPERIMENT = "ml", "digits"
 RUNS = ("digits-a", "digits-b")
-# Grafana's built-in range variables, as a dashboard a minute after the runs started would fill them.
-BUILT_INS = {"$__rate_interval": "15s", "$__range": "1m"}
 
 TRAINER = """
-import pathlib, sys, time, cairn
+import time, cairn
 cairn.init()
 for step in range(6000):  # bounded: the test stops it long before
     cairn.log({"loss": 1.0 / (step + 1), "acc": step / 6000}, step=step)
     time.sleep(0.05)
 cairn.finish()
 """
-
-
-def load(name: str) -> dict:
-    return json.loads((DASHBOARDS / f"{name}.json").read_text())
-
-
-def targets(dashboard: dict) -> list[tuple[str, str]]:
-    """(panel title, expr) for every query of every panel."""
-    return [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])]
-
-
-def fill(expr: str, values: dict[str, str]) -> str:
-    """``$name`` replaced as Grafana does: longest names first, so ``$run`` does not eat ``$runs``."""
-    for name in sorted(values, key=len, reverse=True):
-        expr = expr.replace(name if name.startswith("$") else f"${name}", values[name])
-    return expr
 
 
 def test_committed_dashboards_are_the_generators_output():
@@ -80,29 +57,6 @@ def test_the_generator_reports_a_stale_file(tmp_path):
     result = subprocess.run([sys.executable, str(copy), "--check"], capture_output=True, text=True, timeout=120,
                             check=False)
     assert result.returncode == 1 and "stale: " in result.stderr and "run.json" in result.stderr
-
-
-def label_values(prom, label: str, series: str) -> list[str]:  # noqa: ANN001 - a PrometheusServer
-    """``/api/v1/label/<label>/values`` for ``series``: what Grafana's ``label_values(series, label)`` lists."""
-    url = f"{prom.url}/api/v1/label/{label}/values?" + urllib.parse.urlencode({"match[]": series})
-    with urllib.request.urlopen(url, timeout=30) as reply:
-        return json.loads(reply.read())["data"]
-
-
-def resolve_variables(prom, dashboard: dict, choose: dict[str, list[str]]) -> dict[str, str]:  # noqa: ANN001
-    """Each query variable's options from its own ``label_values`` query (earlier variables filled in), then
-    ``choose[name]`` picked from those options: one value as is, several as Grafana's ``(a|b)`` regex."""
-    values: dict[str, str] = dict(BUILT_INS)
-    for variable in dashboard["templating"]["list"]:
-        if variable["type"] != "query":
-            continue
-        match = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["query"]["query"])
-        assert match, variable["query"]
-        options = label_values(prom, match[2], fill(match[1], values))
-        wanted = choose[variable["name"]]
-        assert set(wanted) <= set(options), f"${variable['name']}: {wanted} not among {options}"
-        values[variable["name"]] = wanted[0] if len(wanted) == 1 else "(" + "|".join(wanted) + ")"
-    return values
 
 
 class OperatorActivity:
@@ -170,31 +124,17 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(tmp_path, prometh
                     "metric": ["acc", "loss", "val_loss"]},
             "compare": {"namespace": [NAMESPACE], "experiment": [EXPERIMENT], "run": list(RUNS), "metric": ["loss"]},
         }
-        results: dict[tuple[str, str], list] = {}  # (dashboard, panel title) -> the panel's series, all queries
-        empty: list[tuple[str, str, str]] = []
-        queried = 0
-        deadline = time.monotonic() + 60
-        for name, choose in choices.items():
-            dashboard = load(name)
-            values = resolve_variables(prom, dashboard, choose)
-            for title, expr in targets(dashboard):
-                promql = fill(expr, values)
-                assert "$" not in promql, promql
-                while not (result := prom.query(promql)) and time.monotonic() < deadline:
-                    time.sleep(0.5)
-                if not result:
-                    empty.append((name, title, promql))
-                results.setdefault((name, title), []).extend(result)
-                queried += 1
+        results, empty = query_every_panel(prom, choices)
         assert not empty, f"queries with no data: {empty}"
-        assert queried == sum(len(targets(load(n))) for n in choices) >= 30
+        assert set(results) == {(n, title) for n in choices for title, _ in targets(load(n))}
+        assert len(targets(load("overview")) + targets(load("run")) + targets(load("compare"))) >= 30
 
         def labels(dashboard: str, title: str, label: str) -> set[str]:
             return {r["metric"][label] for r in results[(dashboard, title)]}
 
         assert labels("compare", "$metric by run", "trainingrun") == set(RUNS)  # both runs' curves overlaid
         assert labels("run", "Chosen metrics", "key") == {"acc", "loss", "val_loss"}
-        assert labels("run", "Rejected lines by reason", "reason")  # the hand-written bad line, counted
+        assert labels("run", "Rejected lines by reason", "reason") == {"bad_json"}  # the hand-written bad line
         assert labels("run", "GPU utilisation", "gpu") == {"0", "1"}
         assert {r["metric"]["__name__"] for r in results[("run", "GPU memory")]} == \
             {"cairn_run_gpu_memory_used_bytes", "cairn_run_gpu_memory_total_bytes"}

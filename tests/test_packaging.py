@@ -125,6 +125,8 @@ def test_the_sdk_alone_then_the_cli_extra_offline_in_a_fresh_venv(wheelhouse, tm
     assert not {"kopf", "kubernetes", "numpy", "scipy"} & installed(venv)  # the operator's, not the CLI's
     env = venv_env(venv, CAIRN_HOME=str(tmp_path / "home"))
     cairn = str(venv / "bin" / "cairn")
+    result = subprocess.run([cairn, "--version"], capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert result.returncode == 0 and PROJECT["version"] in result.stdout, result.stdout + result.stderr
     result = subprocess.run([cairn, "run", "-e", "packaging", "--", str(venv / "bin" / "python"), "train.py"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env, check=False)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -72,7 +72,7 @@ def overview() -> dashboard.Dashboard:
         dashboard.Dashboard("Cairn / Overview").uid("cairn-overview").tags(["cairn"]).refresh("1m")
         .time("now-6h", "now").timezone("browser")
         .with_variable(datasource_variable())
-        .with_variable(label_variable("namespace", "namespace", "cairn_gpu_seconds_total", multi=True,
+        .with_variable(label_variable("namespace", "namespace", "cairn_trainingrun_attempts", multi=True,
                                       include_all=True))
         .with_row(dashboard.Row("TrainingRuns"))
         .with_panel(curves("TrainingRuns by phase", query("sum by (phase) (cairn_trainingruns)", "{{phase}}")))
