@@ -135,3 +135,9 @@ def test_the_sdk_alone_then_the_cli_extra_offline_in_a_fresh_venv(wheelhouse, tm
     assert result.returncode == 0, result.stderr
     (run,) = json.loads(result.stdout)
     assert (run["experiment"], run["status"]) == ("packaging", "FINISHED")
+    # The evaluation gate's libraries are the gates extra's: without them, a clear message.
+    (tmp_path / "gate.yaml").write_text("primary: acc\n")
+    result = subprocess.run([cairn, "evals", "compare", "digits", "2", "--gate", "gate.yaml", "--candidate-run", "a",
+                             "--baseline-run", "b"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env=env, check=False)
+    assert result.returncode == 1 and "pip install 'cairn-tracking[gates]'" in result.stderr, result.stderr

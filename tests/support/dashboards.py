@@ -56,13 +56,13 @@ def resolve_variables(prometheus_url: str, dashboard: dict, choose: dict[str, li
     return values
 
 
-def query_every_panel(prom, choices: dict[str, dict[str, list[str]]], skip: frozenset[str] = frozenset(),  # noqa: ANN001
-                      timeout: float = 60, built_ins: dict[str, str] | None = None,
+def query_every_panel(prom, choices: dict[str, dict[str, list[str]]],  # noqa: ANN001 - a PrometheusServer
+                      skip: frozenset[str] = frozenset(), timeout: float = 60, built_ins: dict[str, str] | None = None,
                       ) -> tuple[dict[tuple[str, str], list], list[tuple[str, str, str]]]:
     """Every query of every panel of the dashboards named in ``choices`` (variables chosen as there), except the
     panels titled in ``skip``, retried until it returns data or ``timeout`` has passed for all together.
-    ``built_ins`` replaces :data:`BUILT_INS`. Returns ((dashboard, panel title) -> the series of all its queries, [(dashboard, title, promql) of each
-    query that returned nothing])."""
+    ``built_ins`` replaces :data:`BUILT_INS`. Returns ((dashboard, panel title) -> the series of all its
+    queries, [(dashboard, title, promql) of each query that returned nothing])."""
     results: dict[tuple[str, str], list] = {}
     empty: list[tuple[str, str, str]] = []
     deadline = time.monotonic() + timeout
