@@ -117,7 +117,8 @@ def run() -> dashboard.Dashboard:
         .with_variable(label_variable("metric", "key", f'cairn_run_metric{{{RUN}, key!~"system/.*"}}',
                                       multi=True, include_all=True))
         .with_row(dashboard.Row("Training"))
-        .with_panel(curves("Chosen metrics", query(f'cairn_run_metric{{{RUN}, key=~"$metric"}}', "{{key}}")))
+        .with_panel(curves("Chosen metrics", query(f'cairn_run_metric{{{RUN}, key=~"$metric", key!~"system/.*"}}',
+                                                   "{{key}}")))
         .with_panel(curves("Step", live("cairn_run_step", "step"), width=6))
         .with_panel(curves("Steps per second", live("cairn_run_steps_per_second", "steps/s"), width=6))
         .with_panel(curves("Attempts (first, retries, resumes)", query(
@@ -173,8 +174,13 @@ DASHBOARDS = {"overview": overview, "run": run, "compare": compare}
 
 def render() -> dict[str, str]:
     """File name -> JSON text, as committed."""
-    return {f"{name}.json": json.dumps(build().build(), cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
-            for name, build in DASHBOARDS.items()}
+    files = {}
+    for name, build in DASHBOARDS.items():
+        model = build().build()
+        for panel_id, panel in enumerate(model.panels, start=1):  # unique ids: links and "view panel" use them
+            panel.id_val = panel_id
+        files[f"{name}.json"] = json.dumps(model, cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
+    return files
 
 
 def main(argv: list[str]) -> int:
