@@ -99,7 +99,9 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(tmp_path, prometh
     try:
         for name in RUNS:
             url = f"sqlite:///{tmp_path / name}.db"
-            db.upgrade(db.get_engine(url))
+            engine = db.get_engine(url)
+            db.upgrade(engine)
+            engine.dispose()
             run_dir, run_id, port = tmp_path / name, str(uuid.uuid4()), free_port()
             sidecars.append(start_sidecar(run_dir, dict(
                 CAIRN_RUN_ID=run_id, CAIRN_DATABASE_URL=url, CAIRN_METRICS_PORT=str(port), CAIRN_PARAMS="{}",

@@ -39,8 +39,8 @@ def curves(title: str, *queries: prometheus.Dataquery, unit: str = "short", widt
     legend = (common.VizLegendOptions().show_legend(True).display_mode(LegendDisplayMode.LIST)
               .placement(LegendPlacement.BOTTOM))
     panel = timeseries.Panel().title(title).datasource(DATASOURCE).unit(unit).span(width).height(8).legend(legend)
-    for ref_id, q in zip("ABCDEFGH", queries, strict=False):
-        panel = panel.with_target(q.ref_id(ref_id))
+    for index, q in enumerate(queries):
+        panel = panel.with_target(q.ref_id(chr(ord("A") + index)))
     return panel
 
 
@@ -56,9 +56,9 @@ def datasource_variable() -> dashboard.DatasourceVariable:
 
 def label_variable(name: str, label: str, series: str, multi: bool = False,
                    include_all: bool = False) -> dashboard.QueryVariable:
-    definition = f"label_values({series}, {label})"
+    options_query = f"label_values({series}, {label})"
     variable = (dashboard.QueryVariable(name).label(name).datasource(DATASOURCE)
-                .query({"query": definition, "refId": name})
+                .query({"query": options_query, "refId": name})
                 .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).sort(VariableSort.ALPHABETICAL_ASC).multi(multi))
     if include_all:
         variable = variable.include_all(True).all_value(".*")
