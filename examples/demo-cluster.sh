@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash hack/install-cluster-deps.sh
 bash hack/install-test-deps.sh
-if ! python3 -c "import cairn, kopf, kubernetes" 2>/dev/null; then
+if ! python3 -c "import cairn.cli.main, kopf, kubernetes" 2>/dev/null; then
   echo "[demo] installing cairn" >&2
-  python3 -m pip install --quiet --disable-pip-version-check -e .
+  python3 -m pip install --quiet --disable-pip-version-check -e '.[operator]'
 fi
 exec python3 examples/demo_cluster.py "$@"

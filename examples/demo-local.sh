@@ -3,9 +3,9 @@
 # $CAIRN_HOME, default ~/.cairn), then show the better one and compare both. No cluster needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! python3 -c "import cairn, numpy, sklearn" 2>/dev/null; then
+if ! python3 -c "import cairn.cli.main, numpy, sklearn" 2>/dev/null; then
   echo "[demo] installing cairn and the example's dependencies" >&2
-  python3 -m pip install --quiet --disable-pip-version-check -e '.[examples]'
+  python3 -m pip install --quiet --disable-pip-version-check -e '.[cli,examples]'
 fi
 export COLUMNS="${COLUMNS:-$(tput cols 2>/dev/null || echo 160)}"
 export CAIRN_HOME="${CAIRN_HOME:-$HOME/.cairn}"

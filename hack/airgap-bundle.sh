@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Write the one file an air-gapped site needs: the Helm chart, the CRDs and every image as an OCI
-# archive, with SHA256SUMS and an image list, and OUT.tar.sha256 beside it (naming the file alone,
-# so `sha256sum -c` works wherever both are carried). Carry it across, verify, push the images to
+# Write the one file an air-gapped site needs: the Helm chart, the CRDs, every image as an OCI
+# archive, the Python wheels of the SDK and CLI (wheels/, from hack/wheelhouse.sh: `pip install
+# --no-index --find-links wheels/ 'cairn-tracking[cli]'`), with SHA256SUMS and an image list, and
+# OUT.tar.sha256 beside it (naming the file alone, so `sha256sum -c` works wherever both are carried). Carry it across, verify, push the images to
 # the site's registry mirror, install (docs/airgap.md).
 #
 #   hack/airgap-bundle.sh [OUT.tar]     default dist/cairn-airgap-<version>.tar
+#
+# The wheels are for this machine's python3; SITE_PYTHON=X.Y makes them binary wheels for the site's
+# CPython X.Y on x86_64 Linux instead.
 #
 # Images are built here if missing (hack/build-image.sh, hack/build-postgres-image.sh,
 # hack/build-minio-image.sh, all with --no-import: no cluster needed); Helm from its Go module.
@@ -25,13 +29,14 @@ bash "$HERE/build-minio-image.sh" --no-import >&2
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage" "$out.partial"' EXIT
 chmod 755 "$stage"  # it is the bundle's top directory: mktemp's 700 would carry over on extraction
-mkdir -p "$stage/chart" "$stage/crds/tenancy" "$stage/images"
+mkdir -p "$stage/chart" "$stage/crds/tenancy" "$stage/images" "$stage/wheels"
 "$helm" package "$REPO/charts/cairn" --destination "$stage/chart" >&2
 cp "$REPO"/crds/*.yaml "$stage/crds/"
 cp "$REPO"/crds/tenancy/*.yaml "$stage/crds/tenancy/"
 cp "$CACHE_ROOT/image/cairn.oci.tar" "$stage/images/cairn.oci.tar"
 cp "$CACHE_ROOT/postgres-image/cairn-postgres.oci.tar" "$stage/images/cairn-postgres.oci.tar"
 cp "$CACHE_ROOT/minio-image/cairn-minio.oci.tar" "$stage/images/cairn-minio.oci.tar"
+bash "$HERE/wheelhouse.sh" "$stage/wheels" ${SITE_PYTHON:+--python-version "$SITE_PYTHON"} >&2
 
 # images.txt, one line per tag: the archive, the tag (its OCI ref name, what `skopeo copy
 # oci-archive:ARCHIVE:TAG` selects), the manifest digest, and the name `ctr images import` gives it.

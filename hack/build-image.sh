@@ -73,11 +73,20 @@ fi
 
 # ---------------------------------------------------------------- layer 2: dependencies
 deps="$(python3 - "$REPO/pyproject.toml" <<'EOF'
-import sys, tomllib
+import re, sys, tomllib
 with open(sys.argv[1], "rb") as f:
     project = tomllib.load(f)["project"]
-# The example trainers' libraries ride along so a TrainingRun can run them from this image.
-print("\n".join(sorted(project.get("dependencies", []) + project["optional-dependencies"]["examples"])))
+extras = project["optional-dependencies"]
+own = re.compile(re.escape(project["name"]) + r"\[([\w,]+)\]")
+
+def requirements(extra):  # the extra's requirements, the project's own extras it names expanded
+    for req in extras[extra]:
+        match = own.fullmatch(req)
+        yield from (r for name in match[1].split(",") for r in requirements(name)) if match else [req]
+
+# The operator, sidecar and prepare step's libraries; the example trainers' ride along so a TrainingRun can
+# run them from this image.
+print("\n".join(sorted({*project.get("dependencies", []), *requirements("operator"), *requirements("examples")})))
 EOF
 )"
 deps_key="$(printf '%s\n' "$base_key" "$deps" | short_sha)"
@@ -126,8 +135,9 @@ log "building the cairn $version wheel from $REPO"
 python3 -m pip wheel --quiet --no-deps --wheel-dir "$work/wheel" "$REPO"
 chroot_mounts
 # Remove the previous run's install so the app layer holds exactly this run's files.
-chroot "$ROOTFS" "$VENV/bin/pip" uninstall --quiet --yes cairn >/dev/null 2>&1 || true
-wheel="$(cd "$work/wheel" && ls cairn-*.whl)"
+# (`cairn` is the distribution's name before it became cairn-tracking.)
+chroot "$ROOTFS" "$VENV/bin/pip" uninstall --quiet --yes cairn cairn-tracking >/dev/null 2>&1 || true
+wheel="$(cd "$work/wheel" && ls cairn_tracking-*.whl)"
 mkdir -p "$ROOTFS/tmp/app"; cp "$work/wheel/$wheel" "$ROOTFS/tmp/app/"
 touch "$work/marker"; sleep 1
 chroot "$ROOTFS" "$VENV/bin/pip" install --quiet --no-cache-dir --no-index --no-deps "/tmp/app/$wheel"

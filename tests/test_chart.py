@@ -526,23 +526,27 @@ def test_monitors_only_where_the_prometheus_operator_api_exists(helm):
     assert not find(disabled, "ServiceMonitor")
 
 
-def test_grafana_dashboard_covers_the_operator_and_live_run_metrics(helm):
+def test_grafana_dashboards_ship_as_one_config_map_each_with_series_the_code_exports(helm):
     objs = render(helm, "externalDatabase.url=postgresql://x:y@db/cairn")
-    cm = one(objs, "ConfigMap", "cairn-dashboard", NS)
-    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
-    dashboard = json.loads(cm["data"]["cairn.json"])
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    exprs = []
+    for name in ("overview", "run", "compare"):
+        cm = one(objs, "ConfigMap", f"cairn-dashboard-{name}", NS)
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        dashboard = json.loads(cm["data"][f"cairn-{name}.json"])
+        assert dashboard["uid"] == f"cairn-{name}"
+        assert dashboard == json.loads((REPO / "charts/cairn/files/dashboards" / f"{name}.json").read_text())
+        exprs += [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     used = {re.sub(r"_(bucket|count|sum|total)$", "", m) for e in exprs for m in re.findall(r"\bcairn_\w+", e)}
     for family in ("cairn_trainingruns", "cairn_reconcile_duration_seconds", "cairn_retries", "cairn_gpu_seconds",
-                   "cairn_run_metric", "cairn_run_step"):
+                   "cairn_run_metric", "cairn_run_step", "cairn_trainingrun_attempts"):
         assert family in used, family
-    # every series the dashboard asks for is one the code exports
+    # every series the dashboards ask for is one the code exports
     sources = (REPO / "operator/cairn/controller/metrics.py").read_text() + \
         (REPO / "operator/cairn/agent/exporter.py").read_text()
     for family in used:
-        assert f'"{family}"' in sources, f"the dashboard queries {family}, which no code exports"
-    assert not find(render(helm, "externalDatabase.url=postgresql://x:y@db/cairn",
-                           "grafana.dashboard.enabled=false"), "ConfigMap", "cairn-dashboard")
+        assert f'"{family}"' in sources, f"a dashboard queries {family}, which no code exports"
+    disabled = render(helm, "externalDatabase.url=postgresql://x:y@db/cairn", "grafana.dashboard.enabled=false")
+    assert not [o for o in disabled if o["metadata"]["name"].startswith("cairn-dashboard")]
 
 
 # -- network policies -------------------------------------------------------------------------

@@ -174,3 +174,16 @@ def test_failed_runs_have_their_failure_time_until_deleted_and_phases_are_counte
     metrics.phases.forget("u2")
     assert failed("cv", "resnet", "OOMKilled") is None
     assert metrics.registry.get_sample_value("cairn_trainingruns", {"phase": "Failed"}) == 1
+
+
+def test_each_runs_attempts_are_exported_until_it_is_deleted():
+    metrics = OperatorMetrics()
+    metrics.phases.set("u1", "Running", "ml", "digits", attempts=1)
+    metrics.phases.set("u1", "Running", "ml", "digits", attempts=3)  # two retries or resumes later
+
+    def attempts(name: str) -> float | None:
+        return metrics.registry.get_sample_value("cairn_trainingrun_attempts", {"namespace": "ml", "trainingrun": name})
+
+    assert attempts("digits") == 3
+    metrics.phases.forget("u1")
+    assert attempts("digits") is None

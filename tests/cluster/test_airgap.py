@@ -2,8 +2,8 @@
 
 One bundle per module, built into a temporary directory (the images are built by the same scripts
 as the cluster tests' images, with --no-import: no cluster is needed, but root and debootstrap
-are; warm, the module takes about 30 s). The checks: the file holds the chart, every CRD and the
-three OCI archives; SHA256SUMS verifies and catches a flipped byte; images.txt says what each
+are; warm, the module takes about 30 s). The checks: the file holds the chart, every CRD, the
+three OCI archives and the SDK/CLI wheels (enough for pip with no index); SHA256SUMS verifies and catches a flipped byte; images.txt says what each
 archive holds.
 Then the docs' shell blocks from "Set the names once" on run in the unpacked bundle, with
 stand-ins for skopeo, ctr, kubectl and `helm install/upgrade/test` that record their arguments;
@@ -106,8 +106,10 @@ def test_bundle_holds_the_chart_every_crd_and_every_image(bundle, unpacked):
         assert t.getmember(".").mode == 0o755  # the top directory, as unpacked at the site
     crds = sorted(str(p.relative_to(REPO / "crds")) for p in (REPO / "crds").rglob("*.yaml"))
     assert crds
-    assert members == {f"chart/cairn-{VERSION}.tgz", "images.txt", "SHA256SUMS",
-                       *(f"crds/{c}" for c in crds), *(f"images/{a}" for a in ARCHIVES)}
+    wheels = {m for m in members if m.startswith("wheels/")}
+    assert f"wheels/cairn_tracking-{VERSION}-py3-none-any.whl" in wheels
+    assert members - wheels == {f"chart/cairn-{VERSION}.tgz", "images.txt", "SHA256SUMS",
+                                *(f"crds/{c}" for c in crds), *(f"images/{a}" for a in ARCHIVES)}
     for crd in crds:
         assert (unpacked / "crds" / crd).read_bytes() == (REPO / "crds" / crd).read_bytes()
     with tarfile.open(unpacked / "chart" / f"cairn-{VERSION}.tgz") as chart:
@@ -117,6 +119,19 @@ def test_bundle_holds_the_chart_every_crd_and_every_image(bundle, unpacked):
     for archive in ARCHIVES:
         with tarfile.open(unpacked / "images" / archive) as t:
             assert json.load(t.extractfile("oci-layout")) == {"imageLayoutVersion": "1.0.0"}
+
+
+def test_the_bundles_wheels_alone_install_the_cli(unpacked, tmp_path):
+    """pip with no index, as inside the site: every requirement of `cairn-tracking[cli]` is in wheels/."""
+    venv = tmp_path / "venv"
+    subprocess.run(["python3", "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
+    result = subprocess.run(["python3", "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--dry-run",
+                             "--no-index", "--find-links", str(unpacked / "wheels"), "cairn-tracking[cli]"],
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr
+    (would_install,) = [line for line in result.stdout.splitlines() if line.startswith("Would install ")]
+    assert {f"cairn-tracking-{VERSION}", "click", "SQLAlchemy"} <= {
+        *would_install.split()[2:], *(name.rsplit("-", 1)[0] for name in would_install.split()[2:])}
 
 
 def test_sha256sums_cover_every_file_and_catch_a_flipped_byte(unpacked):

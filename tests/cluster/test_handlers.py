@@ -377,9 +377,12 @@ def test_a_command_that_cannot_start_fails_at_once_with_backoff_limit_zero(make_
     failed_at = dt.datetime.fromisoformat(status["completionTime"].replace("Z", "+00:00")).timestamp()
     assert failed_run_series(op) == [({"namespace": cluster.namespace, "trainingrun": "mnist", "reason": "StartError"},
                                       failed_at)]
+    attempts = {"namespace": cluster.namespace, "trainingrun": "mnist"}
+    assert op.metrics.registry.get_sample_value("cairn_trainingrun_attempts", attempts) == status["attempts"] == 1
     H.on_trainingrun_event(type="DELETED", uid=cluster.trainingrun("mnist")["metadata"]["uid"],
                            namespace=cluster.namespace, name="mnist", memo={"operator": op})
     assert failed_run_series(op) == []
+    assert op.metrics.registry.get_sample_value("cairn_trainingrun_attempts", attempts) is None
 
 
 def failed_run_series(op: H.Operator) -> list[tuple[dict, float]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.cluster_operator import trainingrun, wait_phase
+from tests.support.cluster_operator import prometheus_pod_job, trainingrun, wait_phase
 
 pytestmark = pytest.mark.cluster
 
@@ -18,25 +18,9 @@ for s in range(240):
 """
 
 
-def pod_job(kubeconfig, namespace: str) -> list[dict]:  # noqa: ANN001
-    return [{
-        "job_name": "kubernetes-pods",
-        "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": str(kubeconfig),
-                                   "namespaces": {"names": [namespace]}}],
-        "relabel_configs": [
-            {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"], "action": "keep",
-             "regex": "true"},
-            {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"], "action": "replace",
-             "target_label": "__metrics_path__", "regex": "(.+)"},
-            {"source_labels": ["__meta_kubernetes_pod_ip", "__meta_kubernetes_pod_annotation_prometheus_io_port"],
-             "action": "replace", "regex": "(.+);(.+)", "replacement": "$1:$2", "target_label": "__address__"},
-        ],
-    }]
-
-
 def test_prometheus_scrapes_a_running_run_and_loses_it_when_it_ends(
         kubeconfig, kubectl, namespace, running_operator, prometheus_factory):
-    prom = prometheus_factory(pod_job(kubeconfig, namespace))
+    prom = prometheus_factory(prometheus_pod_job(kubeconfig, namespace))
     kubectl.apply(trainingrun("live", ["python3", "-c", TRAINER],
                               tracking={"headlineMetric": "loss", "exportKeys": ["loss"]}), namespace=namespace)
     tr = wait_phase(kubectl, namespace, "live", ("Running",), timeout=120)

@@ -93,6 +93,23 @@ def trainingrun(name: str, command: list[str], **spec) -> dict:  # noqa: ANN003
     }
 
 
+def prometheus_pod_job(kubeconfig: Path, namespace: str) -> list[dict]:
+    """A stock Prometheus pod job (kubernetes_sd) for the pods of ``namespace`` annotated prometheus.io/scrape."""
+    return [{
+        "job_name": "kubernetes-pods",
+        "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": str(kubeconfig),
+                                   "namespaces": {"names": [namespace]}}],
+        "relabel_configs": [
+            {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"], "action": "keep",
+             "regex": "true"},
+            {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_path"], "action": "replace",
+             "target_label": "__metrics_path__", "regex": "(.+)"},
+            {"source_labels": ["__meta_kubernetes_pod_ip", "__meta_kubernetes_pod_annotation_prometheus_io_port"],
+             "action": "replace", "regex": "(.+);(.+)", "replacement": "$1:$2", "target_label": "__address__"},
+        ],
+    }]
+
+
 def python_trainer(code: str) -> list[str]:
     return ["python3", "-c", code]
 

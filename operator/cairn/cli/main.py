@@ -54,7 +54,7 @@ class CairnGroup(click.Group):
 @click.option("--database-url", envvar=Env.DATABASE_URL, default=None,
               help="SQLAlchemy URL of the store (default: SQLite under $CAIRN_HOME, ~/.cairn).")
 @click.option("-v", "--verbose", is_flag=True, help="Log what the agent and store do.")
-@click.version_option(package_name="cairn")
+@click.version_option(package_name="cairn-tracking")
 @click.pass_context
 def cli(ctx: click.Context, database_url: str | None, verbose: bool) -> None:
     """Cairn: tracked training runs, locally or on Kubernetes."""

@@ -272,7 +272,11 @@ def evals_compare(ctx: click.Context, model: str, version: int, gate_file: Path,
     evaluation runs on the same dataset with the same evaluation image, and store the verdict that
     `cairn models promote` reads. Exits 1 unless the gate passed."""
     # Imported here: numpy and scipy cost about 75 MiB, and every role (operator, sidecar) starts from this CLI.
-    from cairn.gates import decide, gate_spec_from
+    try:
+        from cairn.gates import decide, gate_spec_from
+    except ImportError as exc:  # the CLI installed without its gates extra
+        raise click.ClickException(f"evals compare needs numpy and scipy ({exc}): "
+                                   "pip install 'cairn-tracking[gates]'") from None
 
     try:
         spec = gate_spec_from(yaml.safe_load(gate_file.read_text()) or {})

@@ -309,7 +309,8 @@ def record_metrics(op: Operator, tr: TrainingRun, status: TrainingRunStatus, cre
     """The operator's own Prometheus metrics for what this plan did."""
     if status.phase:
         failed_at = R.parse_time(status.completion_time) if status.phase == R.FAILED else None
-        op.metrics.phases.set(tr.uid, status.phase, tr.namespace, tr.name, status.reason or "", failed_at)
+        op.metrics.phases.set(tr.uid, status.phase, tr.namespace, tr.name, status.reason or "", failed_at,
+                              status.attempts or 0)
     if plan.retried_for:
         op.metrics.retries.labels(plan.retried_for).inc()
     if status.phase == R.RUNNING and tr.status.phase != R.RUNNING and (tr.status.attempts or 0) <= 1 and created:

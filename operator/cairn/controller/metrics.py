@@ -19,22 +19,24 @@ class _Seen:
     name: str
     reason: str
     failed_at: float | None  # Unix time, for a run in phase Failed
+    attempts: int
 
 
 class PhaseCollector:
-    """TrainingRuns by phase, from the last phase the operator saw for each of them, and when each TrainingRun
-    in phase Failed failed (one series per such run, until it is deleted; alerts on failed runs)."""
+    """TrainingRuns by phase, from the last phase the operator saw for each of them, when each TrainingRun
+    in phase Failed failed (one series per such run, until it is deleted; alerts on failed runs), and each
+    TrainingRun's attempts (pods created: the first, retries and resumes after a suspend)."""
 
     def __init__(self) -> None:
         self._seen: dict[str, _Seen] = {}
         self._lock = threading.Lock()
 
     def set(self, uid: str, phase: str, namespace: str, name: str, reason: str = "",
-            failed_at: dt.datetime | None = None) -> None:
+            failed_at: dt.datetime | None = None, attempts: int = 0) -> None:
         """``failed_at`` is when a run in phase Failed finished; ignored in other phases."""
         failed_ts = failed_at.timestamp() if phase == "Failed" and failed_at is not None else None
         with self._lock:
-            self._seen[uid] = _Seen(phase, namespace, name, reason, failed_ts)
+            self._seen[uid] = _Seen(phase, namespace, name, reason, failed_ts, attempts)
 
     def forget(self, uid: str) -> None:
         with self._lock:
@@ -55,6 +57,12 @@ class PhaseCollector:
             if s.failed_at is not None:
                 failed.add_metric([s.namespace, s.name, s.reason], s.failed_at)
         yield failed
+        attempts = GaugeMetricFamily("cairn_trainingrun_attempts",
+                                     "Pods created for each TrainingRun: the first, retries and resumes.",
+                                     labels=["namespace", "trainingrun"])
+        for s in seen:
+            attempts.add_metric([s.namespace, s.name], s.attempts)
+        yield attempts
 
 
 @dataclass
