@@ -30,8 +30,8 @@ def server_cmd(ctx: click.Context, host: str | None, port: int | None, server_da
     from cairn.settings import reveal
     from cairn.store import TrackingStore
 
-    flags = {name: value for name, value in {"host": host, "port": port, "auth": auth,
-                                              "database_url": server_database_url or database_url(ctx)}.items() if value is not None}
+    given = {"host": host, "port": port, "auth": auth, "database_url": server_database_url or database_url(ctx)}
+    flags = {name: value for name, value in given.items() if value is not None}
     settings = ServerSettings(**flags)
     store = TrackingStore(reveal(settings.database_url))
     app = create_app(settings, lambda namespace: store, access_for(settings), S3Settings().connection())

@@ -203,8 +203,10 @@ class RunSearch:
     def _run_rows(self, s: Session, ids: Sequence[uuid.UUID]) -> list[RunRow]:
         if not ids:
             return []
-        runs = {r.id: (r, exp) for r, exp in s.execute(
-            select(Run, Experiment.name).join(Experiment, Run.experiment_id == Experiment.id).where(Run.id.in_(ids)))}
+        # Plain column rows, not ORM objects: a page is read once and thrown away, no identity map needed.
+        runs = {r.id: r for r in s.execute(
+            select(Run.id, Run.name, Run.namespace, Experiment.name.label("experiment"), Run.status, Run.start_time,
+                   Run.end_time).join(Experiment, Run.experiment_id == Experiment.id).where(Run.id.in_(ids)))}
         params: dict[uuid.UUID, dict[str, str]] = {rid: {} for rid in ids}
         for rid, key, value in s.execute(select(Param.run_id, Param.key, Param.value).where(Param.run_id.in_(ids))):
             params[rid][key] = param_text(value)
@@ -212,14 +214,17 @@ class RunSearch:
         for rid, key, value in s.execute(select(Tag.run_id, Tag.key, Tag.value).where(Tag.run_id.in_(ids))):
             tags[rid][key] = value
         metrics: dict[uuid.UUID, dict[str, LatestValue]] = {rid: {} for rid in ids}
-        for m in s.execute(select(LatestMetric).where(LatestMetric.run_id.in_(ids))).scalars():
-            metrics[m.run_id][m.key] = LatestValue(m.key, m.step, nan_if_null(m.value), m.min_value, m.max_value,
-                                                   m.count)
-        return [
-            RunRow(str(rid), run.name, run.namespace, exp, RunStatus(run.status), run.start_time, run.end_time,
-                   dict(sorted(params[rid].items())), dict(sorted(metrics[rid].items())), dict(sorted(tags[rid].items())))
-            for rid in ids for run, exp in [runs[rid]]
-        ]
+        latest = select(LatestMetric.run_id, LatestMetric.key, LatestMetric.step, LatestMetric.value,
+                        LatestMetric.min_value, LatestMetric.max_value, LatestMetric.count)
+        for rid, key, step, value, low, high, count in s.execute(latest.where(LatestMetric.run_id.in_(ids))):
+            metrics[rid][key] = LatestValue(key, step, nan_if_null(value), low, high, count)
+        rows = []
+        for rid in ids:
+            run = runs[rid]
+            rows.append(RunRow(str(rid), run.name, run.namespace, run.experiment, RunStatus(run.status), run.start_time,
+                               run.end_time, dict(sorted(params[rid].items())), dict(sorted(metrics[rid].items())),
+                               dict(sorted(tags[rid].items()))))
+        return rows
 
     def namespace_experiments(self, namespace: str) -> list[tuple[str, int, dt.datetime | None]]:
         """(experiment, runs, last start time) for each experiment with runs in ``namespace``, by name."""
