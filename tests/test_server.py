@@ -319,3 +319,23 @@ def test_nan_metrics_read_as_null(sqlite_url):
     client = TestClient(create_app(ServerSettings(), lambda namespace: store, OpenAccess()))
     assert client.get("/api/v1/namespaces/default/runs").json()["runs"][0]["metrics"] == {
         "loss": {"value": None, "step": 0}}
+
+
+def test_without_the_api_server_callers_get_401_for_no_token_and_503_for_a_token(sqlite_url):
+    from kubernetes import client
+
+    from cairn.server.access import KubernetesReviews, ReviewedAccess
+
+    store = TrackingStore(sqlite_url)
+    settings = ServerSettings(auth="kubernetes")
+    nowhere = client.Configuration(host=f"https://127.0.0.1:{free_port()}")  # nothing listens there
+    nowhere.retries = 0
+    access = ReviewedAccess(settings, KubernetesReviews(client.ApiClient(nowhere)))
+    api = TestClient(create_app(settings, lambda namespace: store, access))
+    no_token = api.get("/api/v1/namespaces/default/runs")
+    assert no_token.status_code == 401 and no_token.headers["www-authenticate"] == "Bearer"
+    assert api.get("/api/v1/namespaces/default/runs", headers={"Authorization": "Basic dXNlcjpwdw=="}).status_code == 401
+    unavailable = api.get("/api/v1/namespaces/default/runs", headers={"Authorization": "Bearer some-token"})
+    assert unavailable.status_code == 503 and "TokenReview failed" in unavailable.json()["error"]
+    assert "some-token" not in unavailable.text
+    assert api.get("/api/v1/healthz").status_code == 200
