@@ -85,8 +85,9 @@ def requirements(extra):  # the extra's requirements, the project's own extras i
         yield from (r for name in match[1].split(",") for r in requirements(name)) if match else [req]
 
 # The operator, sidecar and prepare step's libraries; the example trainers' ride along so a TrainingRun can
-# run them from this image.
-print("\n".join(sorted({*project.get("dependencies", []), *requirements("operator"), *requirements("examples")})))
+# run them from this image, and the server's so the chart can run `cairn server` from it.
+print("\n".join(sorted({*project.get("dependencies", []), *requirements("operator"), *requirements("examples"),
+                         *requirements("server")})))
 EOF
 )"
 deps_key="$(printf '%s\n' "$base_key" "$deps" | short_sha)"
