@@ -225,7 +225,7 @@ def test_defaults_render_the_operator_hardened_with_one_replica(helm):
     svc = one(objs, "Service", "cairn-metrics", NS)
     assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}]
     assert not find(objs, "ServiceMonitor") and not find(objs, "PodMonitor")
-    assert {o["metadata"]["name"] for o in find(objs, "NetworkPolicy")} == {"cairn-operator", "cairn-trainingruns"}
+    assert {o["metadata"]["name"] for o in find(objs, "NetworkPolicy")} == {"cairn-operator", "cairn-server", "cairn-trainingruns"}
     assert not find(objs, "StatefulSet")
     for o in objs:
         labels = o["metadata"]["labels"]
