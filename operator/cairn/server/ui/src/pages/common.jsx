@@ -1,5 +1,7 @@
 import { formatNumber } from "../format.js";
 
+const FOLDED_ABOVE = 15;
+
 export function ErrorLine({ error }) {
   if (!error) return null;
   return <p class="error" role="alert">{error.status ? `${error.status}: ` : ""}{error.message}</p>;
@@ -29,9 +31,11 @@ export function Value({ value }) {
   }
   const entries = Object.entries(value);
   if (!entries.length) return <span class="muted">none</span>;
-  return (
+  const table = (
     <table class="inner kv">
       <tbody>{entries.map(([key, item]) => <tr><th>{key}</th><td><Value value={item} /></td></tr>)}</tbody>
     </table>
   );
+  // Long lists (an environment's installed packages) stay folded until asked for.
+  return entries.length > FOLDED_ABOVE ? <details><summary>{entries.length} entries</summary>{table}</details> : table;
 }

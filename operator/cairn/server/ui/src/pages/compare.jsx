@@ -1,4 +1,4 @@
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useMemo, useState } from "preact/hooks";
 import { apiUrl, getJson } from "../api.js";
 import { Chart } from "../chart.jsx";
 import { useJson } from "../hooks.js";
@@ -8,29 +8,51 @@ import { ErrorLine, Status } from "./common.jsx";
 
 const MAX_POINTS = 2000;
 
-// Every run's curve of one key, fetched in parallel and overlaid on one chart.
-function OverlaidCurve({ namespace, runs, metricKey, alignBy }) {
+// Every run's curve of one key, fetched in parallel and overlaid on one chart; drawn once the labels
+// (the runs' names, from the compare call running alongside) are known.
+function OverlaidCurve({ namespace, runIds, labels, metricKey, alignBy }) {
   const [state, setState] = useState({ histories: null, error: null });
-  const ids = runs.map((run) => run.id).join(",");
   useEffect(() => {
     let current = true;
     setState({ histories: null, error: null });
-    Promise.all(runs.map((run) => getJson(apiUrl("namespaces", namespace, "runs", run.id, "metrics", metricKey,
+    Promise.all(runIds.map((id) => getJson(apiUrl("namespaces", namespace, "runs", id, "metrics", metricKey,
       { max_points: MAX_POINTS })))).then(
       (histories) => current && setState({ histories, error: null }),
       (error) => current && setState({ histories: null, error }),
     );
     return () => { current = false; };
-  }, [namespace, ids, metricKey]);
+  }, [namespace, runIds.join(","), metricKey]);
+  const data = useMemo(() => state.histories
+    && overlay(state.histories.map((history) => curveColumns(history.points, alignBy))), [state.histories, alignBy]);
   if (state.error) return <ErrorLine error={state.error} />;
-  if (!state.histories) return <div class="chart loading">{metricKey}…</div>;
-  const data = overlay(state.histories.map((history) => curveColumns(history.points, alignBy)));
+  if (!data || !labels) return <div class="chart loading">{metricKey}…</div>;
   return (
-    <Chart title={metricKey} data={data} labels={runs.map((run) => run.name || run.id)}
+    <Chart title={metricKey} data={data} labels={labels}
       xLabel={alignBy === "time" ? "seconds since the run's first point" : "step"} />
   );
 }
 
+function RunsTable({ namespace, runs, differing }) {
+  const params = Object.keys(differing);
+  return (
+    <>
+      <table class="inner" id="compare-runs">
+        <thead><tr><th /><th>run</th><th>status</th>{params.map((param) => <th>{param}</th>)}</tr></thead>
+        <tbody>{runs.map((run, i) => (
+          <tr>
+            <td><span class="swatch" style={{ background: PALETTE[i % PALETTE.length] }} /></td>
+            <td><a href={routeHref("run", [namespace, run.id])}>{run.name || run.id}</a></td>
+            <td><Status status={run.status} /></td>
+            {params.map((param) => <td>{differing[param][run.id] ?? ""}</td>)}
+          </tr>))}
+        </tbody>
+      </table>
+      {!params.length && <p class="muted">the runs' params are the same</p>}
+    </>
+  );
+}
+
+// Keys named in the URL are fetched at once, beside the compare call; otherwise the first common keys.
 export function ComparePage({ namespace, query }) {
   const runIds = query.getAll("run");
   const alignBy = query.get("x") === "time" ? "time" : "step";
@@ -39,26 +61,17 @@ export function ComparePage({ namespace, query }) {
   const go = (changes) => {
     location.hash = routeHref("compare", [namespace], { run: runIds, key: chosenKeys, x: alignBy, ...changes });
   };
-
-  if (compare.error) return <ErrorLine error={compare.error} />;
-  if (!compare.data) return <p class="muted">loading…</p>;
-  const { runs, params_differing: differing, metric_keys: metricKeys } = compare.data;
+  const data = compare.data;
+  const metricKeys = data?.metric_keys || [];
   const keys = chosenKeys.length ? chosenKeys : metricKeys.slice(0, 4);
+  const names = data && new Map(data.runs.map((run) => [run.id, run.name || run.id]));
+  const labels = names && runIds.map((id) => names.get(id) || id);
   return (
     <section class="compare">
-      <h1>Compare {runs.length} runs</h1>
-      <table class="inner" id="compare-runs">
-        <thead><tr><th /><th>run</th><th>status</th>{Object.keys(differing).map((param) => <th>{param}</th>)}</tr></thead>
-        <tbody>{runs.map((run, i) => (
-          <tr>
-            <td><span class="swatch" style={{ background: PALETTE[i % PALETTE.length] }} /></td>
-            <td><a href={routeHref("run", [namespace, run.id])}>{run.name || run.id}</a></td>
-            <td><Status status={run.status} /></td>
-            {Object.keys(differing).map((param) => <td>{differing[param][run.id] ?? ""}</td>)}
-          </tr>))}
-        </tbody>
-      </table>
-      {!Object.keys(differing).length && <p class="muted">the runs' params are the same</p>}
+      <h1>Compare {runIds.length} runs</h1>
+      <ErrorLine error={compare.error} />
+      {data ? <RunsTable namespace={namespace} runs={data.runs} differing={data.params_differing} />
+        : <p class="muted">loading…</p>}
       <div class="toolbar">
         <label>x axis{" "}
           <select id="align" value={alignBy} onChange={(event) => go({ x: event.target.value })}>
@@ -67,7 +80,7 @@ export function ComparePage({ namespace, query }) {
           </select>
         </label>
         <label>metrics{" "}
-          <select id="keys" multiple size={Math.min(6, metricKeys.length)} onChange={(event) =>
+          <select id="keys" multiple size={Math.max(2, Math.min(6, metricKeys.length))} onChange={(event) =>
             go({ key: [...event.target.selectedOptions].map((option) => option.value) })}>
             {metricKeys.map((key) => <option value={key} selected={keys.includes(key)}>{key}</option>)}
           </select>
@@ -75,8 +88,8 @@ export function ComparePage({ namespace, query }) {
       </div>
       <div class="charts">
         {keys.map((key) => (
-          <OverlaidCurve key={`${key}/${alignBy}`} namespace={namespace} runs={runs} metricKey={key}
-            alignBy={alignBy} />))}
+          <OverlaidCurve key={`${key}/${alignBy}`} namespace={namespace} runIds={runIds} labels={labels}
+            metricKey={key} alignBy={alignBy} />))}
       </div>
     </section>
   );

@@ -1,4 +1,4 @@
-import { useState } from "preact/hooks";
+import { useMemo, useState } from "preact/hooks";
 import { apiUrl, downloadWithToken, storedToken } from "../api.js";
 import { Chart } from "../chart.jsx";
 import { formatBytes, formatDuration, formatNumber, formatTime } from "../format.js";
@@ -13,9 +13,10 @@ const CURVES_SHOWN = 12;
 function MetricCurve({ namespace, runId, metricKey, version }) {
   const history = useJson(apiUrl("namespaces", namespace, "runs", runId, "metrics", metricKey,
     { max_points: MAX_POINTS, v: version }));
+  const data = useMemo(() => history.data && curveColumns(history.data.points, "step"), [history.data]);
   if (history.error) return <ErrorLine error={history.error} />;
-  if (!history.data) return <div class="chart loading">{metricKey}…</div>;
-  return <Chart title={metricKey} data={curveColumns(history.data.points, "step")} labels={[metricKey]} xLabel="step" />;
+  if (!data) return <div class="chart loading">{metricKey}…</div>;
+  return <Chart title={metricKey} data={data} labels={[metricKey]} xLabel="step" />;
 }
 
 function ArtifactLink({ url, path }) {
