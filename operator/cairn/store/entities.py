@@ -221,6 +221,7 @@ class HistoryBucket:
     min_value: float
     max_value: float
     count: int
+    timestamp_ms: int | None = None  # of the bucket's last point
 
 
 # -- the model registry ---------------------------------------------------------------------------

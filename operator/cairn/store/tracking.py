@@ -54,6 +54,7 @@ from cairn.store.models import (
     utcnow,
 )
 from cairn.store.registry import ModelRegistry, param_value
+from cairn.store.search import RunSearch
 
 FINAL_STATUSES = tuple(status.value for status in RunStatus if status.is_final)
 
@@ -97,9 +98,9 @@ def _merged_counts(counts: dict[str, int] | None, more: dict[str, int]) -> dict[
     return merged
 
 
-class TrackingStore(ModelRegistry):
+class TrackingStore(RunSearch, ModelRegistry):
     """One store contract for PostgreSQL (production) and SQLite (the embedded default); the model
-    registry's methods come from ``ModelRegistry``."""
+    registry's methods come from ``ModelRegistry``, the readers' run search from ``RunSearch``."""
 
     def __init__(self, url: str | None = None, engine: Engine | None = None, check_schema: bool = True) -> None:
         self.engine = engine or db.get_engine(url)
@@ -663,11 +664,11 @@ class TrackingStore(ModelRegistry):
             rows = conn.execute(
                 text(
                     """
-                    SELECT step, value, mn, mx, n FROM (
-                        SELECT step, value,
+                    SELECT step, timestamp_ms, value, mn, mx, n FROM (
+                        SELECT step, timestamp_ms, value,
                                MIN(value) OVER w AS mn, MAX(value) OVER w AS mx, COUNT(*) OVER w AS n,
                                ROW_NUMBER() OVER (PARTITION BY bucket ORDER BY step DESC, id DESC) AS rn
-                        FROM (SELECT id, step, value, ((step - :lo) * :n) / :span AS bucket
+                        FROM (SELECT id, step, timestamp_ms, value, ((step - :lo) * :n) / :span AS bucket
                               FROM metrics WHERE run_id = :rid AND key = :key) b
                         WINDOW w AS (PARTITION BY bucket)
                     ) ranked WHERE rn = 1 ORDER BY step
@@ -675,4 +676,4 @@ class TrackingStore(ModelRegistry):
                 ).bindparams(bindparam("rid", type_=Uuid())),
                 {"lo": lo, "n": max_points, "span": span, "rid": rid, "key": key},
             ).all()
-            return [HistoryBucket(step, nan_if_null(v), mn, mx, n) for step, v, mn, mx, n in rows]
+            return [HistoryBucket(step, nan_if_null(v), mn, mx, n, ts) for step, ts, v, mn, mx, n in rows]
