@@ -10,29 +10,18 @@ import hashlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
+from selenium.webdriver.common.by import By
 
 from cairn.store import db
 
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from tests.support.browser import WAIT_S, build_ui, cairn_env, cairn_server, chromium, screenshot, wait_for
 
-REPO = Path(__file__).resolve().parent.parent
-DIST = REPO / "operator" / "cairn" / "server" / "ui" / "dist"
-SCREENSHOTS = REPO / "tests" / "output" / "ui"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-WAIT_S = 30
 LEARNING_RATES = ["0.3", "0.1", "0.2"]
 
 TRAINER = """
@@ -53,28 +42,18 @@ cairn.finish()
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def ui_dist() -> Path:
-    """The built UI (hack/build-ui.sh: a cache copy when nothing changed)."""
-    subprocess.run(["bash", str(REPO / "hack" / "build-ui.sh")], check=True, stdout=subprocess.DEVNULL)
-    return DIST
+def ui_dist():
+    return build_ui()
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """CAIRN_HOME, the trainer script and the environment every cairn process here gets."""
+    """The folder of this module's runs, the trainer script and the environment of every cairn process here."""
     root = tmp_path_factory.mktemp("ui")
     trainer = root / "train.py"
     trainer.write_text(TRAINER)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
-    env.update(CAIRN_HOME=str(root / "home"), PYTHONPATH=str(REPO / "operator"), CAIRN_SYSTEM_METRICS="off")
-    return root, trainer, env
+    return root, trainer, cairn_env(root / "home", CAIRN_SYSTEM_METRICS="off")
 
 
 def cairn_run(workspace, experiment: str, lr: str, extra_env: dict) -> subprocess.Popen:
@@ -106,54 +85,19 @@ def artifact_bytes(workspace) -> bytes:
 @pytest.fixture(scope="module")
 def server(ui_dist, workspace, artifact_bytes):
     root, _trainer, env = workspace
-    port = free_port()
-    log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
-    process = subprocess.Popen([sys.executable, "-m", "cairn", "server", "--host", "127.0.0.1", "--port", str(port)],
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        try:
-            with urllib.request.urlopen(url + "api/v1/healthz", timeout=2):
-                break
-        except OSError:
-            assert process.poll() is None, (root / "server.log").read_text()
-            assert time.monotonic() < deadline, "cairn server did not answer healthz"
-            time.sleep(0.2)
-    yield url
-    process.terminate()
-    process.wait(timeout=10)
-    log.close()
+    with cairn_server(env, root / "server.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
-def downloads(tmp_path_factory) -> Path:
+def downloads(tmp_path_factory):
     return tmp_path_factory.mktemp("downloads")
 
 
 @pytest.fixture(scope="module")
 def browser(downloads):
-    """Headless Debian chromium; SE_OFFLINE keeps Selenium Manager from looking anything up."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SE_OFFLINE", "true")
-        options = Options()
-        options.binary_location = CHROMIUM
-        for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                    "--window-size=1400,1000"):
-            options.add_argument(arg)
-        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-        driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
+    with chromium(downloads) as driver:
         yield driver
-        driver.quit()
-
-
-def wait_for(driver, condition, message: str):
-    return WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(lambda d: condition(d), message=message)
-
-
-def screenshot(driver, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
 
 
 def column_values(driver, header: str) -> list[str]:
