@@ -20,7 +20,7 @@ from selenium.webdriver.common.by import By
 
 from cairn.store import db
 
-from tests.support.browser import WAIT_S, build_ui, cairn_env, cairn_server, chromium, screenshot, wait_for
+from tests.support.browser import UI_DIST, WAIT_S, build_ui, cairn_env, cairn_server, chromium, screenshot, wait_for
 
 LEARNING_RATES = ["0.3", "0.1", "0.2"]
 
@@ -122,6 +122,15 @@ def test_built_assets_fetch_nothing_remote(ui_dist):
         urls = set(re.findall(r"https?://[^\s\"'`)]*", text)) - xml_namespaces
         assert not urls, f"{path.name} names remote URLs: {sorted(urls)}"
         assert "//cdn" not in text, path.name
+
+
+def test_the_pure_ui_modules_pass_their_node_tests():
+    """Routes, columns, sort order and curve alignment (operator/cairn/server/ui/test/) under node's runner."""
+    result = subprocess.run(["node", "--test", "test/"], cwd=UI_DIST.parent, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert int(re.search(r"^# pass (\d+)$", result.stdout, re.M).group(1)) > 0
+    assert re.search(r"^# fail 0$", result.stdout, re.M)
 
 
 def test_runs_table_lists_runs_and_sorts_by_a_clicked_header(server, browser):
