@@ -105,8 +105,9 @@ def main() -> None:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
         env.update(CAIRN_HOME=home, PYTHONPATH=str(REPO / "operator"))
+        server_log = open(Path(home) / "server.log", "w+")  # noqa: SIM115 - read back on failure, closed below
         server = subprocess.Popen([sys.executable, "-m", "cairn", "server", "--host", "127.0.0.1", "--port", str(port)],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  env=env, stdout=server_log, stderr=subprocess.STDOUT)
         driver = None
         try:
             base = f"http://127.0.0.1:{port}/"
@@ -119,7 +120,9 @@ def main() -> None:
                 chart = WebDriverWait(driver, WAIT_S, poll_frequency=0.05).until(
                     lambda d: d.find_elements(By.CSS_SELECTOR, ".chart[data-drawn-ms], .error"))[0]
                 if "error" in chart.get_attribute("class"):
-                    raise SystemExit(f"the compare page says: {chart.text}")
+                    server_log.seek(0)
+                    raise SystemExit(f"the compare page ({driver.current_url}) says: {chart.text}\n"
+                                     f"server log:\n{server_log.read()[-1500:]}")
                 series = int(chart.get_attribute("data-series"))
                 assert series == args.runs, f"{series} series drawn, {args.runs} expected"
                 if repeat:
@@ -132,6 +135,7 @@ def main() -> None:
                 driver.quit()
             server.terminate()
             server.wait(timeout=10)
+            server_log.close()
 
     p50 = statistics.median(figures)
     print(f"compare page, {args.runs} runs x {args.points:,} points ({points:,} x values drawn after downsampling): "

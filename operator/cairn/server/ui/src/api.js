@@ -47,8 +47,18 @@ export function apiUrl(...parts) {
   return url;
 }
 
+// A GET that fails before any answer (a kept-alive connection the server had just closed) is tried once more.
+async function fetchOnceMore(url, signal) {
+  try {
+    return await fetch(url, { headers: headers(), signal });
+  } catch (error) {
+    if (signal?.aborted) throw error;
+    return fetch(url, { headers: headers(), signal });
+  }
+}
+
 async function request(url, signal) {
-  const response = await fetch(url, { headers: headers(), signal });
+  const response = await fetchOnceMore(url, signal);
   if (response.ok) return response;
   let message = `${response.status} ${response.statusText}`;
   try {
