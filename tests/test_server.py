@@ -264,7 +264,7 @@ def test_local_artifacts_are_served_only_without_auth(sqlite_url, tmp_path):
 
 
 def test_auth_none_is_refused_off_loopback_and_proxy_needs_its_secret(monkeypatch):
-    monkeypatch.setenv(f"{Env.SERVER_PREFIX}HOST", "0.0.0.0")
+    monkeypatch.setenv(Env.SERVER_HOST, "0.0.0.0")
     with pytest.raises(SettingsError, match="bind to 127.0.0.1"):
         ServerSettings()
     with pytest.raises(SettingsError, match="PROXY_SECRET"):
