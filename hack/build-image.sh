@@ -121,9 +121,11 @@ fi
 t0=$SECONDS
 version="$(python3 -c 'import sys,tomllib; print(tomllib.load(open(sys.argv[1],"rb"))["project"]["version"])' "$REPO/pyproject.toml")"
 ARCHIVE="$IMG_CACHE/cairn.oci.tar"
+# The server's web UI is built from npm packages before the wheel, which ships its dist/.
+bash "$HERE/build-ui.sh" >/dev/null
 # The project's sources decide whether the app layer (and so the archive) must be rebuilt.
 app_key="$( (echo "$deps_key"; cd "$REPO" && find operator examples pyproject.toml -type f ! -path '*/__pycache__/*' \
-  ! -path '*.egg-info/*' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum) | short_sha)"
+  ! -path '*.egg-info/*' ! -path '*/node_modules/*' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum) | short_sha)"
 
 if archive_is_current "$ARCHIVE" "$app_key"; then
   log "image archive up to date with the sources ($ARCHIVE)"

@@ -4,10 +4,14 @@
 # system service is stopped and disabled.
 #   postgresql: the store in tests and benchmarks
 #   openssl: a throwaway CA and certificate for the object store over TLS
+#   chromium, chromium-driver: the web UI's browser tests (tests/test_ui.py, Selenium through
+#     /usr/bin/chromedriver; no browser is downloaded at run time)
+#   nodejs, npm: only where no node is on PATH; hack/build-ui.sh bundles the web UI with them
 # Prometheus and promtool are compiled from their Go module (hack/build-prometheus.sh): Debian's package is built
 # without the Kubernetes service discovery the tests scrape pods with.
 set -euo pipefail
-PACKAGES=(postgresql openssl)
+PACKAGES=(postgresql openssl chromium chromium-driver)
+command -v node >/dev/null && command -v npm >/dev/null || PACKAGES+=(nodejs npm)
 missing=()
 for p in "${PACKAGES[@]}"; do
   [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" == "install ok installed" ]] || missing+=("$p")
