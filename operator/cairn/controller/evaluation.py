@@ -163,7 +163,7 @@ def plan(seen: Observed) -> Plan:
     if baseline == spec.candidate_version:
         return _failed("CandidateIsBaseline", f"alias {spec.alias!r} already names version {baseline}")
     out = Plan(status={"baselineVersion": baseline})
-    for role, version in ((CANDIDATE, spec.candidate_version), (BASELINE, baseline)):
+    for version in (spec.candidate_version, baseline):
         if seen.model_uris.get(version) is None:
             return _failed("NoModelFiles", f"version {version} of model {spec.model!r} has no files in the "
                                            f"object store (it was registered without uploaded artifacts)")
@@ -171,24 +171,24 @@ def plan(seen: Observed) -> Plan:
     if candidate is None:
         out.create.append(child_manifest(seen, CANDIDATE, spec.candidate_version,
                                          seen.model_uris[spec.candidate_version]))
-        out.status.update(phase=PENDING, reason="Evaluating", candidateRun=child_name(seen.name, CANDIDATE))
-        return out
-    if candidate.phase == FAILED:
+        out.status.update(candidateRun=child_name(seen.name, CANDIDATE))
+    elif candidate.phase == FAILED:
         return _child_failed(candidate, CANDIDATE)
+    else:
+        out.status.update(candidateRun=candidate.name, candidateRunId=candidate.run_id)
     if seen.baseline is not None and seen.baseline.phase == FAILED:
         return _child_failed(seen.baseline, BASELINE)
-    out.status.update(candidateRun=candidate.name, candidateRunId=candidate.run_id,
-                      datasetSha256=seen.model.evaluation.dataset.sha256)
-    image = digest_of(seen.model.evaluation.image) or digest_of(candidate.image_digest)
+    out.status["datasetSha256"] = seen.model.evaluation.dataset.sha256
+    image = digest_of(seen.model.evaluation.image) or digest_of(candidate.image_digest if candidate else None)
     baseline_run_id = _baseline_side(seen, out, baseline, image)
-    if baseline_run_id is None or candidate.phase != SUCCEEDED:
-        out.status.update(phase=RUNNING, reason="Evaluating")
+    if candidate is None or baseline_run_id is None or candidate.phase != SUCCEEDED:
+        out.status.update(phase=PENDING if candidate is None else RUNNING, reason="Evaluating")
         return out
     if seen.baseline is not None and digest_of(seen.baseline.image_digest) != digest_of(candidate.image_digest):
         return _failed("ImageDigestsDiffer", f"the evaluation runs ran different eval images (candidate "
                                              f"{candidate.image_digest or 'unknown'}, baseline "
                                              f"{seen.baseline.image_digest or 'unknown'}): results are not paired")
-    out.status.update(evalImageDigest=digest_of(candidate.image_digest) or image)
+    out.status["evalImageDigest"] = digest_of(candidate.image_digest) or image
     out.decide = (candidate.run_id, baseline_run_id)
     return out
 
