@@ -28,9 +28,9 @@ SHA256 = r"^[0-9a-f]{64}$"
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$"  # as the store's registry checks it
 PHASES = ["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-# The run's command and args (JSON lists) among its tags in the store, so `cairn runs reproduce` can
-# write the TrainingRun again.
-COMMAND_TAG, ARGS_TAG = "kubernetes.command", "kubernetes.args"
+# The TrainingRun's spec (JSON, cairn.api.recorded_spec) among its run's tags in the store, so that
+# `cairn runs reproduce` can write it again.
+SPEC_TAG = "kubernetes.spec"
 
 
 @dataclass(kw_only=True)

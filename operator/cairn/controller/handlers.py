@@ -27,7 +27,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from cairn import podspec
 from cairn.api import GROUP, KIND, PLURAL, VERSION, TrainingRun, TrainingRunStatus, from_manifest, to_dict
-from cairn.api.types import ARGS_TAG, COMMAND_TAG
+from cairn.api import recorded_spec
+from cairn.api.types import SPEC_TAG
 from cairn.controller import malloc
 from cairn.controller import reconcile as R
 from cairn.controller.kube import CoreApi
@@ -254,7 +255,7 @@ def record_run(store: TrackingStore, tr: TrainingRun) -> None:
     store.create_run(
         experiment=spec.experiment, name=tr.name, run_id=tr.uid, params=dict(spec.params),
         tags={"cairn.mode": "kubernetes", "kubernetes.namespace": tr.namespace,
-              COMMAND_TAG: json.dumps(spec.command), ARGS_TAG: json.dumps(spec.args)},
+              SPEC_TAG: json.dumps(recorded_spec(spec))},
         status=RunStatus.PENDING, namespace=tr.namespace, k8s_uid=tr.uid, image=spec.image,
         resources=to_dict(spec.resources),
     )
