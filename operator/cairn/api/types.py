@@ -1,6 +1,6 @@
 """The TrainingRun resource (cairn.dev/v1alpha1): spec and status, with their documentation.
 
-These classes are the source of the CRD in ``crds/`` (``python -m cairn.api.crd``): every field's
+These classes are the source of the CRD in ``crds/`` (``python -m cairn.api.crd crds/``): every field's
 description, default, bounds and cross-field rule is written here once.
 """
 
