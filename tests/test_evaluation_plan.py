@@ -20,7 +20,8 @@ DIGEST = "sha256:" + "b" * 64
 OTHER_DIGEST = "sha256:" + "c" * 64
 MODEL = {
     "evaluation": {"image": "registry.local/eval:1", "command": ["python", "-m", "evaluate"],
-                   "env": [{"name": "CAIRN_MODEL_URI", "value": "user value, replaced"}, {"name": "BATCH", "value": "8"}],
+                   "env": [{"name": "CAIRN_MODEL_URI", "value": "user value, replaced"},
+                           {"name": "BATCH", "value": "8"}],
                    "dataset": {"uri": "s3://datasets/eval/v1", "sha256": SHA}, "resources": {"gpus": 1}},
     "gate": {"primary": "correct", "direction": "higher", "minImprovement": 0.01,
              "guards": [{"metric": "latency_ms", "direction": "lower", "tolerance": 5}], "slices": ["night"]},
@@ -30,8 +31,8 @@ URIS = {1: "s3://cairn/runs/r1/artifacts/model", 2: "s3://cairn/runs/r2/artifact
 
 def observed(model: dict | None = MODEL, status: dict | None = None, holder: int | None = 1,
              **kw) -> E.Observed:
-    return E.Observed("ml", "v2-vs-prod", "uid-1", from_dict(A.EvaluationSpec, {"model": "digits", "candidateVersion": 2,
-                                                                              "alias": "production"}),
+    spec = from_dict(A.EvaluationSpec, {"model": "digits", "candidateVersion": 2, "alias": "production"})
+    return E.Observed("ml", "v2-vs-prod", "uid-1", spec,
                       from_dict(A.EvaluationStatus, status or {}),
                       from_dict(A.ModelSpec, model) if model is not None else None, URIS, holder, **kw)
 
@@ -70,8 +71,8 @@ def test_a_pinned_eval_image_starts_both_runs_at_once():
 
 
 def test_stored_results_on_the_same_dataset_and_image_replace_the_baselines_run():
-    stored = [E.StoredResults("old-other-data", "f" * 64, DIGEST), E.StoredResults("old-other-image", SHA, OTHER_DIGEST),
-              E.StoredResults("old-match", SHA, DIGEST)]
+    stored = [E.StoredResults("old-other-data", "f" * 64, DIGEST),
+              E.StoredResults("old-other-image", SHA, OTHER_DIGEST), E.StoredResults("old-match", SHA, DIGEST)]
     waiting = E.plan(observed(candidate=child("candidate", None, None), stored=stored))
     assert waiting.create == [] and waiting.decide is None and "reusedBaseline" not in waiting.status
     running = E.plan(observed(candidate=child("candidate", "Running"), stored=stored))
@@ -84,7 +85,8 @@ def test_stored_results_on_the_same_dataset_and_image_replace_the_baselines_run(
 
 
 def test_results_on_another_dataset_or_image_are_not_reused():
-    stored = [E.StoredResults("old-other-data", "f" * 64, DIGEST), E.StoredResults("old-other-image", SHA, OTHER_DIGEST)]
+    stored = [E.StoredResults("old-other-data", "f" * 64, DIGEST),
+              E.StoredResults("old-other-image", SHA, OTHER_DIGEST)]
     got = E.plan(observed(candidate=child("candidate", "Running"), stored=stored))
     assert [r["metadata"]["name"] for r in got.create] == ["v2-vs-prod-baseline"]
     assert got.status["reusedBaseline"] is False and got.status["phase"] == E.RUNNING
@@ -151,7 +153,7 @@ def test_committed_crds_are_generated_and_show_the_columns():
     columns = {}
     for name in ("models.cairn.dev.yaml", "evaluations.cairn.dev.yaml"):
         (crd,) = yaml.safe_load_all((REPO / "crds" / name).read_text())
-        columns[crd["spec"]["names"]["kind"]] = [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]
-                                                 if "priority" not in c]
+        shown = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+        columns[crd["spec"]["names"]["kind"]] = [c["name"] for c in shown if "priority" not in c]
     assert columns == {"Model": ["Production", "Candidate", "Versions", "Age"],
                        "Evaluation": ["Model", "Candidate", "Baseline", "Delta", "CI", "Verdict", "Age"]}

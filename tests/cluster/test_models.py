@@ -217,7 +217,8 @@ def test_a_trainingrun_registers_its_output_once_when_it_succeeds(operator, stor
     H.on_trainingrun(body=bad, namespace=namespace, name="no-files", memo={"operator": op})
     pod = pod_name("no-files", bad["metadata"]["uid"], 1)
     H.reconcile_trainingrun(op, namespace, "no-files", seen_pod=(pod, cluster.start_pod(pod)))
-    H.reconcile_trainingrun(op, namespace, "no-files", seen_pod=(pod, cluster.end_pod(pod, "Succeeded", 0, "Completed")))
+    ended = cluster.end_pod(pod, "Succeeded", 0, "Completed")
+    H.reconcile_trainingrun(op, namespace, "no-files", seen_pod=(pod, ended))
     assert op.store_writes.dropped["refused"] == refused_before + 1
     assert len(store.get_model(namespace, "digits").versions) == 1
     assert store.run_status(bad["metadata"]["uid"]) == RunStatus.FINISHED

@@ -28,7 +28,8 @@ def _crd(kind: str, plural: str, singular: str, short_names: list[str], descript
         "description": description,
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string", "description": f"Versioned schema of this object ({T.GROUP}/{T.VERSION})."},
+            "apiVersion": {"type": "string",
+                           "description": f"Versioned schema of this object ({T.GROUP}/{T.VERSION})."},
             "kind": {"type": "string", "description": f"{kind}."},
             "metadata": {"type": "object"},
             "spec": object_schema(spec),
