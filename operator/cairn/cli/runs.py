@@ -261,10 +261,10 @@ def pinned_image(image: str, digest: str) -> str:
     return f"{repository}@{digest}"
 
 
-def reproduction(d: RunDetail, name: str | None = None) -> dict[str, Any]:
-    """A TrainingRun that trains again what run ``d`` trained: its recorded spec, pinned to the image digest,
-    code commit and dataset digest the run had, with the run's params. A ValueError says what the record
-    lacks to pin it."""
+def reproduction(d: RunDetail, name: str | None = None, by_image_id: bool = False) -> dict[str, Any]:
+    """A TrainingRun that trains again what run ``d`` trained: its recorded spec, pinned to the image digest
+    (``REPOSITORY@DIGEST``, or the bare digest ``by_image_id``), code commit and dataset digest the run had,
+    with the run's params. A ValueError says what the record lacks to pin it."""
     s, cluster = d.summary, d.cluster
     recorded = d.tags.get(SPEC_TAG)
     if not recorded or not cluster.namespace:
@@ -272,7 +272,7 @@ def reproduction(d: RunDetail, name: str | None = None) -> dict[str, Any]:
     if not cluster.image_digest or not cluster.image:
         raise ValueError(f"run {s.id} has no recorded image digest (its pod never started): it cannot be pinned")
     spec = json.loads(recorded)
-    spec["image"] = pinned_image(cluster.image, cluster.image_digest)
+    spec["image"] = cluster.image_digest if by_image_id else pinned_image(cluster.image, cluster.image_digest)
     if d.code is not None:
         spec["code"] = {k: v for k, v in (("repository", d.code.repository), ("commit", d.code.commit)) if v}
     if d.datasets:
@@ -294,14 +294,17 @@ def reproduction(d: RunDetail, name: str | None = None) -> dict[str, Any]:
 @runs.command("reproduce", epilog=RUN_REF_HELP)
 @click.argument("run")
 @click.option("--name", help=f"Name of the new TrainingRun (default: the run's name + {REPRODUCTION_SUFFIX}).")
+@click.option("--by-image-id", is_flag=True,
+              help="Name the image by its recorded digest alone (sha256:...), not REPOSITORY@DIGEST: for an image "
+                   "loaded onto the nodes without a registry, whose recorded digest is its image ID.")
 @output_option(YAML, JSON, default=YAML)
 @click.pass_context
-def runs_reproduce(ctx: click.Context, run: str, name: str | None, output: str) -> None:
+def runs_reproduce(ctx: click.Context, run: str, name: str | None, by_image_id: bool, output: str) -> None:
     """Write a TrainingRun that trains RUN again, pinned to the image digest, code commit, dataset digest and
     params it had (its env is not recorded: add what the trainer needs). Apply it with kubectl apply -f -."""
     store = store_of(ctx)
     try:
-        manifest = reproduction(store.get_run(resolve_run(store, run)), name)
+        manifest = reproduction(store.get_run(resolve_run(store, run)), name, by_image_id)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     write_document(manifest, output)
