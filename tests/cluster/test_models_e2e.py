@@ -80,7 +80,7 @@ def cairn_cli(database_url: str, *args: str) -> str:
 def test_the_reproduction_of_the_seeded_example_ends_with_the_same_metrics(kubectl, namespace, running_operator,
                                                                              store_urls):
     manifest = yaml.safe_load(EXAMPLE.read_text())
-    manifest["spec"]["params"]["epochs"] = 2
+    manifest["spec"]["params"]["epochs"] = 1
     manifest["spec"]["registerModel"] = {"name": "digits", "artifactPath": "artifacts/model.npz"}
     original = train(kubectl, namespace, manifest)
     store = TrackingStore(store_urls[0])
