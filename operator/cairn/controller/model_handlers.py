@@ -88,8 +88,8 @@ def observe(op: Operator, manifest: Mapping[str, Any]) -> E.Observed:
         detail = op.store.get_model(namespace, spec.model)
     except ModelNotFound:
         detail = None
-    uris = {v.version: E.model_uri(v.path, [(f.path, f.uri) for f in v.files]) for v in (detail.versions if detail
-                                                                                           else [])}
+    versions = detail.versions if detail else []
+    uris = {v.version: E.model_uri(v.path, [(f.path, f.uri) for f in v.files]) for v in versions}
     holder = next((a.version for a in detail.aliases if a.alias == spec.alias), None) if detail else None
     baseline = status.baseline_version if status.baseline_version is not None else holder
     stored = [] if detail is None or baseline is None else E.stored_results(
