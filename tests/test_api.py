@@ -85,7 +85,7 @@ FULL_SPEC = {
 
 
 def test_committed_crd_is_generated_from_the_types():
-    assert CRD_FILE.read_text() == render(), "crds/ is stale: run python -m cairn.api.crd > " + str(CRD_FILE)
+    assert CRD_FILE.read_text() == render(), "crds/ is stale: run python -m cairn.api.crd crds/"
 
 
 def test_committed_tenancy_policies_are_generated():

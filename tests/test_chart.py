@@ -26,8 +26,11 @@ PUBLIC_REGISTRIES = ("docker.io", "index.docker.io", "registry-1.docker.io", "qu
                      "registry.k8s.io", "k8s.gcr.io", "public.ecr.aws", "mcr.microsoft.com", "nvcr.io",
                      "registry.gitlab.com", "cgr.dev")
 TRAININGRUN_RULES = [
-    {"apiGroups": ["cairn.dev"], "resources": ["trainingruns"], "verbs": ["get", "list", "watch", "patch", "delete"]},
+    {"apiGroups": ["cairn.dev"], "resources": ["trainingruns"],
+     "verbs": ["get", "list", "watch", "patch", "delete", "create"]},
     {"apiGroups": ["cairn.dev"], "resources": ["trainingruns/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": ["cairn.dev"], "resources": ["models", "evaluations"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": ["cairn.dev"], "resources": ["models/status", "evaluations/status"], "verbs": ["get", "patch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "watch", "delete"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
@@ -119,11 +122,13 @@ def test_chart_version_follows_the_project():
     assert chart["version"] == version and chart["appVersion"] == version
 
 
-def test_crd_copy_is_identical_to_the_generated_crd():
-    """The chart cannot read files outside itself, so it carries a copy; it must not drift."""
-    assert (CHART / "files" / "trainingruns.cairn.dev.yaml").read_bytes() == \
-        (REPO / "crds" / "trainingruns.cairn.dev.yaml").read_bytes(), \
-        "run: cp crds/trainingruns.cairn.dev.yaml charts/cairn/files/"
+def test_crd_copies_are_identical_to_the_generated_crds():
+    """The chart cannot read files outside itself, so it carries copies; they must not drift."""
+    generated = sorted(p.name for p in (REPO / "crds").glob("*.yaml"))
+    assert sorted(p.name for p in (CHART / "files").glob("*.cairn.dev.yaml")) == generated
+    for name in generated:
+        assert (CHART / "files" / name).read_bytes() == (REPO / "crds" / name).read_bytes(), \
+            "run: cp crds/*.yaml charts/cairn/files/"
 
 
 def test_tenancy_policy_copy_is_identical_to_the_generated_one():
@@ -234,16 +239,17 @@ def test_defaults_render_the_operator_hardened_with_one_replica(helm):
 
 def test_crd_and_admission_policy_are_templated_and_kept(helm):
     objs = render(helm, "externalDatabase.url=postgresql://cairn:pw@db/cairn")
-    source = [d for d in yaml.safe_load_all((REPO / "crds" / "trainingruns.cairn.dev.yaml").read_text()) if d]
-    assert [d["kind"] for d in source] == ["CustomResourceDefinition", "ValidatingAdmissionPolicy",
-                                           "ValidatingAdmissionPolicyBinding"]
+    source = [d for path in sorted((REPO / "crds").glob("*.yaml")) for d in yaml.safe_load_all(path.read_text()) if d]
+    assert sorted(d["kind"] for d in source) == ["CustomResourceDefinition"] * 3 + [
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     for want in source:
         got = one(objs, want["kind"], want["metadata"]["name"])
         assert got["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
         assert got["metadata"]["labels"]["app.kubernetes.io/component"] == "crds"
         assert {k: v for k, v in got.items() if k != "metadata"} == {k: v for k, v in want.items() if k != "metadata"}
     not_kept = render(helm, "externalDatabase.url=postgresql://cairn:pw@db/cairn", "crds.keep=false")
-    assert "annotations" not in one(not_kept, "CustomResourceDefinition")["metadata"]
+    not_kept_crds = find(not_kept, "CustomResourceDefinition")
+    assert len(not_kept_crds) == 3 and all("annotations" not in crd["metadata"] for crd in not_kept_crds)
     none = render(helm, "externalDatabase.url=postgresql://cairn:pw@db/cairn", "crds.enabled=false")
     assert not find(none, "CustomResourceDefinition")
     assert not find(none, "ValidatingAdmissionPolicy", source[1]["metadata"]["name"])

@@ -107,8 +107,10 @@ def test_importing_any_cairn_module_reads_no_file(tmp_path, layout):
 
 def test_the_cli_every_pod_role_starts_from_leaves_the_statistics_unloaded():
     """The operator and the sidecar run as `cairn operator` / `cairn sidecar` under memory limits: the gate's
-    numpy and scipy (about 75 MiB) are imported only by the command that decides."""
-    probe = "import sys, cairn.cli.main; print(sorted(m for m in ('numpy', 'scipy') if m in sys.modules))"
+    numpy and scipy (about 75 MiB) are imported only by the command that decides, and in the operator only
+    when an Evaluation's verdict is due."""
+    probe = ("import sys, cairn.cli.main, cairn.controller; "
+             "print(sorted(m for m in ('numpy', 'scipy') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

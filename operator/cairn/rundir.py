@@ -158,6 +158,7 @@ class Env:
     DATASET_URI = "CAIRN_DATASET_URI"
     DATASET_SHA256 = "CAIRN_DATASET_SHA256"
     DATASET_DIR = "CAIRN_DATASET_DIR"
+    MODEL_URI = "CAIRN_MODEL_URI"  # an Evaluation's runs: where the evaluated version's files are
     SYSTEM_METRICS = "CAIRN_SYSTEM_METRICS"  # "off" (or "false", "0"): no system/* metrics
     SYSTEM_METRICS_INTERVAL = "CAIRN_SYSTEM_METRICS_INTERVAL"  # seconds between samples (at least 1)
     NVML_LIBRARY = "CAIRN_NVML_LIBRARY"  # path of libnvidia-ml.so.1, for odd installs and tests

@@ -18,7 +18,8 @@ NODE_IP = "10.213.0.1"  # the local cluster's node (hack/cluster.sh), reachable 
 
 def install_crd(kubectl: Kubectl) -> None:
     kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kubectl.run("wait", "--for=condition=Established", "crd/trainingruns.cairn.dev", "--timeout=60s")
+    crds = sorted(f"crd/{path.name.removesuffix('.yaml')}" for path in (REPO / "crds").glob("*.yaml"))
+    kubectl.run("wait", "--for=condition=Established", *crds, "--timeout=60s")
 
 
 def database_secret(kubectl: Kubectl, namespace: str, url: str) -> None:

@@ -1,42 +1,70 @@
-"""The TrainingRun CustomResourceDefinition, generated from ``cairn.api.types``.
+"""The CustomResourceDefinitions, generated from ``cairn.api.types`` and ``cairn.api.registry``.
 
-    python -m cairn.api.crd > crds/trainingruns.cairn.dev.yaml
+    python -m cairn.api.crd crds/
 
-The file also holds a ValidatingAdmissionPolicy for ``spec.params``: its values are "string, number
+One file per resource: TrainingRun (with its params policy), Model and Evaluation (``cairn.api.registry``).
+
+The TrainingRun file also holds a ValidatingAdmissionPolicy for ``spec.params``: its values are "string, number
 or boolean", which no structural schema can say and which CEL rules inside a CRD cannot see.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from cairn.api import registry as R
 from cairn.api import types as T
 from cairn.api.schema import object_schema
 
 
-def trainingrun_crd() -> dict[str, Any]:
-    spec_schema = object_schema(T.TrainingRunSpec)
-    status_schema = object_schema(T.TrainingRunStatus)
-    root = {
+def _crd(kind: str, plural: str, singular: str, short_names: list[str], description: str, spec: type,
+         status: type, columns: list[dict[str, Any]], validations: list[dict[str, str]] = ()) -> dict[str, Any]:
+    root: dict[str, Any] = {
         "type": "object",
-        "description": "A tracked training run: a GPU pod with a tracking sidecar, retried and recorded by Cairn.",
+        "description": description,
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string", "description": "Versioned schema of this object (cairn.dev/v1alpha1)."},
-            "kind": {"type": "string", "description": "TrainingRun."},
+            "apiVersion": {"type": "string",
+                           "description": f"Versioned schema of this object ({T.GROUP}/{T.VERSION})."},
+            "kind": {"type": "string", "description": f"{kind}."},
             "metadata": {"type": "object"},
-            "spec": spec_schema,
-            "status": status_schema,
+            "spec": object_schema(spec),
+            "status": object_schema(status),
         },
-        "x-kubernetes-validations": [
-            {"rule": f"self.metadata.name.size() <= {T.MAX_NAME_LENGTH}",
-             "message": f"metadata.name must be at most {T.MAX_NAME_LENGTH} characters (pod names add an attempt number)",
-             "reason": "FieldValueInvalid"},
-        ],
     }
+    if validations:
+        root["x-kubernetes-validations"] = list(validations)
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{T.GROUP}"},
+        "spec": {
+            "group": T.GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": singular,
+                      "shortNames": short_names, "categories": T.CATEGORIES},
+            "versions": [{
+                "name": T.VERSION,
+                "served": True,
+                "storage": True,
+                "schema": {"openAPIV3Schema": root},
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": columns,
+            }],
+        },
+    }
+
+
+def _name_at_most(length: int, why: str) -> dict[str, str]:
+    return {"rule": f"self.metadata.name.size() <= {length}",
+            "message": f"metadata.name must be at most {length} characters ({why})", "reason": "FieldValueInvalid"}
+
+
+def trainingrun_crd() -> dict[str, Any]:
     columns = [
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Phase of the run."},
         {"name": "GPUs", "type": "integer", "jsonPath": ".spec.resources.gpus", "description": "GPUs requested."},
@@ -51,25 +79,52 @@ def trainingrun_crd() -> dict[str, Any]:
          "description": "Why the run is in its phase."},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{T.PLURAL}.{T.GROUP}"},
-        "spec": {
-            "group": T.GROUP,
-            "scope": "Namespaced",
-            "names": {"kind": T.KIND, "listKind": f"{T.KIND}List", "plural": T.PLURAL, "singular": T.SINGULAR,
-                      "shortNames": T.SHORT_NAMES, "categories": T.CATEGORIES},
-            "versions": [{
-                "name": T.VERSION,
-                "served": True,
-                "storage": True,
-                "schema": {"openAPIV3Schema": root},
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": columns,
-            }],
-        },
-    }
+    return _crd(T.KIND, T.PLURAL, T.SINGULAR, T.SHORT_NAMES,
+                "A tracked training run: a GPU pod with a tracking sidecar, retried and recorded by Cairn.",
+                T.TrainingRunSpec, T.TrainingRunStatus, columns,
+                [_name_at_most(T.MAX_NAME_LENGTH, "pod names add an attempt number")])
+
+
+def model_crd() -> dict[str, Any]:
+    columns = [
+        {"name": "Production", "type": "integer", "jsonPath": ".status.aliases.production",
+         "description": "Version behind the production alias."},
+        {"name": "Candidate", "type": "integer", "jsonPath": ".status.aliases.candidate",
+         "description": "Version behind the candidate alias."},
+        {"name": "Versions", "type": "integer", "jsonPath": ".status.versions", "description": "Registered versions."},
+        {"name": "Latest", "type": "integer", "jsonPath": ".status.latestVersion", "priority": 1,
+         "description": "Highest version number."},
+        {"name": "Primary", "type": "string", "jsonPath": ".spec.gate.primary", "priority": 1,
+         "description": "Metric the gate decides on."},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+    return _crd(R.MODEL_KIND, R.MODEL_PLURAL, R.MODEL_SINGULAR, ["mdl"],
+                "A registered model: the evaluation every candidate version must pass, and (in status) the "
+                "versions behind its aliases.", R.ModelSpec, R.ModelStatus, columns)
+
+
+def evaluation_crd() -> dict[str, Any]:
+    columns = [
+        {"name": "Model", "type": "string", "jsonPath": ".spec.model", "description": "Model evaluated."},
+        {"name": "Candidate", "type": "integer", "jsonPath": ".spec.candidateVersion",
+         "description": "Version evaluated."},
+        {"name": "Baseline", "type": "integer", "jsonPath": ".status.baselineVersion",
+         "description": "Version the alias named."},
+        {"name": "Delta", "type": "string", "jsonPath": ".status.delta",
+         "description": "Candidate minus baseline, primary metric."},
+        {"name": "CI", "type": "string", "jsonPath": ".status.ci", "description": "Confidence interval of the delta."},
+        {"name": "Verdict", "type": "string", "jsonPath": ".status.verdict", "description": "The gate's decision."},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "priority": 1,
+         "description": "Phase of the evaluation."},
+        {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1,
+         "description": "Why it is in its phase."},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+    return _crd(R.EVALUATION_KIND, R.EVALUATION_PLURAL, R.EVALUATION_SINGULAR, ["evals"],
+                "An evaluation of a candidate version against the holder of an alias: eval runs of both on the "
+                "model's pinned dataset, then the gate's verdict, stored with every number.",
+                R.EvaluationSpec, R.EvaluationStatus, columns,
+                [_name_at_most(R.MAX_EVALUATION_NAME_LENGTH, "its runs add -candidate and -baseline")])
 
 
 PARAMS_POLICY = f"trainingrun-params.{T.GROUP}"
@@ -125,10 +180,29 @@ def params_policy() -> list[dict[str, Any]]:
     return [policy, binding]
 
 
+HEADER = "# Generated from operator/cairn/api/ by `python -m cairn.api.crd crds/`; do not edit.\n"
+
+
+def _render(*docs: dict[str, Any]) -> str:
+    return HEADER + yaml.safe_dump_all(list(docs), sort_keys=False, width=120)
+
+
+def rendered_files() -> dict[str, str]:
+    """Each file of ``crds/`` by name, with its text."""
+    return {
+        f"{T.PLURAL}.{T.GROUP}.yaml": _render(trainingrun_crd(), *params_policy()),
+        f"{R.MODEL_PLURAL}.{T.GROUP}.yaml": _render(model_crd()),
+        f"{R.EVALUATION_PLURAL}.{T.GROUP}.yaml": _render(evaluation_crd()),
+    }
+
+
 def render() -> str:
-    header = "# Generated from operator/cairn/api/types.py by `python -m cairn.api.crd`; do not edit.\n"
-    return header + yaml.safe_dump_all([trainingrun_crd(), *params_policy()], sort_keys=False, width=120)
+    """The TrainingRun CRD's file."""
+    return rendered_files()[f"{T.PLURAL}.{T.GROUP}.yaml"]
 
 
 if __name__ == "__main__":
-    sys.stdout.write(render())
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m cairn.api.crd DIRECTORY (crds/)")
+    for name, text in rendered_files().items():
+        (Path(sys.argv[1]) / name).write_text(text)

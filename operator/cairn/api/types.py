@@ -1,6 +1,6 @@
 """The TrainingRun resource (cairn.dev/v1alpha1): spec and status, with their documentation.
 
-These classes are the source of the CRD in ``crds/`` (``python -m cairn.api.crd``): every field's
+These classes are the source of the CRD in ``crds/`` (``python -m cairn.api.crd crds/``): every field's
 description, default, bounds and cross-field rule is written here once.
 """
 
@@ -25,8 +25,12 @@ QUANTITY = (r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 PARAM_KEY = r"^[A-Za-z_][A-Za-z0-9_.\-/]{0,249}$"
 SHA256 = r"^[0-9a-f]{64}$"
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$"  # as the store's registry checks it
 PHASES = ["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+# The TrainingRun's spec (JSON, cairn.api.recorded_spec) among its run's tags in the store, so that
+# `cairn runs reproduce` can write it again.
+SPEC_TAG = "kubernetes.spec"
 
 
 @dataclass(kw_only=True)
@@ -124,6 +128,16 @@ class Tracking:
 
 
 @dataclass(kw_only=True)
+class RegisterModel:
+    """Register the run's output as a new version of a model once the run has succeeded."""
+
+    name: str = field("Model to add the version to (created when it does not exist yet).", required=True,
+                      pattern=MODEL_NAME, maxLength=253)
+    artifact_path: str = field("Artifact path of the model files, under the run's artifacts.", "artifacts/model/",
+                               minLength=1, maxLength=1024)
+
+
+@dataclass(kw_only=True)
 class TrainingRunSpec:
     """What to train, on what, and how to track it."""
 
@@ -190,6 +204,9 @@ class TrainingRunSpec:
     code: Code | None = field("Code version of the trainer.")
     dataset: Dataset | None = field("Dataset the run reads.")
     tracking: Tracking = field("Live tracking settings.", default_factory=Tracking)
+    register_model: RegisterModel | None = field(
+        "Register the files at artifactPath as the next version of a model when the run succeeds, with the "
+        "run's lineage (image digest, code commit, dataset digest, params, the sha256 of every file).")
 
 
 @dataclass(kw_only=True)

@@ -33,6 +33,8 @@ from cairn.cli.output import (
     write_rows,
 )
 from cairn.agent.precedence import CODE_PREFIX, is_reserved_tag
+from cairn.api import GROUP, KIND, VERSION
+from cairn.api.types import MAX_NAME_LENGTH, SPEC_TAG
 from cairn.cli.params import lower_is_better
 from cairn.rundir import Env, UnsafePath, safe_relative_path
 from cairn.store.entities import ArtifactInfo, RunDetail, RunSummary
@@ -245,6 +247,67 @@ def compare_runs(details: list[RunDetail], all_params: bool) -> dict[str, Any]:
         metrics[k] = {"lower_is_better": minimise, "final": [None if v is None else v.value for v in latest],
                       "best": best, "best_run": leaders[0] if len(leaders) == 1 else ("tie" if leaders else None)}
     return {"runs": ids, "params": params, "metrics": metrics}
+
+
+REPRODUCES_ANNOTATION = "cairn.dev/reproduces"
+REPRODUCTION_SUFFIX = "-repro"
+
+
+def pinned_image(image: str, digest: str) -> str:
+    """``image`` pinned to ``digest``: its repository (tag and any digest dropped) @ the digest."""
+    repository = image.split("@", 1)[0]
+    if ":" in repository.rsplit("/", 1)[-1]:
+        repository = repository.rsplit(":", 1)[0]
+    return f"{repository}@{digest}"
+
+
+def reproduction(d: RunDetail, name: str | None = None, by_image_id: bool = False) -> dict[str, Any]:
+    """A TrainingRun that trains again what run ``d`` trained: its recorded spec, pinned to the image digest
+    (``REPOSITORY@DIGEST``, or the bare digest ``by_image_id``), code commit and dataset digest the run had,
+    with the run's params. A ValueError says what the record lacks to pin it."""
+    s, cluster = d.summary, d.cluster
+    recorded = d.tags.get(SPEC_TAG)
+    if not recorded or not cluster.namespace:
+        raise ValueError(f"run {s.id} was not recorded from a TrainingRun with its spec: nothing to reproduce from")
+    if not cluster.image_digest or not cluster.image:
+        raise ValueError(f"run {s.id} has no recorded image digest (its pod never started): it cannot be pinned")
+    spec = json.loads(recorded)
+    spec["image"] = cluster.image_digest if by_image_id else pinned_image(cluster.image, cluster.image_digest)
+    if d.code is not None:
+        spec["code"] = {k: v for k, v in (("repository", d.code.repository), ("commit", d.code.commit)) if v}
+    if d.datasets:
+        dataset = d.datasets[0]
+        digest = dataset.digest or dataset.pinned_digest
+        if not digest:
+            raise ValueError(f"run {s.id} read {dataset.uri} without a recorded digest: it cannot be pinned")
+        spec["dataset"] = {**spec.get("dataset", {}), "uri": dataset.uri, "sha256": digest}
+    spec["params"] = {k: v for k, v in sorted(d.params.items()) if not k.startswith(CODE_PREFIX)}
+    base = (s.name or s.id[:8])[: MAX_NAME_LENGTH - len(REPRODUCTION_SUFFIX)]
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
+        "metadata": {"name": name or base + REPRODUCTION_SUFFIX, "namespace": cluster.namespace,
+                     "annotations": {REPRODUCES_ANNOTATION: s.id}},
+        "spec": spec,
+    }
+
+
+@runs.command("reproduce", epilog=RUN_REF_HELP)
+@click.argument("run")
+@click.option("--name", help=f"Name of the new TrainingRun (default: the run's name + {REPRODUCTION_SUFFIX}).")
+@click.option("--by-image-id", is_flag=True,
+              help="Name the image by its recorded digest alone (sha256:...), not REPOSITORY@DIGEST: for an image "
+                   "loaded onto the nodes without a registry, whose recorded digest is its image ID.")
+@output_option(YAML, JSON, default=YAML)
+@click.pass_context
+def runs_reproduce(ctx: click.Context, run: str, name: str | None, by_image_id: bool, output: str) -> None:
+    """Write a TrainingRun that trains RUN again, pinned to the image digest, code commit, dataset digest and
+    params it had (its env is not recorded: add what the trainer needs). Apply it with kubectl apply -f -."""
+    store = store_of(ctx)
+    try:
+        manifest = reproduction(store.get_run(resolve_run(store, run)), name, by_image_id)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    write_document(manifest, output)
 
 
 @runs.command("compare", epilog=RUN_REF_HELP)

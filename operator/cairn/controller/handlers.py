@@ -14,6 +14,7 @@ Handlers find the :class:`Operator` in Kopf's memo: ``cairn operator`` puts it t
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from cairn import podspec
 from cairn.api import GROUP, KIND, PLURAL, VERSION, TrainingRun, TrainingRunStatus, from_manifest, to_dict
+from cairn.api import recorded_spec
+from cairn.api.types import SPEC_TAG
 from cairn.controller import malloc
 from cairn.controller import reconcile as R
 from cairn.controller.kube import CoreApi
@@ -35,6 +38,7 @@ from cairn.controller.runtime import (KeyedLocks, NodeLabelCache, Requeuer, Runn
 from cairn.controller.settings import OperatorSettings
 from cairn.rundir import RunStatus
 from cairn.store import TrackingStore, db
+from cairn.store.registry import ModelNotFound
 from cairn.store.tracking import RunNotFound
 
 TRAININGRUN_LABEL = podspec.TRAININGRUN_LABEL
@@ -44,6 +48,7 @@ KOPF_WORKERS = 4  # threads for Kopf's sync handlers; a reconcile is a few API c
 KOPF_OBJECT_WORKERS = 32  # objects Kopf handles at once (their events queue meanwhile)
 REQUEUE_WORKERS = 4
 LATEST_METRICS_BATCH = 500  # runs per store query
+OPERATOR_IDENTITY = "cairn-operator"  # who registered a version from spec.registerModel, in the audit trail
 
 log = logging.getLogger("cairn.controller")
 
@@ -217,15 +222,31 @@ def write_run(store: TrackingStore, uid: str, write: StoreWrite) -> None:
     (the run was recorded while the store was away, or the store lost it)."""
     if write.create:
         record_run(store, write.run)
-    if not write.fields:
-        return
+    if write.fields:
+        try:
+            store.update_run(uid, **write.fields)
+        except RunNotFound:
+            if write.run is None:
+                raise
+            record_run(store, write.run)
+            store.update_run(uid, **write.fields)
+    if write.register_model:
+        register_output(store, write.run)
+
+
+def register_output(store: TrackingStore, tr: TrainingRun) -> None:
+    """Register the finished run's output as the next version of ``spec.registerModel.name``, once: a
+    version already registered from this run is kept (the write may be tried again)."""
+    wanted = tr.spec.register_model
     try:
-        store.update_run(uid, **write.fields)
-    except RunNotFound:
-        if write.run is None:
-            raise
-        record_run(store, write.run)
-        store.update_run(uid, **write.fields)
+        registered = [v.version for v in store.get_model(tr.namespace, wanted.name).versions if v.run_id == tr.uid]
+    except ModelNotFound:
+        registered = []
+    if registered:
+        return
+    version = store.register_model_version(tr.namespace, wanted.name, tr.uid, f"{OPERATOR_IDENTITY} ({tr.name})",
+                                           wanted.artifact_path)
+    log.info("registered run %s/%s as version %d of model %s", tr.namespace, tr.name, version.version, wanted.name)
 
 
 def record_run(store: TrackingStore, tr: TrainingRun) -> None:
@@ -233,7 +254,8 @@ def record_run(store: TrackingStore, tr: TrainingRun) -> None:
     spec = tr.spec
     store.create_run(
         experiment=spec.experiment, name=tr.name, run_id=tr.uid, params=dict(spec.params),
-        tags={"cairn.mode": "kubernetes", "kubernetes.namespace": tr.namespace},
+        tags={"cairn.mode": "kubernetes", "kubernetes.namespace": tr.namespace,
+              SPEC_TAG: json.dumps(recorded_spec(spec))},
         status=RunStatus.PENDING, namespace=tr.namespace, k8s_uid=tr.uid, image=spec.image,
         resources=to_dict(spec.resources),
     )
@@ -289,7 +311,9 @@ def carry_out(op: Operator, tr: TrainingRun, created: dt.datetime | None, plan: 
     status = R.merge_status(tr.status, plan.status)
     record_metrics(op, tr, status, created, plan, now)
     if plan.store:
-        op.store_writes.submit(uid, StoreWrite({**R.store_fields(status), **plan.store}, tr))
+        register = (tr.spec.register_model is not None and status.phase == R.SUCCEEDED
+                    and tr.status.phase != R.SUCCEEDED)
+        op.store_writes.submit(uid, StoreWrite({**R.store_fields(status), **plan.store}, tr, register_model=register))
     run = RunRef(uid, namespace, name, tr.spec.tracking.headline_metric)
     if status.phase == R.RUNNING:
         op.running.track(run)

@@ -206,14 +206,17 @@ def metrics_patch(latest: Mapping[str, Any], headline: str | None) -> dict[str, 
 @dataclass
 class StoreWrite:
     """Run columns to set; ``create`` writes the run's row first (idempotent). ``run`` is what the row
-    is created from, also when an update finds no row (a run recorded while the store was away)."""
+    is created from, also when an update finds no row (a run recorded while the store was away), and
+    what ``register_model`` registers, after the columns (the run must be FINISHED first)."""
 
     fields: dict[str, Any]
     run: Any = None
     create: bool = False
+    register_model: bool = False  # then register the run's output as a model version (spec.registerModel)
 
     def merged(self, newer: "StoreWrite") -> "StoreWrite":
-        return StoreWrite({**self.fields, **newer.fields}, newer.run or self.run, self.create or newer.create)
+        return StoreWrite({**self.fields, **newer.fields}, newer.run or self.run, self.create or newer.create,
+                          self.register_model or newer.register_model)
 
 
 class StoreWrites:
