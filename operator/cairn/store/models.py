@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -114,6 +115,23 @@ class LatestMetric(Base):
     min_value: Mapped[float | None] = mapped_column(Double)
     max_value: Mapped[float | None] = mapped_column(Double)
     count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class MetricSummary(Base):
+    """One fixed step bucket of one series at one level (width ``8**level`` steps, see
+    ``store/summaries.py``), written in the ingest batch's transaction like the points it sums up."""
+
+    __tablename__ = "metric_summaries"
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(250), primary_key=True)
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    last_step: Mapped[int] = mapped_column(BigInteger)
+    last_timestamp_ms: Mapped[int] = mapped_column(BigInteger)
+    last_value: Mapped[float | None] = mapped_column(Double)
+    min_value: Mapped[float | None] = mapped_column(Double)
+    max_value: Mapped[float | None] = mapped_column(Double)
+    count: Mapped[int] = mapped_column(BigInteger)
 
 
 class Artifact(Base):

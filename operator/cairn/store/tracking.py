@@ -9,13 +9,13 @@ import uuid
 from operator import itemgetter
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import Uuid, and_, bindparam, case, func, select, text, update
+from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from cairn.messages import one_line
 from cairn.rundir import RunStatus, safe_relative_path
-from cairn.store import db
+from cairn.store import db, summaries
 from cairn.store.backends import Backend, backend_for, nan_if_null
 from cairn.store.entities import (
     ArtifactInfo,
@@ -47,6 +47,7 @@ from cairn.store.models import (
     IngestProgress,
     LatestMetric,
     Metric,
+    MetricSummary,
     Param,
     Resume,
     Run,
@@ -55,6 +56,7 @@ from cairn.store.models import (
 )
 from cairn.store.registry import ModelRegistry, param_value
 
+SUMMARY_UPSERT_CHUNK = 1000  # rows per statement: 10 parameters each, under SQLite's 32,766
 FINAL_STATUSES = tuple(status.value for status in RunStatus if status.is_final)
 
 
@@ -324,6 +326,7 @@ class TrackingStore(ModelRegistry):
         if batch.metrics:
             self.backend.write_metrics(s, rid, batch.metrics)
             self._update_latest(s, rid, batch.metrics)
+            self._update_summaries(s, rid, batch.metrics)
         for art in batch.artifacts:
             self._upsert_artifact(s, rid, art)
         if batch.examples:
@@ -437,6 +440,32 @@ class TrackingStore(ModelRegistry):
                 },
             )
         )
+
+    def _update_summaries(self, s: Session, rid: uuid.UUID, points: Sequence[MetricPoint]) -> None:
+        rows = [
+            {"run_id": rid, "key": key, "level": level, "bucket": index, "last_step": b.last_step,
+             "last_timestamp_ms": b.last_timestamp_ms, "last_value": self.backend.stored_float(b.last_value),
+             "min_value": b.min_value, "max_value": b.max_value, "count": b.count}
+            for key, level, index, b in summaries.summarise(points)
+        ]
+        stmt = self.backend.insert(MetricSummary)
+        ex, cur = stmt.excluded, MetricSummary.__table__.c
+        newer = ex.last_step >= cur.last_step
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["run_id", "key", "level", "bucket"],
+            set_={
+                "last_step": case((newer, ex.last_step), else_=cur.last_step),
+                "last_timestamp_ms": case((newer, ex.last_timestamp_ms), else_=cur.last_timestamp_ms),
+                "last_value": case((newer, ex.last_value), else_=cur.last_value),
+                "min_value": case((cur.min_value.is_(None) | (ex.min_value < cur.min_value), ex.min_value),
+                                  else_=cur.min_value),
+                "max_value": case((cur.max_value.is_(None) | (ex.max_value > cur.max_value), ex.max_value),
+                                  else_=cur.max_value),
+                "count": cur.count + ex.count,
+            },
+        )
+        for i in range(0, len(rows), SUMMARY_UPSERT_CHUNK):
+            s.execute(stmt.values(rows[i: i + SUMMARY_UPSERT_CHUNK]))
 
     def _upsert_artifact(self, s: Session, rid: uuid.UUID, art: ArtifactInfo) -> None:
         if safe_relative_path(art.path) != art.path:  # raises UnsafePath for what could escape a directory
@@ -646,33 +675,34 @@ class TrackingStore(ModelRegistry):
             return self.backend.read_history(conn, rid, key)
 
     def downsampled_history(self, run_id: str, key: str, max_points: int = 1000) -> list[HistoryBucket]:
-        """At most ``max_points`` buckets of equal step width: last value, min and max in each.
+        """At most ``max_points`` buckets of about equal step width: last point, min, max and count in each.
 
-        Keeping min and max means a spike survives downsampling, which plain decimation loses.
+        Keeping min and max means a spike survives downsampling, which plain decimation loses. Read
+        from the summaries kept at ingest (``store/summaries.py``): at most 8 rows per bucket returned,
+        whatever the series' length; a series spanning fewer than ``8 * max_points`` steps is read
+        point by point.
         """
+        if max_points < 1:
+            raise ValueError(f"max_points must be at least 1, not {max_points}")
         rid = _as_uuid(run_id)
         with self.engine.connect() as conn:
-            bounds = conn.execute(
-                select(func.min(Metric.step), func.max(Metric.step))
-                .where(Metric.run_id == rid, Metric.key == key)
+            first, last = conn.execute(
+                select(func.min(Metric.step), func.max(Metric.step)).where(Metric.run_id == rid, Metric.key == key)
             ).one()
-            if bounds[0] is None:
+            if first is None:
                 return []
-            lo, hi = bounds
-            span = hi - lo + 1
+            level = summaries.choose_level(first, last, max_points)
+            if level is None:
+                by_step = summaries.point_buckets(self.backend.read_history(conn, rid, key), 0)
+                return summaries.merged(by_step.items(), first, last, max_points)
             rows = conn.execute(
-                text(
-                    """
-                    SELECT step, value, mn, mx, n FROM (
-                        SELECT step, value,
-                               MIN(value) OVER w AS mn, MAX(value) OVER w AS mx, COUNT(*) OVER w AS n,
-                               ROW_NUMBER() OVER (PARTITION BY bucket ORDER BY step DESC, id DESC) AS rn
-                        FROM (SELECT id, step, value, ((step - :lo) * :n) / :span AS bucket
-                              FROM metrics WHERE run_id = :rid AND key = :key) b
-                        WINDOW w AS (PARTITION BY bucket)
-                    ) ranked WHERE rn = 1 ORDER BY step
-                    """
-                ).bindparams(bindparam("rid", type_=Uuid())),
-                {"lo": lo, "n": max_points, "span": span, "rid": rid, "key": key},
+                select(MetricSummary.bucket, MetricSummary.last_step, MetricSummary.last_timestamp_ms,
+                       MetricSummary.last_value, MetricSummary.min_value, MetricSummary.max_value,
+                       MetricSummary.count)
+                .where(MetricSummary.run_id == rid, MetricSummary.key == key, MetricSummary.level == level)
+                .order_by(MetricSummary.bucket)
             ).all()
-            return [HistoryBucket(step, nan_if_null(v), mn, mx, n) for step, v, mn, mx, n in rows]
+        width_bits = summaries.LEVEL_BITS * level
+        buckets = ((index, summaries.Bucket(step, ts, nan_if_null(v), mn, mx, n))
+                   for index, step, ts, v, mn, mx, n in rows)
+        return summaries.merged(buckets, first >> width_bits, last >> width_bits, max_points)
