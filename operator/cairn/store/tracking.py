@@ -56,7 +56,6 @@ from cairn.store.models import (
 )
 from cairn.store.registry import ModelRegistry, param_value
 
-SUMMARY_UPSERT_CHUNK = 1000  # rows per statement: 10 parameters each, under SQLite's 32,766
 FINAL_STATUSES = tuple(status.value for status in RunStatus if status.is_final)
 
 
@@ -448,7 +447,11 @@ class TrackingStore(ModelRegistry):
              "min_value": b.min_value, "max_value": b.max_value, "count": b.count}
             for key, level, index, b in summaries.summarise(points)
         ]
-        stmt = self.backend.insert(MetricSummary)
+        # Core executemany with RETURNING: compiled once (cached) and sent as multi-row VALUES pages
+        # ("insertmanyvalues"), which SQLAlchemy does for an upsert only when it returns something.
+        # Without it psycopg2 makes a round trip per row; a multi-row VALUES construct would be
+        # compiled anew for every batch, which costs more than the write.
+        stmt = self.backend.insert(MetricSummary.__table__)
         ex, cur = stmt.excluded, MetricSummary.__table__.c
         newer = ex.last_step >= cur.last_step
         stmt = stmt.on_conflict_do_update(
@@ -464,8 +467,7 @@ class TrackingStore(ModelRegistry):
                 "count": cur.count + ex.count,
             },
         )
-        for i in range(0, len(rows), SUMMARY_UPSERT_CHUNK):
-            s.execute(stmt.values(rows[i: i + SUMMARY_UPSERT_CHUNK]))
+        s.connection().execute(stmt.returning(cur.level), rows)
 
     def _upsert_artifact(self, s: Session, rid: uuid.UUID, art: ArtifactInfo) -> None:
         if safe_relative_path(art.path) != art.path:  # raises UnsafePath for what could escape a directory
