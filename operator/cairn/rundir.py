@@ -172,6 +172,9 @@ class Env:
     MAX_BATCH_POINTS = "CAIRN_MAX_BATCH_POINTS"
     TERMINATION_LOG = "CAIRN_TERMINATION_LOG"
 
+    # cairn server: every setting is CAIRN_SERVER_<FIELD> (cairn.server.settings)
+    SERVER_PREFIX = "CAIRN_SERVER_"
+
     # The prepare step
     PREPARE_TIMEOUT = "CAIRN_PREPARE_TIMEOUT"
 

@@ -19,6 +19,7 @@ from cairn.agent.prepare import PrepareSettings
 from cairn.agent.sidecar import SidecarSettings
 from cairn.controller.settings import OperatorSettings
 from cairn.objectstore import S3Settings
+from cairn.server.settings import ServerSettings
 from cairn.settings import CairnSettings, accepted_values, env_names
 
 SETTINGS: dict[str, type[CairnSettings]] = {
@@ -26,6 +27,7 @@ SETTINGS: dict[str, type[CairnSettings]] = {
     "sidecar": SidecarSettings,
     "prepare": PrepareSettings,
     "objectstore": S3Settings,
+    "server": ServerSettings,
 }
 BLOCK = re.compile(r"(<!-- settings:(?P<name>[a-z]+) -->\n).*?(<!-- /settings:(?P=name) -->)", re.S)
 

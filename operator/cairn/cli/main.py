@@ -17,6 +17,7 @@ from cairn.cli.models import evals, models
 from cairn.cli.output import err_console
 from cairn.cli.roles import RoleCommand, agent, operator_cmd, prepare, sidecar
 from cairn.cli.runs import runs
+from cairn.cli.server import server_cmd
 from cairn.rundir import Env
 from cairn.settings import SettingsError
 from cairn.store import db
@@ -65,7 +66,8 @@ def cli(ctx: click.Context, database_url: str | None, verbose: bool) -> None:
     ctx.ensure_object(dict)["database_url"] = database_url
 
 
-for command in (runs, experiments, models, evals, datasets, db_group, run_cmd, sync, agent, operator_cmd, sidecar, prepare):
+for command in (runs, experiments, models, evals, datasets, db_group, run_cmd, sync, server_cmd, agent, operator_cmd,
+                sidecar, prepare):
     cli.add_command(command)
 
 

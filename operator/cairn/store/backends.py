@@ -12,7 +12,7 @@ import math
 import uuid
 from typing import Protocol, Sequence
 
-from sqlalchemy import insert, select
+from sqlalchemy import Double, case, cast, func, insert, null, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
@@ -24,6 +24,7 @@ from cairn.store.models import Metric
 
 SQLITE_INSERT_CHUNK = 5000
 COPY_CHUNK_CHARS = 1 << 20  # psycopg2 reads 8 KiB per call by default: one call per ~100 rows
+NUMBER_PATTERN = r"^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$"  # a JSON number
 
 
 class Backend(Protocol):
@@ -38,6 +39,9 @@ class Backend(Protocol):
 
     def read_history(self, conn: Connection, run_id: uuid.UUID, key: str) -> list[MetricPoint]:
         """Every point of one series ordered by step, then by arrival; NULL values read as NaN."""
+
+    def number_in_text(self, column):  # noqa: ANN001, ANN201
+        """``column`` (text) as a float where it holds a plain decimal number, else NULL."""
 
 
 def nan_if_null(value: float | None) -> float:
@@ -78,6 +82,10 @@ class PostgresBackend:
             buf.close()
 
 
+    def number_in_text(self, column):  # noqa: ANN001, ANN201
+        return case((column.regexp_match(NUMBER_PATTERN), cast(column, Double)), else_=null())
+
+
 class SqliteBackend:
     def insert(self, table):  # noqa: ANN001, ANN201
         return sqlite.insert(table)
@@ -101,6 +109,13 @@ class SqliteBackend:
             .order_by(Metric.step, Metric.id)
         ).all()
         return [MetricPoint(key, step, ts, nan_if_null(v)) for step, ts, v in rows]
+
+
+    def number_in_text(self, column):  # noqa: ANN001, ANN201
+        # SQLite has no regular expressions; json_type is 'integer' or 'real' for exactly a JSON number
+        # (the GLOB first, because json_type raises on text that is not JSON).
+        plain = column.op("NOT GLOB")("*[^0-9eE.+-]*") & (func.json_valid(column) == 1)
+        return case((plain & func.json_type(column).in_(("integer", "real")), cast(column, Double)), else_=null())
 
 
 def backend_for(engine: Engine) -> Backend:

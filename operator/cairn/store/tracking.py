@@ -55,6 +55,7 @@ from cairn.store.models import (
     utcnow,
 )
 from cairn.store.registry import ModelRegistry, param_value
+from cairn.store.search import RunSearch
 
 FINAL_STATUSES = tuple(status.value for status in RunStatus if status.is_final)
 
@@ -98,9 +99,9 @@ def _merged_counts(counts: dict[str, int] | None, more: dict[str, int]) -> dict[
     return merged
 
 
-class TrackingStore(ModelRegistry):
+class TrackingStore(RunSearch, ModelRegistry):
     """One store contract for PostgreSQL (production) and SQLite (the embedded default); the model
-    registry's methods come from ``ModelRegistry``."""
+    registry's methods come from ``ModelRegistry``, the readers' run search from ``RunSearch``."""
 
     def __init__(self, url: str | None = None, engine: Engine | None = None, check_schema: bool = True) -> None:
         self.engine = engine or db.get_engine(url)
