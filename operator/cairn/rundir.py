@@ -174,6 +174,7 @@ class Env:
 
     # cairn server: every setting is CAIRN_SERVER_<FIELD> (cairn.server.settings)
     SERVER_PREFIX = "CAIRN_SERVER_"
+    SERVER = "CAIRN_SERVER"  # the CLI's remote mode: the URL of a cairn server to read from
 
     # The prepare step
     PREPARE_TIMEOUT = "CAIRN_PREPARE_TIMEOUT"

@@ -66,6 +66,7 @@ class RunRow:
     params: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, LatestValue] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    exit_code: int | None = None
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,8 @@ class RunSearch:
                                                    m.count)
         return [
             RunRow(str(rid), run.name, run.namespace, exp, RunStatus(run.status), run.start_time, run.end_time,
-                   dict(sorted(params[rid].items())), dict(sorted(metrics[rid].items())), dict(sorted(tags[rid].items())))
+                   dict(sorted(params[rid].items())), dict(sorted(metrics[rid].items())), dict(sorted(tags[rid].items())),
+                   run.exit_code)
             for rid in ids for run, exp in [runs[rid]]
         ]
 
