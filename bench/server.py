@@ -14,7 +14,7 @@ MLflow's is filled through its REST API (``log-batch``). Without MLflow installe
 reports Cairn's figures alone. ``--mlflow-python`` names an interpreter that has mlflow (a venv of its
 own, so that mlflow's pins never touch Cairn's environment).
 
-    python bench/server.py [--runs 10000] [--points 1000000] [--repeats 30]
+    python3 -m bench.server [--runs 10000] [--points 1000000] [--repeats 30]
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 for _var in [v for v in os.environ if v.startswith("CAIRN_")]:  # nothing of another setup leaks in
     del os.environ[_var]
 

@@ -72,6 +72,9 @@ class Run(Base):
 
 class Param(Base):
     __tablename__ = "params"
+    # Run search filters and sorts across runs by key (store/search.py); values are not indexed where
+    # they are free text, which can outgrow a btree entry.
+    __table_args__ = (Index("ix_params_key", "key"),)
     run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(String(250), primary_key=True)
     # JSON text of the value, so 1, 1.0, "1" and true stay distinct when a run is repeated.
@@ -80,6 +83,9 @@ class Param(Base):
 
 class Tag(Base):
     __tablename__ = "tags"
+    # Run search filters and sorts across runs by key (store/search.py); values are not indexed where
+    # they are free text, which can outgrow a btree entry.
+    __table_args__ = (Index("ix_tags_key", "key"),)
     run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(String(250), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
@@ -107,6 +113,8 @@ class LatestMetric(Base):
     """Latest, min, max and count per series, kept current by every ingest batch."""
 
     __tablename__ = "latest_metrics"
+    # Run search: a metric's values across runs, for filters and sorts (store/search.py).
+    __table_args__ = (Index("ix_latest_metrics_key_value", "key", "value"),)
     run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(String(250), primary_key=True)
     step: Mapped[int] = mapped_column(BigInteger)

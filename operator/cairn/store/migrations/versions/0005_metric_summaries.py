@@ -1,4 +1,5 @@
-"""metric summaries: fixed step buckets per series at widths 8**level, filled from the stored points
+"""metric summaries (fixed step buckets per series at widths 8**level, filled from the stored points) and
+indexes for run search by param, tag and metric
 
 Revision ID: 0005_metric_summaries
 Revises: 0004_models
@@ -56,6 +57,9 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['run_id'], ['runs.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('run_id', 'key', 'level', 'bucket')
     )
+    op.create_index('ix_params_key', 'params', ['key'])
+    op.create_index('ix_tags_key', 'tags', ['key'])
+    op.create_index('ix_latest_metrics_key_value', 'latest_metrics', ['key', 'value'])
     # SQLite stores NaN as NULL already; PostgreSQL's NaN equals itself, so NULLIF drops it.
     finite = "NULLIF(value, 'NaN'::float8)" if op.get_bind().dialect.name == "postgresql" else "value"
     factor = 1 << LEVEL_BITS
@@ -65,4 +69,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index('ix_latest_metrics_key_value', table_name='latest_metrics')
+    op.drop_index('ix_tags_key', table_name='tags')
+    op.drop_index('ix_params_key', table_name='params')
     op.drop_table('metric_summaries')
