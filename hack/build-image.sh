@@ -76,8 +76,10 @@ deps="$(python3 - "$REPO/pyproject.toml" <<'EOF'
 import sys, tomllib
 with open(sys.argv[1], "rb") as f:
     project = tomllib.load(f)["project"]
-# The example trainers' libraries ride along so a TrainingRun can run them from this image.
-print("\n".join(sorted(project.get("dependencies", []) + project["optional-dependencies"]["examples"])))
+# The example trainers' libraries ride along so a TrainingRun can run them from this image, and
+# the server's (FastAPI, uvicorn) so the chart can run `cairn server` from it.
+extras = project["optional-dependencies"]
+print("\n".join(sorted(project.get("dependencies", []) + extras["examples"] + extras["server"])))
 EOF
 )"
 deps_key="$(printf '%s\n' "$base_key" "$deps" | short_sha)"

@@ -103,7 +103,7 @@ def env_of(container: dict) -> dict[str, dict]:
 
 
 def operator_container(objs: list[dict]) -> dict:
-    dep = one(objs, "Deployment")
+    dep = one(objs, "Deployment", "cairn-operator")
     return next(c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "operator")
 
 
@@ -289,7 +289,7 @@ def test_namespaced_rbac_is_a_role_per_watched_namespace(helm, watch, expected):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cairn-operator", "namespace": NS}]
         assert one(objs, "Secret", "cairn-database", ns)  # the sidecars' Secret in each run namespace
     assert [r["metadata"]["name"] for r in find(objs, "ClusterRole") if "aggregate" not in str(r["metadata"])] == \
-        ["cairn-cluster"]
+        ["cairn-cluster", "cairn-server"]  # the server's reviews are cluster-scoped in any case
     # Kopf tracks the namespaces it watches
     assert one(objs, "ClusterRole", "cairn-cluster")["rules"] == CLUSTER_RULES + [NAMESPACES_RULE]
     assert env_of(operator_container(objs))["CAIRN_NAMESPACES"]["value"] == " ".join(expected)
@@ -426,7 +426,7 @@ def test_bundled_postgresql_and_minio(helm):
         f"http://cairn-minio.{NS}.svc:9000"
     # no hook on first install (the server does not exist yet): the operator migrates first
     assert not find(objs, "Job")
-    init = one(objs, "Deployment")["spec"]["template"]["spec"]["initContainers"]
+    init = one(objs, "Deployment", "cairn-operator")["spec"]["template"]["spec"]["initContainers"]
     assert [i["name"] for i in init] == ["db-upgrade"]
     upgrade = render(helm, *BUNDLED, extra=("--is-upgrade",))
     assert one(upgrade, "Job", "cairn-migrate")["metadata"]["annotations"]["helm.sh/hook"] == "pre-upgrade"
@@ -509,7 +509,7 @@ def test_monitors_only_where_the_prometheus_operator_api_exists(helm):
     objs = render(helm, *sets, extra=("--api-versions", "monitoring.coreos.com/v1"))
     sm = one(objs, "ServiceMonitor", "cairn-operator", NS)
     assert sm["spec"]["endpoints"][0]["port"] == "metrics"
-    assert sm["spec"]["selector"]["matchLabels"] == one(objs, "Service")["spec"]["selector"]
+    assert sm["spec"]["selector"]["matchLabels"] == one(objs, "Service", "cairn-metrics")["spec"]["selector"]
     pm = one(objs, "PodMonitor")
     assert pm["spec"]["namespaceSelector"] == {"matchNames": ["ml-a"]}
     assert pm["spec"]["selector"]["matchExpressions"] == [{"key": "cairn.dev/trainingrun", "operator": "Exists"}]
@@ -606,3 +606,60 @@ def test_schema_rejects_bad_values_with_the_key_in_the_message(helm, case):
     err = render_error(helm, "externalDatabase.host=db", *sets)
     assert "values don't meet the specifications of the schema" in err, err
     assert message in err, err
+
+
+# -- cairn server -----------------------------------------------------------------------------
+
+def test_the_server_is_hardened_and_may_only_ask_for_reviews(helm):
+    objs = render(helm, "externalDatabase.url=postgresql://x:y@db/cairn", *BUNDLED[3:6], BUNDLED_PASSWORDS[1])
+    pod = one(objs, "Deployment", "cairn-server", NS)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "cairn-server"
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["seccompProfile"] == {
+        "type": "RuntimeDefault"}
+    (c,) = pod["containers"]
+    assert c["command"] == ["cairn", "server"]
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]}}
+    assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert c[probe]["httpGet"] == {"path": "/api/v1/healthz", "port": "http"}
+    env = env_of(c)
+    assert env["CAIRN_SERVER_AUTH"]["value"] == "kubernetes" and env["CAIRN_SERVER_HOST"]["value"] == "0.0.0.0"
+    assert env["CAIRN_DATABASE_URL"] == env_of(operator_container(objs))["CAIRN_DATABASE_URL"]
+    assert env["CAIRN_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "cairn-objectstore", "key": "secretKey",
+                                                                       "optional": True}
+    assert one(objs, "ClusterRole", "cairn-server")["rules"] == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]}]
+    binding = one(objs, "ClusterRoleBinding", "cairn-server")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cairn-server", "namespace": NS}]
+    svc = one(objs, "Service", "cairn-server", NS)
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    assert not find(objs, "Ingress")
+    test_pod = one(objs, "Pod", "cairn-test-server", NS)
+    assert test_pod["spec"]["containers"][0]["command"][-1] == "http://cairn-server.cairn-system.svc:80/api/v1/healthz"
+
+
+def test_the_server_behind_an_ingress_and_a_proxy(helm):
+    objs = render(helm, "externalDatabase.url=postgresql://x:y@db/cairn", "server.ingress.enabled=true",
+                  "server.ingress.host=cairn.internal", "server.ingress.tlsSecret=cairn-tls", "server.auth=proxy",
+                  "server.proxy.existingSecret=proxy-secret")
+    ingress = one(objs, "Ingress", "cairn-server", NS)
+    assert ingress["spec"]["rules"][0]["host"] == "cairn.internal"
+    assert ingress["spec"]["tls"] == [{"hosts": ["cairn.internal"], "secretName": "cairn-tls"}]
+    env = env_of(one(objs, "Deployment", "cairn-server")["spec"]["template"]["spec"]["containers"][0])
+    assert env["CAIRN_SERVER_PROXY_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "proxy-secret", "key": "secret"}
+    assert "server.proxy.existingSecret" in render_error(helm, "externalDatabase.url=postgresql://x:y@db/cairn",
+                                                         "server.auth=proxy")
+    assert "/server/auth" in render_error(helm, "externalDatabase.url=postgresql://x:y@db/cairn", "server.auth=none")
+    off = render(helm, "externalDatabase.url=postgresql://x:y@db/cairn", "server.enabled=false")
+    assert not find(off, "Deployment", "cairn-server") and not find(off, "ClusterRole", "cairn-server")
+
+
+def test_the_servers_network_policy(helm):
+    objs = render(helm, *BUNDLED, "networkPolicy.enabled=true", "networkPolicy.apiServerCIDRs={10.96.0.1/32}")
+    policy = one(objs, "NetworkPolicy", "cairn-server", NS)["spec"]
+    assert policy["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
+    egress_ports = [[p["port"] for p in rule["ports"]] for rule in policy["egress"]]
+    assert egress_ports == [[53, 53], [443, 6443], [5432], [9000]]
+    assert policy["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.96.0.1/32"}}]

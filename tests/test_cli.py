@@ -318,7 +318,7 @@ def test_help_lists_user_commands_and_in_pod_roles_apart():
     commands, _, roles = r.stdout.partition("In-pod roles:")
     listed = lambda text: {line.split()[0] for line in text.split("Commands:")[-1].splitlines()  # noqa: E731
                            if line.startswith("  ") and not line.startswith("   ")}
-    assert listed(commands) == {"datasets", "db", "evals", "experiments", "models", "run", "runs", "sync"}
+    assert listed(commands) == {"datasets", "db", "evals", "experiments", "models", "run", "runs", "server", "sync"}
     assert listed(roles) == {"agent", "operator", "prepare", "sidecar"}
 
 

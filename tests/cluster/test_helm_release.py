@@ -251,11 +251,32 @@ def test_rbac_allows_exactly_what_the_operator_needs(kubectl, release):
         assert not can_i(kubectl, release, verb, resource, namespace), (verb, resource, namespace)
 
 
+def test_server_is_ready_answers_through_its_service_and_may_only_ask_for_reviews(kubectl, release):
+    server = f"{release.name}-server"
+    dep = wait_until(lambda: (d := kubectl.get("deployment", server, release.namespace))["status"]
+                     .get("readyReplicas") == 1 and d, 120, "the server to become Ready")
+    assert dep["spec"]["template"]["spec"]["containers"][0]["command"] == ["cairn", "server"]
+    # Through the Service, by the API server's service proxy (as `kubectl port-forward` would reach it).
+    health = kubectl.run("get", "--raw", f"/api/v1/namespaces/{release.namespace}/services/{server}:http/proxy"
+                                         "/api/v1/healthz")
+    assert json.loads(health.stdout) == {"status": "ok"}
+    anonymous = kubectl.run("get", "--raw", f"/api/v1/namespaces/{release.namespace}/services/{server}:http/proxy"
+                                            f"/api/v1/namespaces/{release.namespace}/runs", check=False)
+    assert anonymous.returncode != 0 and "Unauthorized" in anonymous.stderr  # the proxy forwards no credentials
+    account = f"--as=system:serviceaccount:{release.namespace}:{server}"
+    for resource in ("tokenreviews.authentication.k8s.io", "subjectaccessreviews.authorization.k8s.io"):
+        assert kubectl.run("auth", "can-i", "create", resource, account, check=False).stdout.strip() == "yes"
+    for verb, resource in (("get", "secrets"), ("list", "trainingruns.cairn.dev"), ("list", "pods")):
+        assert kubectl.run("auth", "can-i", verb, resource, "-n", release.namespace, account,
+                           check=False).stdout.strip() == "no", (verb, resource)
+
+
 def test_helm_test_finds_the_store_reachable_and_migrated(release):
     result = release.run("test", release.name, "--timeout", "3m")
     out = result.stdout + result.stderr
     assert "Phase:          Succeeded" in out, out
     assert f"schema {db.head_revision()}, needed {db.head_revision()}" in out, out  # the pod's log, printed by helm
+    assert "/api/v1/healthz: {'status': 'ok'}" in out, out  # the server's test pod
 
 
 def test_upgrade_to_namespaced_rbac_keeps_runs_and_data(kubectl, release):

@@ -16,10 +16,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Mapping, Protocol, TypeVar
 
+from cairn.api import GROUP, PLURAL
 from cairn.server.settings import AuthMode, ServerSettings
 
-API_GROUP = "cairn.dev"
-RESOURCE = "trainingruns"
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -131,7 +130,7 @@ class KubernetesReviews:
         spec = c.V1SubjectAccessReviewSpec(
             user=identity.user, groups=list(identity.groups), uid=identity.uid or None,
             extra={k: list(v) for k, v in identity.extra} or None,
-            resource_attributes=c.V1ResourceAttributes(group=API_GROUP, resource=RESOURCE, verb=verb,
+            resource_attributes=c.V1ResourceAttributes(group=GROUP, resource=PLURAL, verb=verb,
                                                        namespace=namespace))
         try:
             review = self._authz.create_subject_access_review(c.V1SubjectAccessReview(spec=spec))

@@ -1,0 +1,321 @@
+"""``cairn server``'s API on SQLite and PostgreSQL through FastAPI's TestClient: what each endpoint returns
+is checked against what the test stored (filters, sorting and pages computed here, independently), artifacts
+come back byte for byte from MinIO, and ``cairn server`` answers on a real port."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import math
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+
+import pytest
+from fastapi.testclient import TestClient
+
+from cairn.objectstore import S3Config
+from cairn.rundir import Env, RunStatus
+from cairn.server.access import OpenAccess, TtlCache
+from cairn.server.app import create_app
+from cairn.server.settings import ServerSettings
+from cairn.settings import SettingsError
+from cairn.store import TrackingStore
+from cairn.store.entities import ArtifactInfo, IngestBatch, MetricPoint
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+LRS = [0.3, 0.01, 0.1, 2, 0.05, 10, 0.2, 0.001, 1, 0.5, 0.02, 3]
+
+
+@dataclass
+class Seeded:
+    id: str
+    name: str
+    experiment: str
+    status: str
+    start: dt.datetime
+    lr: float
+    opt: str
+    acc: float | None
+    team: str | None
+
+
+def seed(store: TrackingStore) -> list[Seeded]:
+    """Twelve runs of namespace ``default`` (half without a namespace: local runs) and two of ``team-b``."""
+    runs = []
+    for i, lr in enumerate(LRS):
+        status = [RunStatus.FINISHED, RunStatus.FAILED, RunStatus.RUNNING][i % 3]
+        exp = "vision" if i % 2 else "nlp"
+        start = T0 + dt.timedelta(minutes=7 * ((i * 5) % 12))  # distinct, not in creation order
+        acc = None if i % 4 == 3 else round(0.5 + 0.037 * ((i * 7) % 12), 4)
+        team = None if i % 5 == 4 else ["red", "blue"][i % 2]
+        rid = store.create_run(exp, name=f"run-{i:02d}", params={"lr": lr, "opt": ["adam", "sgd", "lion"][i % 3]},
+                               tags={"team": team} if team else None, status=status, start_time=start,
+                               namespace="default" if i % 2 else None)
+        if acc is not None:
+            points = [MetricPoint("acc", s, 1_700_000_000_000 + s * 1000, acc * s / 9) for s in range(10)]
+            store.ingest_batch(rid, "metrics.jsonl", IngestBatch(metrics=points), 10, 1)
+        runs.append(Seeded(rid, f"run-{i:02d}", exp, status.value, start, lr, ["adam", "sgd", "lion"][i % 3], acc,
+                           team))
+    for i in range(2):
+        store.create_run("nlp", name=f"other-{i}", params={"lr": 0.1}, namespace="team-b")
+    return runs
+
+
+@pytest.fixture
+def api(store):
+    seeded = seed(store)
+    client = TestClient(create_app(ServerSettings(), lambda namespace: store, OpenAccess()))
+    return client, seeded, store
+
+
+def all_pages(client: TestClient, page_size: int, **params) -> tuple[list[str], int, int]:
+    """Ids over every page, the total the first page announced, and how many pages it took."""
+    ids, token, pages, total = [], None, 0, None
+    while pages <= 100:
+        reply = client.get("/api/v1/namespaces/default/runs",
+                           params={**params, "page_size": page_size, **({"page_token": token} if token else {})})
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        total = body["total"] if total is None else total
+        assert body["total"] == total
+        ids += [r["id"] for r in body["runs"]]
+        pages += 1
+        token = body["next_page_token"]
+        if token is None:
+            return ids, total, pages
+    raise AssertionError("more than 100 pages")
+
+
+def ids_of(runs: list[Seeded]) -> list[str]:
+    return [r.id for r in runs]
+
+
+def test_runs_are_filtered_sorted_and_paged_as_the_data_says(api):
+    client, seeded, _ = api
+    ids, total, pages = all_pages(client, 5)  # default: newest start first
+    assert ids == ids_of(sorted(seeded, key=lambda r: r.start, reverse=True))
+    assert (total, pages) == (12, 3)
+
+    ids, total, _ = all_pages(client, 4, filter=["params.lr >= 0.1"], order_by=["params.lr asc"])
+    assert ids == ids_of(sorted((r for r in seeded if r.lr >= 0.1), key=lambda r: r.lr))  # 2 < 10: as numbers
+    assert total == len(ids) == 8
+
+    with_acc = sorted((r for r in seeded if r.acc is not None), key=lambda r: r.acc, reverse=True)
+    ids, _, _ = all_pages(client, 5, order_by=["metrics.acc desc"])
+    assert ids[:len(with_acc)] == ids_of(with_acc)  # runs without the metric come last
+    assert set(ids[len(with_acc):]) == {r.id for r in seeded if r.acc is None}
+
+    ids, total, _ = all_pages(client, 3, filter=["metrics.acc > 0.7", "tags.team = red"], order_by=["name desc"])
+    wanted = sorted((r for r in seeded if r.acc is not None and r.acc > 0.7 and r.team == "red"),
+                    key=lambda r: r.name, reverse=True)
+    assert ids == ids_of(wanted) and total == len(wanted) > 0
+
+    ids, _, _ = all_pages(client, 50, filter=["params.opt != adam", "status = failed"], experiment="vision",
+                          order_by=["start_time asc"])
+    wanted = [r for r in sorted(seeded, key=lambda r: r.start)
+              if r.opt != "adam" and r.status == "FAILED" and r.experiment == "vision"]
+    assert ids == ids_of(wanted) and wanted
+
+    ids, _, _ = all_pages(client, 50, order_by=["tags.team asc", "params.lr desc"])
+    assert ids == ids_of(sorted(seeded, key=lambda r: (r.team is None, r.team or "", -r.lr)))
+
+
+def test_a_run_row_its_namespace_its_experiments_and_compare(api):
+    client, seeded, _ = api
+    body = client.get("/api/v1/namespaces/default/runs", params={"filter": "name = run-00"}).json()
+    assert body["total"] == 1
+    row = body["runs"][0]
+    first = seeded[0]
+    assert row["id"] == first.id and row["status"] == first.status and row["experiment"] == first.experiment
+    assert row["params"] == {"lr": "0.3", "opt": "adam"}
+    assert row["metrics"] == {"acc": {"value": pytest.approx(first.acc), "step": 9}}
+    assert row["tags"] == {"team": "red"}
+    assert row["start_time"] == first.start.isoformat().replace("+00:00", "Z")
+
+    other = client.get("/api/v1/namespaces/team-b/runs").json()
+    assert other["total"] == 2 and {r["name"] for r in other["runs"]} == {"other-0", "other-1"}
+    assert client.get(f"/api/v1/namespaces/team-b/runs/{seeded[0].id}").status_code == 404
+    assert client.get(f"/api/v1/namespaces/team-b/runs/{seeded[0].id}/metrics/acc").status_code == 404
+    assert client.get("/api/v1/namespaces/default/runs/not-a-run-id").status_code == 404
+    experiments = client.get("/api/v1/namespaces/default/experiments").json()["experiments"]
+    assert [(e["name"], e["runs"]) for e in experiments] == [("nlp", 6), ("vision", 6)]
+    assert experiments[0]["last_start_time"] == max(r.start for r in seeded if r.experiment == "nlp").isoformat() \
+        .replace("+00:00", "Z")
+
+    a, b, c = seeded[0], seeded[3], seeded[6]  # adam, adam, adam; run 3 has no acc
+    body = client.get("/api/v1/namespaces/default/compare", params={"run": [a.id, b.id, c.id]}).json()
+    assert [r["id"] for r in body["runs"]] == [a.id, b.id, c.id]
+    assert body["params_differing"] == {"lr": {a.id: "0.3", b.id: "2", c.id: "0.2"}}
+    assert body["metric_keys"] == []  # run 3 logged no acc
+    assert client.get("/api/v1/namespaces/default/compare",
+                      params={"run": [a.id, c.id]}).json()["metric_keys"] == ["acc"]
+    too_many = client.get("/api/v1/namespaces/default/compare", params={"run": [r.id for r in seeded[:11]]})
+    assert too_many.status_code == 400 and "1 to 10 runs" in too_many.json()["error"]
+    assert client.get("/api/v1/namespaces/team-b/compare", params={"run": [a.id]}).status_code == 404
+
+
+def test_run_detail_and_metric_history(api):
+    client, seeded, store = api
+    run = seeded[0]
+    store.record_code(run.id, "https://git.example/repo.git", "abc123", dirty=True)
+    store.record_dataset(run.id, "s3://data/train", "sha256:feed")
+    store.update_run(run.id, image="registry.local/train:1", image_digest="sha256:beef", attempts=2,
+                     end_time=run.start + dt.timedelta(seconds=90), exit_code=0)
+    store.record_resume(run.id, 2, 5, "s3://bucket/ckpt/5", from_attempt=1)
+    body = client.get(f"/api/v1/namespaces/default/runs/{run.id}").json()
+    assert body["code"] == {"repository": "https://git.example/repo.git", "commit": "abc123", "dirty": True,
+                            "branch": None}
+    assert body["image"] == {"ref": "registry.local/train:1", "digest": "sha256:beef"}
+    assert [d["digest"] for d in body["datasets"]] == ["sha256:feed"]
+    assert body["attempts"] == 2 and body["exit_code"] == 0 and body["duration_seconds"] == 90
+    assert body["resumes"] == [{"attempt": 2, "step": 5, "from_attempt": 1, "uri": "s3://bucket/ckpt/5"}]
+    assert body["metric_keys"] == ["acc"] and body["ingest"]["points"] == 10
+
+    points = [MetricPoint("loss/train", s, 1_700_000_000_000 + 250 * s, 100.0 - s + (50 if s == 333 else 0))
+              for s in range(1000)]
+    store.ingest_batch(run.id, "loss.jsonl", IngestBatch(metrics=points), 100, 1)
+    url = f"/api/v1/namespaces/default/runs/{run.id}/metrics/loss/train"
+    body = client.get(url, params={"max_points": 100}).json()
+    assert body["key"] == "loss/train" and body["downsampled"] is True
+    assert 0 < len(body["points"]) <= 100
+    spiked = next(p for p in body["points"] if p[0] >= 333)  # the bucket that holds step 333
+    assert spiked[4] == 100.0 - 333 + 50  # the spike survives as its bucket's max
+    last = body["points"][-1]
+    assert last[:3] == [999, (1_700_000_000_000 + 250 * 999) / 1000, 100.0 - 999]
+
+    full = client.get(url, params={"full": "true"})
+    assert full.headers["content-type"] == "application/x-ndjson"
+    lines = [json.loads(line) for line in full.text.splitlines()]
+    assert lines == [[p.step, p.timestamp_ms / 1000, p.value] for p in points]
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"filter": "lr = 1"}, "expected params.KEY"),
+    ({"filter": "metrics.acc >= high"}, "compares with a number"),
+    ({"filter": "status = SLEEPING"}, "none of"),
+    ({"order_by": "start_time sideways"}, "expected params.KEY"),
+    ({"page_token": "bm90IGEgdG9rZW4"}, "page_token"),
+    ({"page_size": "1001"}, "page_size"),
+])
+def test_a_bad_query_is_a_400_that_says_what_is_wrong(sqlite_url, params, words):
+    store = TrackingStore(sqlite_url)
+    client = TestClient(create_app(ServerSettings(), lambda namespace: store, OpenAccess()))
+    reply = client.get("/api/v1/namespaces/default/runs", params=params)
+    assert reply.status_code == 400
+    assert words in reply.json()["error"]
+
+
+def test_service_endpoints(sqlite_url):
+    store = TrackingStore(sqlite_url)
+    client = TestClient(create_app(ServerSettings(), lambda namespace: store, OpenAccess()))
+    assert client.get("/api/v1/healthz").json() == {"status": "ok"}
+    assert client.get("/api/v1/whoami").json() == {"user": "local", "groups": [], "auth": "none"}
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/api/v1/namespaces/{ns}/runs" in paths
+    assert client.get("/docs").status_code == 404  # no UI that would fetch assets from a CDN
+
+
+def test_artifacts_stream_from_the_object_store_with_their_sha256(sqlite_url, minio_server, minio_bucket):
+    store = TrackingStore(sqlite_url)
+    run_id = store.create_run("nlp", name="with-artifacts")
+    payload = bytes(range(256)) * 5000  # 1.2 MiB: more than one streamed chunk
+    digest = hashlib.sha256(payload).hexdigest()
+    key = f"runs/{run_id}/artifacts/model/weights.bin"
+    minio_server.client().put_object(minio_bucket, key, io.BytesIO(payload), len(payload))
+    store.record_artifacts(run_id, [
+        ArtifactInfo("model/weights.bin", f"s3://{minio_bucket}/{key}", len(payload), digest, step=3,
+                     uploaded_at=T0),
+        ArtifactInfo("gone.txt", f"s3://{minio_bucket}/runs/{run_id}/gone.txt", 1, "0" * 64, uploaded_at=T0),
+    ])
+    objects = S3Config(minio_server.endpoint, False, minio_server.access_key, minio_server.secret_key, minio_bucket,
+                       minio_server.region)
+    client = TestClient(create_app(ServerSettings(), lambda namespace: store, OpenAccess(), objects))
+    base = f"/api/v1/namespaces/default/runs/{run_id}/artifacts"
+    listed = client.get(base).json()["artifacts"]
+    assert [(a["path"], a["size"], a["sha256"]) for a in listed] == [
+        ("gone.txt", 1, "0" * 64), ("model/weights.bin", len(payload), digest)]
+    reply = client.get(f"{base}/model/weights.bin")
+    assert reply.status_code == 200
+    assert reply.content == payload
+    assert reply.headers["x-cairn-sha256"] == digest
+    assert reply.headers["content-disposition"].startswith("attachment")
+    assert client.get(f"{base}/nothing-here").status_code == 404
+    missing = client.get(f"{base}/gone.txt")
+    assert missing.status_code == 502 and "gone.txt" in missing.json()["error"]
+
+
+def test_local_artifacts_are_served_only_without_auth(sqlite_url, tmp_path):
+    store = TrackingStore(sqlite_url)
+    run_id = store.create_run("nlp")
+    local = tmp_path / "notes.txt"
+    local.write_bytes(b"local bytes")
+    store.record_artifacts(run_id, [ArtifactInfo("notes.txt", local.as_uri(), 11,
+                                                 hashlib.sha256(b"local bytes").hexdigest())])
+    client = TestClient(create_app(ServerSettings(), lambda namespace: store, OpenAccess()))
+    reply = client.get(f"/api/v1/namespaces/default/runs/{run_id}/artifacts/notes.txt")
+    assert reply.content == b"local bytes"
+    assert reply.headers["x-cairn-sha256"] == hashlib.sha256(b"local bytes").hexdigest()
+
+
+def test_auth_none_is_refused_off_loopback_and_proxy_needs_its_secret(monkeypatch):
+    monkeypatch.setenv(Env.SERVER_HOST, "0.0.0.0")
+    with pytest.raises(SettingsError, match="bind to 127.0.0.1"):
+        ServerSettings()
+    with pytest.raises(SettingsError, match="PROXY_SECRET"):
+        ServerSettings(auth="proxy")
+    assert ServerSettings(auth="kubernetes").host == "0.0.0.0"
+
+
+def test_the_decision_cache_is_bounded_and_forgets():
+    now = [0.0]
+    cache: TtlCache[str, bool] = TtlCache(ttl=10, max_entries=3, clock=lambda: now[0])
+    for i in range(5):
+        cache.put(f"k{i}", True)
+    assert len(cache) == 3 and cache.get("k0") is None and cache.get("k4") is True
+    now[0] = 10.5
+    assert cache.get("k4") is None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cairn_server_serves_the_local_store(sqlite_url, cairn_home):
+    store = TrackingStore(sqlite_url)
+    run_id = store.create_run("nlp", name="served", params={"lr": 0.1})
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "cairn", "server", "--port", str(port),
+                             "--database-url", sqlite_url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/namespaces/default/runs",
+                                            timeout=2) as reply:
+                    body = json.load(reply)
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                assert time.monotonic() < deadline, "cairn server did not answer within 30 s"
+                time.sleep(0.2)
+        assert [(r["id"], r["params"]) for r in body["runs"]] == [(run_id, {"lr": "0.1"})]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_nan_metrics_read_as_null(sqlite_url):
+    store = TrackingStore(sqlite_url)
+    run_id = store.create_run("nlp")
+    store.ingest_batch(run_id, "m", IngestBatch(metrics=[MetricPoint("loss", 0, 0, math.nan)]), 1, 1)
+    client = TestClient(create_app(ServerSettings(), lambda namespace: store, OpenAccess()))
+    assert client.get("/api/v1/namespaces/default/runs").json()["runs"][0]["metrics"] == {
+        "loss": {"value": None, "step": 0}}
