@@ -217,7 +217,8 @@ def bench_mlflow(python: str, url: str, runs: int, points: int, repeats: int, wo
         exp, curve_run = fill_mlflow(api, runs, points)
         fill_s = time.perf_counter() - t0
         search = {"experiment_ids": [exp], "max_results": 100,
-                  "filter": "params.optimizer = 'adam' and metrics.val_acc >= 0.5", "order_by": ["metrics.val_acc DESC"]}
+                  "filter": "params.optimizer = 'adam' and metrics.val_acc >= 0.5",
+                  "order_by": ["metrics.val_acc DESC"]}
         by_param = {"experiment_ids": [exp], "max_results": 100, "filter": "metrics.val_loss < 0.5",
                     "order_by": ["params.p3 ASC"]}
         down = f"{base}/ajax-api/2.0/mlflow/metrics/get-history-bulk-interval?" + urllib.parse.urlencode(
@@ -244,7 +245,8 @@ def report(cairn: dict, mlflow: dict | None) -> None:
         c = cairn[name]
         m = mlflow[name] if mlflow else None
         cells = [f"{c['p50'] * 1000:.1f}", f"{c['p95'] * 1000:.1f}"]
-        cells += [f"{m['p50'] * 1000:.1f}", f"{m['p95'] * 1000:.1f}", f"{m['p50'] / c['p50']:.1f}×"] if m else ["-"] * 3
+        cells += ([f"{m['p50'] * 1000:.1f}", f"{m['p95'] * 1000:.1f}", f"{m['p50'] / c['p50']:.1f}×"] if m
+                  else ["-"] * 3)
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 

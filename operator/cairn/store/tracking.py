@@ -698,14 +698,23 @@ class TrackingStore(RunSearch, ModelRegistry):
             if level is None:
                 by_step = summaries.point_buckets(self.backend.read_history(conn, rid, key), 0)
                 return summaries.merged(by_step.items(), first, last, max_points)
+            width_bits = summaries.LEVEL_BITS * level
+            first_index, last_index = first >> width_bits, last >> width_bits
+            span = last_index - first_index + 1
+            # The database merges the level's buckets into output groups as summaries.merged would (the
+            # last point of a group is that of its highest bucket), so at most max_points rows travel.
+            this_series = and_(MetricSummary.run_id == rid, MetricSummary.key == key, MetricSummary.level == level)
+            group = ((MetricSummary.bucket - first_index) * min(span, max_points) // span).label("grp")
+            groups = (
+                select(group, func.min(MetricSummary.min_value).label("mn"),
+                       func.max(MetricSummary.max_value).label("mx"), func.sum(MetricSummary.count).label("n"),
+                       func.max(MetricSummary.bucket).label("last_bucket"))
+                .where(this_series).group_by(group).subquery()
+            )
             rows = conn.execute(
-                select(MetricSummary.bucket, MetricSummary.last_step, MetricSummary.last_timestamp_ms,
-                       MetricSummary.last_value, MetricSummary.min_value, MetricSummary.max_value,
-                       MetricSummary.count)
-                .where(MetricSummary.run_id == rid, MetricSummary.key == key, MetricSummary.level == level)
-                .order_by(MetricSummary.bucket)
+                select(MetricSummary.last_step, MetricSummary.last_value, groups.c.mn, groups.c.mx, groups.c.n,
+                       MetricSummary.last_timestamp_ms)
+                .join(groups, and_(this_series, MetricSummary.bucket == groups.c.last_bucket))
+                .order_by(groups.c.grp)
             ).all()
-        width_bits = summaries.LEVEL_BITS * level
-        buckets = ((index, summaries.Bucket(step, ts, nan_if_null(v), mn, mx, n))
-                   for index, step, ts, v, mn, mx, n in rows)
-        return summaries.merged(buckets, first >> width_bits, last >> width_bits, max_points)
+        return [HistoryBucket(step, nan_if_null(v), mn, mx, int(n), ts) for step, v, mn, mx, n, ts in rows]
