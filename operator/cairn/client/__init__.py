@@ -145,5 +145,5 @@ class RemoteStore:
     def __getattr__(self, name: str) -> NoReturn:
         if name.startswith("__"):
             raise AttributeError(name)
-        raise StoreError(f"this command reads {name.replace('_', ' ')}, which cairn --server does not offer yet; "
-                         "use --database-url", code="NOT_REMOTE")
+        raise StoreError(f"cairn --server does not offer what this command reads ({name}) yet; use --database-url",
+                         code="NOT_REMOTE")
