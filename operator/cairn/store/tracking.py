@@ -689,9 +689,10 @@ class TrackingStore(RunSearch, ModelRegistry):
             raise ValueError(f"max_points must be at least 1, not {max_points}")
         rid = _as_uuid(run_id)
         with self.engine.connect() as conn:
-            first, last = conn.execute(
-                select(func.min(Metric.step), func.max(Metric.step)).where(Metric.run_id == rid, Metric.key == key)
-            ).one()
+            series = and_(Metric.run_id == rid, Metric.key == key)
+            # Two subqueries: SQLite reads a lone MIN or MAX from the end of the index, both at once by a scan.
+            first, last = conn.execute(select(select(func.min(Metric.step)).where(series).scalar_subquery(),
+                                              select(func.max(Metric.step)).where(series).scalar_subquery())).one()
             if first is None:
                 return []
             level = summaries.choose_level(first, last, max_points)
