@@ -681,9 +681,9 @@ class TrackingStore(RunSearch, ModelRegistry):
         """At most ``max_points`` buckets of about equal step width: last point, min, max and count in each.
 
         Keeping min and max means a spike survives downsampling, which plain decimation loses. Read
-        from the summaries kept at ingest (``store/summaries.py``): at most 8 rows per bucket returned,
-        whatever the series' length; a series spanning fewer than ``8 * max_points`` steps is read
-        point by point.
+        from the summaries kept at ingest (``store/summaries.py``): the database merges fewer than 8
+        summary rows into each bucket returned, whatever the series' length; a series spanning fewer than
+        ``8 * max_points`` steps is read point by point.
         """
         if max_points < 1:
             raise ValueError(f"max_points must be at least 1, not {max_points}")
@@ -705,7 +705,7 @@ class TrackingStore(RunSearch, ModelRegistry):
             # The database merges the level's buckets into output groups as summaries.merged would (the
             # last point of a group is that of its highest bucket), so at most max_points rows travel.
             this_series = and_(MetricSummary.run_id == rid, MetricSummary.key == key, MetricSummary.level == level)
-            group = ((MetricSummary.bucket - first_index) * min(span, max_points) // span).label("grp")
+            group = ((MetricSummary.bucket - first_index) * max_points // span).label("grp")  # span >= max_points
             groups = (
                 select(group, func.min(MetricSummary.min_value).label("mn"),
                        func.max(MetricSummary.max_value).label("mx"), func.sum(MetricSummary.count).label("n"),
