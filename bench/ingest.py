@@ -352,18 +352,19 @@ def read_history(url: str, run_id: str, points: int, repeats: int, results) -> N
 
 
 def bench_history(store, url: str, points: int, repeats: int = 3) -> dict:  # noqa: ANN001
+    """The series is stored as the agent stores it (``ingest_batch``, 20,000 points a batch), so that
+    the summaries ``downsampled_history`` reads are kept too."""
+    from cairn.store.entities import IngestBatch, MetricPoint
+
     run_id = store.create_run(experiment="bench-history")
-    data = copy_rows_text(run_id, points, ["loss"], int(time.time() * 1000), seed=SEED + 1)
-    raw = store.engine.raw_connection()
-    try:
-        with raw.cursor() as cur:
-            cur.copy_expert(COPY_SQL, io.StringIO(data), size=1 << 20)
-        raw.commit()
-    finally:
-        raw.close()
+    draw = random.Random(SEED + 1).random
+    ts_ms = int(time.time() * 1000)
+    for start in range(0, points, 20_000):
+        end = min(points, start + 20_000)
+        batch = IngestBatch(metrics=[MetricPoint("loss", step, ts_ms, draw()) for step in range(start, end)])
+        store.ingest_batch(run_id, "metrics.jsonl", batch, offset=end, lines=end)
     # What autovacuum does after a load this size; done now so that it does not run beside the reads.
     run_outside_transaction(store.engine, "VACUUM ANALYZE metrics")
-    del data
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     reader = ctx.Process(target=read_history, args=(url, run_id, points, repeats, results))

@@ -134,7 +134,9 @@ def test_a_run_row_its_namespace_its_experiments_and_compare(api):
     first = seeded[0]
     assert row["id"] == first.id and row["status"] == first.status and row["experiment"] == first.experiment
     assert row["params"] == {"lr": "0.3", "opt": "adam"}
-    assert row["metrics"] == {"acc": {"value": pytest.approx(first.acc), "step": 9}}
+    assert row["metrics"] == {"acc": {"value": pytest.approx(first.acc), "step": 9, "min": 0.0,
+                                      "max": pytest.approx(first.acc), "count": 10}}
+    assert row["exit_code"] is None
     assert row["tags"] == {"team": "red"}
     assert row["start_time"] == first.start.isoformat().replace("+00:00", "Z")
 
@@ -188,6 +190,7 @@ def test_run_detail_and_metric_history(api):
     assert spiked[4] == 100.0 - 333 + 50  # the spike survives as its bucket's max
     last = body["points"][-1]
     assert last[:3] == [999, (1_700_000_000_000 + 250 * 999) / 1000, 100.0 - 999]
+    assert sum(p[5] for p in body["points"]) == 1000  # each bucket's point count
 
     full = client.get(url, params={"full": "true"})
     assert full.headers["content-type"] == "application/x-ndjson"
@@ -318,7 +321,7 @@ def test_nan_metrics_read_as_null(sqlite_url):
     store.ingest_batch(run_id, "m", IngestBatch(metrics=[MetricPoint("loss", 0, 0, math.nan)]), 1, 1)
     client = TestClient(create_app(ServerSettings(), lambda namespace: store, OpenAccess()))
     assert client.get("/api/v1/namespaces/default/runs").json()["runs"][0]["metrics"] == {
-        "loss": {"value": None, "step": 0}}
+        "loss": {"value": None, "step": 0, "min": None, "max": None, "count": 1}}
 
 
 def test_without_the_api_server_callers_get_401_for_no_token_and_503_for_a_token(sqlite_url):

@@ -25,12 +25,19 @@ def database_url(ctx: click.Context) -> str | None:
 
 
 def store_of(ctx: click.Context) -> TrackingStore:
-    """The command's store, opened on first use (commands that need none never connect)."""
-    from cairn.store import TrackingStore
-
+    """The command's store, opened on first use (commands that need none never connect); with ``--server``
+    a ``RemoteStore`` that reads through the server and answers the same calls with the same entities."""
     obj = ctx.find_object(dict)
     if "store" not in obj:
-        obj["store"] = TrackingStore(database_url(ctx))
+        if obj.get("server"):
+            from cairn.client import RemoteStore, kubeconfig_identity
+
+            token, namespace = kubeconfig_identity()
+            obj["store"] = RemoteStore(obj["server"], token, namespace)
+        else:
+            from cairn.store import TrackingStore
+
+            obj["store"] = TrackingStore(database_url(ctx))
     return obj["store"]
 
 

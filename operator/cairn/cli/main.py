@@ -54,16 +54,18 @@ class CairnGroup(click.Group):
 @click.group(cls=CairnGroup)
 @click.option("--database-url", envvar=Env.DATABASE_URL, default=None,
               help="SQLAlchemy URL of the store (default: SQLite under $CAIRN_HOME, ~/.cairn).")
+@click.option("--server", envvar=Env.SERVER, default=None, metavar="URL",
+              help="Read through this cairn server, with the current kubeconfig's credentials, instead of a database.")
 @click.option("-v", "--verbose", is_flag=True, help="Log what the agent and store do.")
 @click.version_option(package_name="cairn-tracking")
 @click.pass_context
-def cli(ctx: click.Context, database_url: str | None, verbose: bool) -> None:
+def cli(ctx: click.Context, database_url: str | None, server: str | None, verbose: bool) -> None:
     """Cairn: tracked training runs, locally or on Kubernetes."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not verbose:
         logging.getLogger("alembic").setLevel(logging.WARNING)
-    ctx.ensure_object(dict)["database_url"] = database_url
+    ctx.ensure_object(dict).update(database_url=database_url, server=server)
 
 
 for command in (runs, experiments, models, evals, datasets, db_group, run_cmd, sync, server_cmd, agent, operator_cmd,

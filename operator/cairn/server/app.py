@@ -58,12 +58,14 @@ def finite(value: float | None) -> float | None:
 
 
 def metric_json(m: LatestValue) -> dict[str, Any]:
-    return {"value": finite(m.value), "step": m.step}
+    return {"value": finite(m.value), "step": m.step, "min": finite(m.min_value), "max": finite(m.max_value),
+            "count": m.count}
 
 
 def run_row_json(row: RunRow) -> dict[str, Any]:
     return {"id": row.id, "name": row.name, "namespace": row.namespace, "experiment": row.experiment,
             "status": row.status.value, "start_time": iso(row.start_time), "end_time": iso(row.end_time),
+            "exit_code": row.exit_code,
             "params": row.params, "metrics": {k: metric_json(m) for k, m in row.metrics.items()}, "tags": row.tags}
 
 
@@ -217,7 +219,7 @@ def create_app(settings: ServerSettings, stores: StoreProvider, access: Access,
         buckets = store.downsampled_history(row.id, key, max_points)
         return {"key": key, "downsampled": True,
                 "points": [[b.step, None if b.timestamp_ms is None else b.timestamp_ms / 1000, finite(b.value),
-                            finite(b.min_value), finite(b.max_value)] for b in buckets]}
+                            finite(b.min_value), finite(b.max_value), b.count] for b in buckets]}
 
     @app.get("/api/v1/namespaces/{ns}/compare")
     def compare(ns: str, identity: Caller, run: Annotated[list[str], Query()] = [],  # noqa: B006

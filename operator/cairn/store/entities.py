@@ -214,14 +214,15 @@ class ExperimentSummary:
 
 @dataclass(frozen=True)
 class HistoryBucket:
-    """One bucket of a downsampled series: the last point in it plus its min and max."""
+    """One bucket of a downsampled series: the last point in it (step, value, timestamp) plus the min
+    and max of its finite values (None when it holds only NaN) and its point count."""
 
     step: int
     value: float
-    min_value: float
-    max_value: float
+    min_value: float | None
+    max_value: float | None
     count: int
-    timestamp_ms: int | None = None  # of the bucket's last point
+    timestamp_ms: int
 
 
 # -- the model registry ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -71,6 +72,9 @@ class Run(Base):
 
 class Param(Base):
     __tablename__ = "params"
+    # Run search filters and sorts across runs by key (store/search.py); values are not indexed where
+    # they are free text, which can outgrow a btree entry.
+    __table_args__ = (Index("ix_params_key", "key"),)
     run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(String(250), primary_key=True)
     # JSON text of the value, so 1, 1.0, "1" and true stay distinct when a run is repeated.
@@ -79,6 +83,9 @@ class Param(Base):
 
 class Tag(Base):
     __tablename__ = "tags"
+    # Run search filters and sorts across runs by key (store/search.py); values are not indexed where
+    # they are free text, which can outgrow a btree entry.
+    __table_args__ = (Index("ix_tags_key", "key"),)
     run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(String(250), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
@@ -106,6 +113,8 @@ class LatestMetric(Base):
     """Latest, min, max and count per series, kept current by every ingest batch."""
 
     __tablename__ = "latest_metrics"
+    # Run search: a metric's values across runs, for filters and sorts (store/search.py).
+    __table_args__ = (Index("ix_latest_metrics_key_value", "key", "value"),)
     run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
     key: Mapped[str] = mapped_column(String(250), primary_key=True)
     step: Mapped[int] = mapped_column(BigInteger)
@@ -114,6 +123,23 @@ class LatestMetric(Base):
     min_value: Mapped[float | None] = mapped_column(Double)
     max_value: Mapped[float | None] = mapped_column(Double)
     count: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class MetricSummary(Base):
+    """One fixed step bucket of one series at one level (width ``8**level`` steps, see
+    ``store/summaries.py``), written in the ingest batch's transaction like the points it sums up."""
+
+    __tablename__ = "metric_summaries"
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(250), primary_key=True)
+    level: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    last_step: Mapped[int] = mapped_column(BigInteger)
+    last_timestamp_ms: Mapped[int] = mapped_column(BigInteger)
+    last_value: Mapped[float | None] = mapped_column(Double)
+    min_value: Mapped[float | None] = mapped_column(Double)
+    max_value: Mapped[float | None] = mapped_column(Double)
+    count: Mapped[int] = mapped_column(BigInteger)
 
 
 class Artifact(Base):

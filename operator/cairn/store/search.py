@@ -66,6 +66,7 @@ class RunRow:
     params: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, LatestValue] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    exit_code: int | None = None
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,8 @@ class RunSearch:
         # Plain column rows, not ORM objects: a page is read once and thrown away, no identity map needed.
         runs = {r.id: r for r in s.execute(
             select(Run.id, Run.name, Run.namespace, Experiment.name.label("experiment"), Run.status, Run.start_time,
-                   Run.end_time).join(Experiment, Run.experiment_id == Experiment.id).where(Run.id.in_(ids)))}
+                   Run.end_time, Run.exit_code)
+            .join(Experiment, Run.experiment_id == Experiment.id).where(Run.id.in_(ids)))}
         params: dict[uuid.UUID, dict[str, str]] = {rid: {} for rid in ids}
         for rid, key, value in s.execute(select(Param.run_id, Param.key, Param.value).where(Param.run_id.in_(ids))):
             params[rid][key] = param_text(value)
@@ -223,7 +225,7 @@ class RunSearch:
             run = runs[rid]
             rows.append(RunRow(str(rid), run.name, run.namespace, run.experiment, RunStatus(run.status), run.start_time,
                                run.end_time, dict(sorted(params[rid].items())), dict(sorted(metrics[rid].items())),
-                               dict(sorted(tags[rid].items()))))
+                               dict(sorted(tags[rid].items())), run.exit_code))
         return rows
 
     def namespace_experiments(self, namespace: str) -> list[tuple[str, int, dt.datetime | None]]:

@@ -9,13 +9,13 @@ import uuid
 from operator import itemgetter
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import Uuid, and_, bindparam, case, func, select, text, update
+from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from cairn.messages import one_line
 from cairn.rundir import RunStatus, safe_relative_path
-from cairn.store import db
+from cairn.store import db, summaries
 from cairn.store.backends import Backend, backend_for, nan_if_null
 from cairn.store.entities import (
     ArtifactInfo,
@@ -47,6 +47,7 @@ from cairn.store.models import (
     IngestProgress,
     LatestMetric,
     Metric,
+    MetricSummary,
     Param,
     Resume,
     Run,
@@ -325,6 +326,7 @@ class TrackingStore(RunSearch, ModelRegistry):
         if batch.metrics:
             self.backend.write_metrics(s, rid, batch.metrics)
             self._update_latest(s, rid, batch.metrics)
+            self._update_summaries(s, rid, batch.metrics)
         for art in batch.artifacts:
             self._upsert_artifact(s, rid, art)
         if batch.examples:
@@ -438,6 +440,35 @@ class TrackingStore(RunSearch, ModelRegistry):
                 },
             )
         )
+
+    def _update_summaries(self, s: Session, rid: uuid.UUID, points: Sequence[MetricPoint]) -> None:
+        rows = [
+            {"run_id": rid, "key": key, "level": level, "bucket": index, "last_step": b.last_step,
+             "last_timestamp_ms": b.last_timestamp_ms, "last_value": self.backend.stored_float(b.last_value),
+             "min_value": b.min_value, "max_value": b.max_value, "count": b.count}
+            for key, level, index, b in summaries.summarise(points)
+        ]
+        # Core executemany with RETURNING: compiled once (cached) and sent as multi-row VALUES pages
+        # ("insertmanyvalues"), which SQLAlchemy does for an upsert only when it returns something.
+        # Without it psycopg2 makes a round trip per row; a multi-row VALUES construct would be
+        # compiled anew for every batch, which costs more than the write.
+        stmt = self.backend.insert(MetricSummary.__table__)
+        ex, cur = stmt.excluded, MetricSummary.__table__.c
+        newer = ex.last_step >= cur.last_step
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["run_id", "key", "level", "bucket"],
+            set_={
+                "last_step": case((newer, ex.last_step), else_=cur.last_step),
+                "last_timestamp_ms": case((newer, ex.last_timestamp_ms), else_=cur.last_timestamp_ms),
+                "last_value": case((newer, ex.last_value), else_=cur.last_value),
+                "min_value": case((cur.min_value.is_(None) | (ex.min_value < cur.min_value), ex.min_value),
+                                  else_=cur.min_value),
+                "max_value": case((cur.max_value.is_(None) | (ex.max_value > cur.max_value), ex.max_value),
+                                  else_=cur.max_value),
+                "count": cur.count + ex.count,
+            },
+        )
+        s.connection().execute(stmt.returning(cur.level), rows)
 
     def _upsert_artifact(self, s: Session, rid: uuid.UUID, art: ArtifactInfo) -> None:
         if safe_relative_path(art.path) != art.path:  # raises UnsafePath for what could escape a directory
@@ -647,33 +678,44 @@ class TrackingStore(RunSearch, ModelRegistry):
             return self.backend.read_history(conn, rid, key)
 
     def downsampled_history(self, run_id: str, key: str, max_points: int = 1000) -> list[HistoryBucket]:
-        """At most ``max_points`` buckets of equal step width: last value, min and max in each.
+        """At most ``max_points`` buckets of about equal step width: last point, min, max and count in each.
 
-        Keeping min and max means a spike survives downsampling, which plain decimation loses.
+        Keeping min and max means a spike survives downsampling, which plain decimation loses. Read
+        from the summaries kept at ingest (``store/summaries.py``): the database merges fewer than 8
+        summary rows into each bucket returned, whatever the series' length; a series spanning fewer than
+        ``8 * max_points`` steps is read point by point.
         """
+        if max_points < 1:
+            raise ValueError(f"max_points must be at least 1, not {max_points}")
         rid = _as_uuid(run_id)
         with self.engine.connect() as conn:
-            bounds = conn.execute(
-                select(func.min(Metric.step), func.max(Metric.step))
-                .where(Metric.run_id == rid, Metric.key == key)
-            ).one()
-            if bounds[0] is None:
+            series = and_(Metric.run_id == rid, Metric.key == key)
+            # Two subqueries: SQLite reads a lone MIN or MAX from the end of the index, both at once by a scan.
+            first, last = conn.execute(select(select(func.min(Metric.step)).where(series).scalar_subquery(),
+                                              select(func.max(Metric.step)).where(series).scalar_subquery())).one()
+            if first is None:
                 return []
-            lo, hi = bounds
-            span = hi - lo + 1
+            level = summaries.choose_level(first, last, max_points)
+            if level is None:
+                by_step = summaries.point_buckets(self.backend.read_history(conn, rid, key), 0)
+                return summaries.merged(by_step.items(), first, last, max_points)
+            width_bits = summaries.LEVEL_BITS * level
+            first_index, last_index = first >> width_bits, last >> width_bits
+            span = last_index - first_index + 1
+            # The database merges the level's buckets into output groups as summaries.merged would (the
+            # last point of a group is that of its highest bucket), so at most max_points rows travel.
+            this_series = and_(MetricSummary.run_id == rid, MetricSummary.key == key, MetricSummary.level == level)
+            group = ((MetricSummary.bucket - first_index) * max_points // span).label("grp")  # span >= max_points
+            groups = (
+                select(group, func.min(MetricSummary.min_value).label("mn"),
+                       func.max(MetricSummary.max_value).label("mx"), func.sum(MetricSummary.count).label("n"),
+                       func.max(MetricSummary.bucket).label("last_bucket"))
+                .where(this_series).group_by(group).subquery()
+            )
             rows = conn.execute(
-                text(
-                    """
-                    SELECT step, timestamp_ms, value, mn, mx, n FROM (
-                        SELECT step, timestamp_ms, value,
-                               MIN(value) OVER w AS mn, MAX(value) OVER w AS mx, COUNT(*) OVER w AS n,
-                               ROW_NUMBER() OVER (PARTITION BY bucket ORDER BY step DESC, id DESC) AS rn
-                        FROM (SELECT id, step, timestamp_ms, value, ((step - :lo) * :n) / :span AS bucket
-                              FROM metrics WHERE run_id = :rid AND key = :key) b
-                        WINDOW w AS (PARTITION BY bucket)
-                    ) ranked WHERE rn = 1 ORDER BY step
-                    """
-                ).bindparams(bindparam("rid", type_=Uuid())),
-                {"lo": lo, "n": max_points, "span": span, "rid": rid, "key": key},
+                select(MetricSummary.last_step, MetricSummary.last_value, groups.c.mn, groups.c.mx, groups.c.n,
+                       MetricSummary.last_timestamp_ms)
+                .join(groups, and_(this_series, MetricSummary.bucket == groups.c.last_bucket))
+                .order_by(groups.c.grp)
             ).all()
-            return [HistoryBucket(step, nan_if_null(v), mn, mx, n, ts) for step, ts, v, mn, mx, n in rows]
+        return [HistoryBucket(step, nan_if_null(v), mn, mx, int(n), ts) for step, v, mn, mx, n, ts in rows]
