@@ -131,9 +131,16 @@ class S3Config:
 
     def client(self):  # noqa: ANN201 - a minio.Minio
         """A client that gives up quickly when the server is away: callers retry with their own backoff."""
+        import minio
+
+        return minio.Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key,
+                           secure=self.secure, region=self.region, http_client=self.http_client())
+
+    def http_client(self):  # noqa: ANN201 - a urllib3.PoolManager
+        """The connection pool of :meth:`client` (and of the tenancy's admin client): short timeouts,
+        two retries, the site CA."""
         import logging
 
-        import minio
         import urllib3
 
         # Our callers log each failed attempt once; urllib3's per-retry warnings would only repeat it.
@@ -146,14 +153,12 @@ class S3Config:
                 tls["ssl_context"] = ssl.create_default_context(cadata=self.ca_bundle)
             except ssl.SSLError as exc:
                 raise ObjectStoreError(f"{Env.S3_CA_BUNDLE} holds no valid PEM certificate: {exc}") from None
-        http = urllib3.PoolManager(
+        return urllib3.PoolManager(
             **tls,
             timeout=urllib3.Timeout(connect=5, read=120),
             maxsize=8,
             retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
         )
-        return minio.Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key,
-                           secure=self.secure, region=self.region, http_client=http)
 
 
 def _read_ca_file(path: Path | None) -> str | None:
