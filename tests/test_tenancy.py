@@ -164,3 +164,41 @@ def _file(tmp_path, content: str):  # noqa: ANN001, ANN202
     path = tmp_path / secrets.token_hex(4)
     path.write_text(content)
     return path
+
+
+# -- namespace scoping in one schema (SQLite and PostgreSQL) ---------------------------------------
+def test_the_same_experiment_name_in_two_namespaces_stays_two_experiments(store):
+    a = store.create_run("baseline", namespace="team-a")
+    b = store.create_run("baseline", namespace="team-b")
+    local = store.create_run("baseline")
+    found = {(e.namespace, e.name): e.runs for e in store.list_experiments()}
+    assert found == {("team-a", "baseline"): 1, ("team-b", "baseline"): 1, (None, "baseline"): 1}
+    assert [e.runs for e in store.list_experiments("team-a")] == [1]
+    assert [r.id for r in store.list_runs("baseline", namespace="team-b")] == [b]
+    assert store.resolve_run_id(a[:8], namespace="team-a") == a
+    with pytest.raises(db.StoreError, match="no run matches"):
+        store.resolve_run_id(a[:8], namespace="team-b")
+    with pytest.raises(db.StoreError, match="no run matches"):
+        store.resolve_run_id(local, namespace="team-a")
+    # The sidecar's run record does not move a run the operator recorded to another experiment.
+    store.ingest_batch(b, "records.jsonl", IngestBatch(run_info={"experiment": "other"}), offset=1, lines=1)
+    assert store.get_run(b).summary.experiment == "baseline"
+
+
+def test_upgrading_splits_an_experiment_shared_by_namespaces(store_url):
+    from alembic import command
+
+    engine = sa.create_engine(db.normalise_url(store_url))
+    command.downgrade(db._alembic_config(engine), "0004_models")
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO experiments (id, name, created_at) VALUES (7, 'baseline', '2026-01-01')"))
+        for i, ns in enumerate(("team-a", "team-b", "team-b", None)):
+            conn.execute(sa.text("INSERT INTO runs (id, experiment_id, status, namespace, attempts, created_at)"
+                                 " VALUES (:id, 7, 'FINISHED', :ns, 0, '2026-01-01')"),
+                         {"id": f"00000000-0000-0000-0000-00000000000{i}", "ns": ns})
+    db.upgrade(engine)
+    engine.dispose()
+    store = TrackingStore(store_url)
+    found = {(e.namespace, e.name): e.runs for e in store.list_experiments()}
+    assert found == {("team-a", "baseline"): 1, ("team-b", "baseline"): 2, (None, "baseline"): 1}
+    assert {r.namespace for r in store.list_runs("baseline", namespace="team-b")} == {"team-b"}
