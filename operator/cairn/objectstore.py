@@ -211,6 +211,27 @@ def run_prefix(namespace: str, experiment: str, run_id: str) -> str:
     return "/".join(p.strip("/") for p in (namespace or "default", experiment or "default", run_id))
 
 
+def objects_under(client, bucket: str, prefix: str, limit: int = 100_000) -> list[tuple[str, int]]:  # noqa: ANN001
+    """(key, size) of every object under ``prefix`` (at most ``limit``; more raises ``ObjectStoreError``)."""
+    found = []
+    for obj in client.list_objects(bucket, prefix=prefix.rstrip("/") + "/", recursive=True):
+        if len(found) == limit:
+            raise ObjectStoreError(f"more than {limit} objects under s3://{bucket}/{prefix}")
+        found.append((obj.object_name, obj.size))
+    return found
+
+
+def remove_objects(client, bucket: str, keys: list[str]) -> list[str]:  # noqa: ANN001
+    """Delete ``keys`` (in batches of 1,000, as S3 takes them); one message per object not deleted."""
+    from minio.deleteobjects import DeleteObject
+
+    failed = []
+    for start in range(0, len(keys), 1000):
+        batch = [DeleteObject(k) for k in keys[start:start + 1000]]
+        failed += [f"{e.name}: {e.code} {e.message}" for e in client.remove_objects(bucket, batch)]
+    return failed
+
+
 def part_size_for(size: int, preferred: int = DEFAULT_PART_SIZE) -> int:
     """A multipart part size of at least ``preferred`` (and 5 MiB) that needs at most 10,000 parts."""
     part = max(preferred, MIN_PART_SIZE)
