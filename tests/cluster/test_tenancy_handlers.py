@@ -24,14 +24,26 @@ pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture
-def tenant_operator(api_client, store_urls, minio_server, minio_bucket) -> Iterator[H.Operator]:
-    settings = OperatorSettings(tenancy=True, database_url=store_urls[0])
-    core, store = CoreApi(api_client), TrackingStore(store_urls[0])
-    admin_s3 = S3Config(minio_server.endpoint, False, minio_server.access_key, minio_server.secret_key, minio_bucket,
-                        minio_server.region)
-    op = H.Operator(settings, core, client.CustomObjectsApi(api_client), store, Tenants(settings, core, store, admin_s3))
-    yield op
-    op.stop()
+def make_tenant_operator(api_client, store_urls, minio_server, minio_bucket) -> Iterator:
+    """``make(**settings)`` -> an Operator with tenancy on, MinIO's root keys as its admin keys."""
+    made: list[H.Operator] = []
+
+    def make(**settings) -> H.Operator:
+        operator_settings = OperatorSettings(tenancy=True, database_url=store_urls[0], **settings)
+        core, store = CoreApi(api_client), TrackingStore(store_urls[0])
+        admin_s3 = S3Config(minio_server.endpoint, False, minio_server.access_key, minio_server.secret_key,
+                            minio_bucket, minio_server.region)
+        made.append(H.Operator(operator_settings, core, client.CustomObjectsApi(api_client), store,
+                               Tenants(operator_settings, core, store, admin_s3)))
+        return made[-1]
+    yield make
+    for op in made:
+        op.stop()
+
+
+@pytest.fixture
+def tenant_operator(make_tenant_operator) -> H.Operator:
+    return make_tenant_operator()
 
 
 def _created(op: H.Operator, manifest: dict) -> None:
@@ -82,3 +94,20 @@ def test_an_unlabelled_namespace_gets_no_credentials_and_no_pod(tenant_operator,
     with pytest.raises(client.ApiException) as err:
         cluster.core.read_namespaced_secret("cairn-tenant-credentials", cluster.namespace)
     assert err.value.status == 404
+
+
+def test_external_s3_keys_come_from_the_admins_secret(make_tenant_operator, cluster, kubectl):
+    op = make_tenant_operator(tenant_s3_secret="team-s3")
+    kubectl.run("label", "namespace", cluster.namespace, "cairn.dev/tenant=enabled")
+    _created(op, cluster.create_trainingrun("mnist"))
+    assert cluster.pod_names() == []
+    status = cluster.trainingrun("mnist")["status"]
+    assert (status["reason"], "no Secret team-s3 with keys accessKey and secretKey" in status["message"]) == \
+        ("TenantNotReady", True)
+
+    kubectl.run("-n", cluster.namespace, "create", "secret", "generic", "team-s3", "--from-literal=accessKey=team-a-key",
+                "--from-literal=secretKey=team-a-secret")
+    _created(op, cluster.create_trainingrun("mnist-2"))
+    credentials = _credentials(cluster)
+    assert (credentials["accessKey"], credentials["secretKey"]) == ("team-a-key", "team-a-secret")
+    assert len(cluster.pod_names()) == 1

@@ -33,7 +33,7 @@ from cairn.controller.metrics import OperatorMetrics, StoreWritesCollector
 from cairn.controller.runtime import (KeyedLocks, NodeLabelCache, Requeuer, RunningRuns, RunRef, StoreWrite, StoreWrites,
                                       metrics_patch)
 from cairn.controller.settings import OperatorSettings
-from cairn.controller.tenants import NamespaceNotEnabled, Tenants
+from cairn.controller.tenants import Tenants, TenantNotReady
 from cairn.rundir import RunStatus
 from cairn.store import TrackingStore, db
 from cairn.store.tracking import RunNotFound
@@ -358,15 +358,16 @@ def create_pod(op: Operator, tr: TrainingRun, attempt: int, now: dt.datetime) ->
 
 def tenant_ready(op: Operator, tr: TrainingRun, now: dt.datetime) -> bool:
     """With tenancy on, make the namespace's credentials unless they exist; False (with a Warning and
-    the reason in status) when the namespace is not enabled for Cairn."""
+    the reason in status) when they cannot be made (the namespace is not enabled, an admin's Secret is
+    missing): the run gets no pod until it is created or changed again."""
     try:
         op.tenants.ensure_credentials(tr.namespace)
         return True
-    except NamespaceNotEnabled as exc:
-        post_event(op, tr, R.Event("Warning", "NamespaceNotEnabled", str(exc)), now)
-        op.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, tr.namespace, PLURAL, tr.name, {"status": {"reason": "NamespaceNotEnabled",
-                                                                      "message": str(exc)}})
+    except TenantNotReady as exc:
+        reason = type(exc).__name__
+        post_event(op, tr, R.Event("Warning", reason, str(exc)), now)
+        op.custom.patch_namespaced_custom_object_status(GROUP, VERSION, tr.namespace, PLURAL, tr.name,
+                                                       {"status": {"reason": reason, "message": str(exc)}})
         return False
 
 

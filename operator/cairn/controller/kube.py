@@ -54,5 +54,8 @@ class CoreApi:
         return self._call("GET", "/api/v1/namespaces/{namespace}/secrets/{name}", {"namespace": namespace, "name": name},
                           header_accept="application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1")
 
+    def read_namespaced_secret(self, name: str, namespace: str) -> dict:
+        return self._call("GET", "/api/v1/namespaces/{namespace}/secrets/{name}", {"namespace": namespace, "name": name})
+
     def create_namespaced_secret(self, namespace: str, body: dict) -> dict:
         return self._call("POST", "/api/v1/namespaces/{namespace}/secrets", {"namespace": namespace}, body=body)

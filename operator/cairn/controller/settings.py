@@ -53,6 +53,11 @@ class OperatorSettings(CairnSettings):
                         "separated by commas or spaces.",
         json_schema_extra={"accepts": "s3:// prefixes separated by commas or spaces"})
 
+    tenant_s3_secret: str = Field(
+        "", description="With `CAIRN_TENANCY` and an object store other than the bundled MinIO (`externalS3`): the "
+                        "Secret an admin puts in each tenant namespace with that namespace's `accessKey` and "
+                        "`secretKey`, copied into its credentials; empty: users are made through MinIO's admin API.")
+
     @model_validator(mode="after")
     def _tenancy_needs_postgresql(self) -> "OperatorSettings":
         if self.tenancy and not (self.database_url or "").startswith(("postgresql", "postgres:")):

@@ -7,6 +7,7 @@ With tenancy off every namespace shares the operator's store and nothing here pr
 
 from __future__ import annotations
 
+import base64
 import logging
 import secrets
 from collections import OrderedDict
@@ -20,14 +21,19 @@ from cairn.controller.settings import OperatorSettings
 from cairn.objectstore import S3Config, S3Settings
 from cairn.store import TrackingStore
 from cairn.tenancy.database import provision_database, tenant_url
-from cairn.tenancy.naming import CREDENTIALS_SECRET, TENANT_LABEL, TENANT_LABEL_VALUE, credentials_secret
+from cairn.tenancy.naming import (CREDENTIALS_SECRET, TENANT_LABEL, TENANT_LABEL_VALUE, ObjectStoreCredentials,
+                                  credentials_secret)
 from cairn.tenancy.objectstore import provision_objectstore
 
 MAX_TENANT_STORES = 256  # namespaces whose store (an engine and its pool) is kept open; the least used closes
 log = logging.getLogger("cairn.controller.tenants")
 
 
-class NamespaceNotEnabled(Exception):
+class TenantNotReady(Exception):
+    """The namespace cannot have credentials yet; the message says what an admin must do."""
+
+
+class NamespaceNotEnabled(TenantNotReady):
     """A TrainingRun in a namespace an admin has not enabled for Cairn."""
 
 
@@ -62,7 +68,8 @@ class Tenants:
 
     def ensure_credentials(self, namespace: str) -> bool:
         """Make the namespace's credentials Secret unless it exists; True when this call made it.
-        ``NamespaceNotEnabled`` when the namespace lacks the label."""
+        ``NamespaceNotEnabled`` when the namespace lacks the label, ``TenantNotReady`` when the admin's
+        object-store Secret is missing."""
         if not self.settings.tenancy:
             return False
         with self._provisioning.hold(namespace):
@@ -73,11 +80,31 @@ class Tenants:
                 raise NamespaceNotEnabled(f"namespace {namespace} is not enabled for Cairn: an admin labels it "
                                           f"{TENANT_LABEL}={TENANT_LABEL_VALUE}")
             database_url = provision_database(self.settings.database_url, namespace, secrets.token_urlsafe(24))
-            objectstore = None if self.objectstore is None else provision_objectstore(
-                self.objectstore, namespace, secrets.token_urlsafe(30), self.settings.tenant_shared_prefixes)
+            objectstore = self._objectstore_credentials(namespace)
             self.core.create_namespaced_secret(namespace, credentials_secret(namespace, database_url, objectstore))
             log.info("made the credentials of namespace %s (Secret %s)", namespace, CREDENTIALS_SECRET)
             return True
+
+    def _objectstore_credentials(self, namespace: str) -> ObjectStoreCredentials | None:
+        """A new MinIO user's keys, or (``tenant_s3_secret``) the keys the admin supplied for the namespace."""
+        if self.objectstore is None:
+            return None
+        if not self.settings.tenant_s3_secret:
+            return provision_objectstore(self.objectstore, namespace, secrets.token_urlsafe(30),
+                                         self.settings.tenant_shared_prefixes)
+        try:
+            data = self.core.read_namespaced_secret(self.settings.tenant_s3_secret, namespace).get("data") or {}
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            data = {}
+        keys = {k: base64.b64decode(data[k]).decode() for k in ("accessKey", "secretKey") if k in data}
+        if len(keys) != 2:
+            raise TenantNotReady(f"namespace {namespace} has no Secret {self.settings.tenant_s3_secret} with keys "
+                                 "accessKey and secretKey (its object-store credentials, supplied by an admin)")
+        scheme = "https" if self.objectstore.secure else "http"
+        return ObjectStoreCredentials(f"{scheme}://{self.objectstore.endpoint}", keys["accessKey"], keys["secretKey"],
+                                      self.objectstore.bucket, self.objectstore.region, self.objectstore.ca_bundle)
 
     def _secret_exists(self, namespace: str) -> bool:
         try:
