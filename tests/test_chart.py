@@ -606,3 +606,23 @@ def test_schema_rejects_bad_values_with_the_key_in_the_message(helm, case):
     err = render_error(helm, "externalDatabase.host=db", *sets)
     assert "values don't meet the specifications of the schema" in err, err
     assert message in err, err
+
+
+def test_tenancy_keeps_shared_credentials_out_of_run_namespaces(helm):
+    objs = render(helm, *BUNDLED, "tenancy.enabled=true", "operator.watchNamespaces={team-a,team-b}",
+                  "tenancy.sharedPrefixes={s3://cairn/shared/}")
+    secrets = {(s["metadata"].get("namespace"), s["metadata"]["name"]) for s in find(objs, "Secret")}
+    assert not {name for ns, name in secrets if ns in ("team-a", "team-b")}  # no cairn-database, no MinIO keys
+    admin = one(objs, "Secret", "cairn-objectstore-admin", NS)
+    assert base64.b64decode(admin["data"]["secretKey"]).decode() == "minio-Pa55word-tests"
+    env = env_of(operator_container(objs))
+    assert (env["CAIRN_TENANCY"]["value"], env["CAIRN_TENANT_SHARED_PREFIXES"]["value"]) == ("true", "s3://cairn/shared/")
+    assert env["CAIRN_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "cairn-objectstore-admin"
+    assert "CAIRN_TENANT_S3_SECRET" not in env  # the bundled MinIO: the operator makes the users
+    rules = one(objs, "ClusterRole", "cairn-cluster")["rules"]
+    assert {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
+            "resourceNames": ["cairn-tenant-credentials"]} in rules
+    assert {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]} in rules
+
+    bad = render_error(helm, *BUNDLED, "tenancy.enabled=true", "tenancy.sharedPrefixes={s3://cairn/*}")
+    assert "/tenancy/sharedPrefixes/0" in bad
