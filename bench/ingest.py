@@ -310,7 +310,8 @@ def bench_mlflow_e2e(uri: str, engine, steps: int, per_request: int = 1000) -> d
 
 
 def bench_tenancy(admin_url: str, workdir: Path, steps: int, poll_interval: float, rounds: int) -> dict:
-    """(b) as the admin and as a tenant role, alternating ``rounds`` times; the medians and their ratio."""
+    """(b) and (c) as the admin and as a tenant role, alternating ``rounds`` times; each rate, and the
+    cost of the isolation from the medians."""
     import secrets
 
     from cairn.store import TrackingStore
@@ -318,14 +319,17 @@ def bench_tenancy(admin_url: str, workdir: Path, steps: int, poll_interval: floa
 
     stores = {"admin": TrackingStore(admin_url),
               "tenant": TrackingStore(provision_database(admin_url, "bench-team", secrets.token_urlsafe(18)))}
-    rates: dict[str, list[float]] = {"admin": [], "tenant": []}
+    rates: dict[tuple[str, str], list[float]] = {(kind, who): [] for kind in ("e2e", "copy") for who in stores}
     for i in range(rounds):
         for who in (("admin", "tenant") if i % 2 == 0 else ("tenant", "admin")):
             checkpoint(stores["admin"].engine)
             shutil.rmtree(workdir / "e2e-run", ignore_errors=True)
-            rates[who].append(bench_cairn_e2e(stores[who], workdir, steps, poll_interval, False)["points_per_s"])
-    admin, tenant = statistics.median(rates["admin"]), statistics.median(rates["tenant"])
-    return {"admin": rates["admin"], "tenant": rates["tenant"], "cost": 1 - tenant / admin}
+            rates["e2e", who].append(bench_cairn_e2e(stores[who], workdir, steps, poll_interval, False)["points_per_s"])
+            checkpoint(stores["admin"].engine)
+            rates["copy", who].append(bench_raw_copy(stores[who], steps)["points_per_s"])
+    cost = {kind: 1 - statistics.median(rates[kind, "tenant"]) / statistics.median(rates[kind, "admin"])
+            for kind in ("e2e", "copy")}
+    return {"rates": rates, "cost": cost}
 
 
 # -- (c) raw COPY -------------------------------------------------------------------------------
@@ -510,10 +514,11 @@ def main(argv: list[str] | None = None) -> int:
             db.upgrade(db.get_engine(cairn_url))
             say(f"(b) as the schema owner and as a tenant role, {args.points:,} points x {args.rounds}")
             t = bench_tenancy(cairn_url, workdir, args.points // len(KEYS), args.poll_interval, args.rounds)
-            print("| role | committed points/s (each run) |\n| --- | --- |")
-            for who in ("admin", "tenant"):
-                print(f"| {who} | {', '.join(f'{r:,.0f}' for r in t[who])} |")
-            print(f"\nisolation cost (medians): {t['cost']:.1%} {verdict(t['cost'] <= 0.10)} (goal ≤ 10%)")
+            print("| path | role | points/s (each run) |\n| --- | --- | --- |")
+            for (kind, who), rates in t["rates"].items():
+                print(f"| {kind} | {who} | {', '.join(f'{r:,.0f}' for r in rates)} |")
+            for kind, cost in t["cost"].items():
+                print(f"isolation cost, {kind} (medians): {cost:.1%} {verdict(cost <= 0.10)} (goal ≤ 10%)")
             return 0
         mlflow_url = pg.create_database("mlflow")
         engine = db.get_engine(cairn_url)

@@ -54,6 +54,20 @@ def test_credentials_secret_is_labelled_and_holds_every_key():
                                     "bucket": "cairn", "region": "us-east-1"}
 
 
+def test_tenancy_settings_point_pods_at_the_tenant_secret_and_refuse_what_cannot_work():
+    from cairn.controller.settings import OperatorSettings
+    from cairn.settings import SettingsError
+
+    pod = OperatorSettings(tenancy=True, database_url="postgresql://cairn:pw@db/cairn").pod
+    assert (pod.database_secret, pod.database_secret_key, pod.objectstore_secret) == \
+        ("cairn-tenant-credentials", "databaseUrl", "cairn-tenant-credentials")
+    assert OperatorSettings(database_url="postgresql://cairn:pw@db/cairn").pod.database_secret == "cairn-database"
+    with pytest.raises(SettingsError, match="CAIRN_TENANCY needs CAIRN_DATABASE_URL to be a PostgreSQL URL"):
+        OperatorSettings(tenancy=True, database_url="sqlite:///x.db")
+    with pytest.raises(SettingsError, match="shared prefix 's3://cairn/x' is not"):
+        OperatorSettings(tenancy=True, database_url="postgresql://db/cairn", tenant_shared_prefixes="s3://cairn/x")
+
+
 # -- PostgreSQL -----------------------------------------------------------------------------------
 @pytest.fixture
 def tenants_db(postgres_url):
