@@ -616,7 +616,8 @@ def test_tenancy_keeps_shared_credentials_out_of_run_namespaces(helm):
     admin = one(objs, "Secret", "cairn-objectstore-admin", NS)
     assert base64.b64decode(admin["data"]["secretKey"]).decode() == "minio-Pa55word-tests"
     env = env_of(operator_container(objs))
-    assert (env["CAIRN_TENANCY"]["value"], env["CAIRN_TENANT_SHARED_PREFIXES"]["value"]) == ("true", "s3://cairn/shared/")
+    assert (env["CAIRN_TENANCY"]["value"], env["CAIRN_TENANT_SHARED_PREFIXES"]["value"]) == \
+        ("true", "s3://cairn/shared/")
     assert env["CAIRN_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "cairn-objectstore-admin"
     assert "CAIRN_TENANT_S3_SECRET" not in env  # the bundled MinIO: the operator makes the users
     rules = one(objs, "ClusterRole", "cairn-cluster")["rules"]

@@ -34,8 +34,8 @@ def recorded_run(postgres_url, minio_server, minio_bucket, monkeypatch, tmp_path
     ids = []
     for name in ("erased", "neighbour"):
         rid = store.create_run("baseline", name=name, params={"lr": 0.1}, namespace="team-a")
-        store.ingest_batch(rid, "records.jsonl", IngestBatch(metrics=[MetricPoint("loss", i, i, 1.0) for i in range(50)]),
-                           offset=100, lines=50)
+        points = [MetricPoint("loss", i, i, 1.0) for i in range(50)]
+        store.ingest_batch(rid, "records.jsonl", IngestBatch(metrics=points), offset=100, lines=50)
         prefix = run_prefix("team-a", "baseline", rid)
         model = tmp_path / f"{name}.pt"
         model.write_bytes(b"x" * 1000)

@@ -70,7 +70,8 @@ def test_a_labelled_namespace_gets_credentials_and_its_runs_land_in_its_schema(t
 
     pod = cluster.core.read_namespaced_pod(pod_name("mnist", uid, 1), cluster.namespace)
     sidecar = next(c for c in pod.spec.init_containers if c.name == SIDECAR)
-    refs = {e.name: e.value_from.secret_key_ref.name for e in sidecar.env if e.value_from and e.value_from.secret_key_ref}
+    refs = {e.name: e.value_from.secret_key_ref.name for e in sidecar.env
+            if e.value_from and e.value_from.secret_key_ref}
     assert refs[Env.DATABASE_URL] == refs[Env.S3_ACCESS_KEY] == "cairn-tenant-credentials"
 
     # Rotation: the Secret deleted, the next run makes it again with a new password and new keys.
@@ -105,8 +106,8 @@ def test_external_s3_keys_come_from_the_admins_secret(make_tenant_operator, clus
     assert (status["reason"], "no Secret team-s3 with keys accessKey and secretKey" in status["message"]) == \
         ("TenantNotReady", True)
 
-    kubectl.run("-n", cluster.namespace, "create", "secret", "generic", "team-s3", "--from-literal=accessKey=team-a-key",
-                "--from-literal=secretKey=team-a-secret")
+    kubectl.run("-n", cluster.namespace, "create", "secret", "generic", "team-s3",
+                "--from-literal=accessKey=team-a-key", "--from-literal=secretKey=team-a-secret")
     _created(op, cluster.create_trainingrun("mnist-2"))
     credentials = _credentials(cluster)
     assert (credentials["accessKey"], credentials["secretKey"]) == ("team-a-key", "team-a-secret")

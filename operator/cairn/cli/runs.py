@@ -505,7 +505,9 @@ def run_objects(cfg, detail: RunDetail) -> list[tuple[str, str, int]]:  # noqa: 
 
     client, s = cfg.client(), detail.summary
     prefix = S3.run_prefix(s.namespace or "", s.experiment, s.id)
-    found = {(cfg.bucket, key): size for key, size in S3.objects_under(client, cfg.bucket, prefix)} if cfg.bucket else {}
+    found = {}
+    if cfg.bucket:
+        found = {(cfg.bucket, key): size for key, size in S3.objects_under(client, cfg.bucket, prefix)}
     for art in detail.artifacts:
         if art.uri.startswith("s3://") and S3.parse_s3_uri(art.uri) not in found:
             bucket, key = S3.parse_s3_uri(art.uri)

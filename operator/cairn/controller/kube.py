@@ -9,6 +9,8 @@ from typing import Any
 
 from kubernetes import client
 
+SECRET_PATH = "/api/v1/namespaces/{namespace}/secrets/{name}"
+
 
 class CoreApi:
     def __init__(self, api_client: client.ApiClient) -> None:
@@ -51,11 +53,11 @@ class CoreApi:
 
     def read_namespaced_secret_metadata(self, name: str, namespace: str) -> dict:
         """The Secret's metadata only (a PartialObjectMetadata): whether it exists, never its data."""
-        return self._call("GET", "/api/v1/namespaces/{namespace}/secrets/{name}", {"namespace": namespace, "name": name},
+        return self._call("GET", SECRET_PATH, {"namespace": namespace, "name": name},
                           header_accept="application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1")
 
     def read_namespaced_secret(self, name: str, namespace: str) -> dict:
-        return self._call("GET", "/api/v1/namespaces/{namespace}/secrets/{name}", {"namespace": namespace, "name": name})
+        return self._call("GET", SECRET_PATH, {"namespace": namespace, "name": name})
 
     def create_namespaced_secret(self, namespace: str, body: dict) -> dict:
         return self._call("POST", "/api/v1/namespaces/{namespace}/secrets", {"namespace": namespace}, body=body)

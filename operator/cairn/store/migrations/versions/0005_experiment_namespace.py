@@ -33,7 +33,8 @@ def upgrade() -> None:
                " JOIN experiments e ON e.id = runs.experiment_id WHERE " + RUN_NAMESPACE + " <> e.namespace")
     op.execute("UPDATE runs SET experiment_id = (SELECT mine.id FROM experiments mine JOIN experiments old"
                " ON old.name = mine.name WHERE old.id = runs.experiment_id AND mine.namespace = " + RUN_NAMESPACE + ")"
-               " WHERE " + RUN_NAMESPACE + " <> (SELECT e.namespace FROM experiments e WHERE e.id = runs.experiment_id)")
+               " WHERE " + RUN_NAMESPACE + " <>"
+               " (SELECT e.namespace FROM experiments e WHERE e.id = runs.experiment_id)")
     with op.batch_alter_table('experiments', naming_convention=NAMING) as batch_op:
         batch_op.create_unique_constraint('uq_experiments_namespace_name', ['namespace', 'name'])
 
