@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from click.testing import CliRunner
@@ -70,3 +72,34 @@ def test_where_lists_rows_and_objects_and_delete_removes_them(recorded_run, mini
     assert read_object(client, bucket, f"team-a/baseline/{neighbour}/artifacts/model.pt") == b"x" * 1000
     assert [r.id for r in TrackingStore(url).list_runs()] == [neighbour]
     assert len(TrackingStore(url).metric_history(neighbour, "loss")) == 50
+
+
+def test_where_names_the_runs_live_series_in_prometheus(sqlite_url, prometheus_factory, monkeypatch):
+    for var in ("CAIRN_S3_ENDPOINT", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(var, raising=False)
+    run = TrackingStore(sqlite_url).create_run("baseline", namespace="team-a")
+    other = TrackingStore(sqlite_url).create_run("baseline", namespace="team-a")
+    exposition = (f'cairn_run_step{{run="{run}"}} 5\ncairn_run_metric{{run="{run}",key="loss"}} 0.5\n'
+                  f'cairn_run_step{{run="{other}"}} 7\nunrelated_total 1\n').encode()
+
+    class Sidecar(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(exposition)
+
+        def log_message(self, *_) -> None:  # noqa: ANN002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sidecar)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        prom = prometheus_factory([{"job_name": "sidecar", "static_configs": [
+            {"targets": [f"127.0.0.1:{server.server_address[1]}"]}]}])
+        prom.wait_for(f'cairn_run_step{{run="{run}"}}')
+        where = json.loads(_cairn(sqlite_url, "runs", "where", run, "--prometheus", prom.url, "-o", "json").output)
+    finally:
+        server.shutdown()
+    assert where["prometheus"] == {"url": prom.url, "series": ["cairn_run_metric", "cairn_run_step"]}
+    assert where["objects"] == [] and where["database"]["tables"] == {"runs": 1}
