@@ -372,17 +372,21 @@ def tenant_ready(op: Operator, tr: TrainingRun, now: dt.datetime) -> bool:
 
 
 def copy_metrics_to_status(op: Operator, runs: list[RunRef]) -> None:
-    """The latest step and headline metric of ``runs``, from the store into status (one query), for
-    those that changed since the last copy. Nothing while the store is away."""
+    """The latest step and headline metric of ``runs``, from the store into status (one query per
+    store: one, or one per namespace with tenancy), for those that changed since the last copy.
+    Nothing while the store is away."""
     if op.store_writes.up is False:
         return
+    by_store: dict[int, tuple[TrackingStore, list[str]]] = {}
+    for run in runs:
+        store = op.tenants.store_for(run.namespace)
+        by_store.setdefault(id(store), (store, []))[1].append(run.uid)
     latest: dict[str, dict] = {}
-    for namespace in {r.namespace for r in runs}:
-        uids = [r.uid for r in runs if r.namespace == namespace]
+    for store, uids in by_store.values():
         try:
-            latest.update(op.tenants.store_for(namespace).latest_metrics(uids))
+            latest.update(store.latest_metrics(uids))
         except Exception as exc:  # noqa: BLE001
-            log.warning("could not read the latest metrics of %d runs in %s: %s", len(uids), namespace, exc)
+            log.warning("could not read the latest metrics of %d runs: %s", len(uids), exc)
     for run in runs:
         patch = metrics_patch(latest.get(run.uid) or {}, run.headline)
         if patch is None or not op.running.is_new(run.uid, patch):
