@@ -61,7 +61,7 @@ class OperatorSettings(CairnSettings):
     @model_validator(mode="after")
     def _tenancy_needs_postgresql(self) -> "OperatorSettings":
         if self.tenancy and not (self.database_url or "").startswith(("postgresql", "postgres:")):
-            raise ValueError("CAIRN_TENANCY needs CAIRN_DATABASE_URL to be a PostgreSQL URL")
+            raise ValueError(f"{Env.TENANCY} needs {Env.DATABASE_URL} to be a PostgreSQL URL")
         for uri in self.tenant_shared_prefixes:
             parse_shared_prefix(uri)
         return self
