@@ -12,6 +12,7 @@ from minio import Minio
 from minio.error import S3Error
 
 from cairn.objectstore import S3Config, upload_file
+from cairn.rundir import RunStatus
 from cairn.store import TrackingStore, db
 from cairn.store.entities import IngestBatch, MetricPoint
 from cairn.tenancy import naming
@@ -216,3 +217,23 @@ def test_upgrading_splits_an_experiment_shared_by_namespaces(store_url):
     found = {(e.namespace, e.name): e.runs for e in store.list_experiments()}
     assert found == {("team-a", "baseline"): 1, ("team-b", "baseline"): 2, (None, "baseline"): 1}
     assert {r.namespace for r in store.list_runs("baseline", namespace="team-b")} == {"team-b"}
+
+
+def test_db_upgrade_migrates_every_tenant_schema(tenants_db):
+    from alembic import command
+    from click.testing import CliRunner
+
+    from cairn.cli.main import cli
+
+    admin_url, urls = tenants_db
+    engine = sa.create_engine(db.normalise_url(tenant_url(admin_url, "team-a")))
+    command.downgrade(db._alembic_config(engine), "0004_models")
+    engine.dispose()
+    with pytest.raises(db.StoreError, match="database schema is at 0004_models"):
+        TrackingStore(urls["team-a"])
+    out = CliRunner().invoke(cli, ["--database-url", admin_url, "db", "upgrade"], prog_name="cairn").output
+    head = db.head_revision()
+    assert f"tenant schema tenant_team_a: 0004_models -> {head}" in out
+    assert f"tenant schema tenant_team_b: {head} -> {head}" in out
+    run = TrackingStore(urls["team-a"]).create_run("after-upgrade", namespace="team-a")  # the role's grants hold
+    assert TrackingStore(urls["team-a"]).run_status(run) == RunStatus.RUNNING

@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
 from cairn.store import db
-from cairn.tenancy.naming import schema_name
+from cairn.tenancy.naming import SCHEMA_PREFIX, schema_name
 
 VERSION_TABLE = "alembic_version"
 
@@ -23,11 +23,31 @@ VERSION_TABLE = "alembic_version"
 def tenant_url(admin_url: str, namespace: str, password: str | None = None) -> str:
     """``admin_url`` logging in as the namespace's role (with ``password``; None keeps the admin's
     credentials, for the operator's own writes) and looking only at its schema."""
-    schema = schema_name(namespace)
+    return _schema_url(admin_url, schema_name(namespace), password)
+
+
+def _schema_url(admin_url: str, schema: str, password: str | None = None) -> str:
     url = make_url(db.normalise_url(admin_url))
     if password is not None:
         url = url.set(username=schema, password=password)
     return url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+
+
+def upgrade_tenant_schemas(admin_url: str) -> dict[str, tuple[str | None, str]]:
+    """Migrate every tenant schema of the database (``cairn db upgrade`` after a new Cairn) and grant
+    its role the tables a migration added; (before, after) per schema."""
+    admin = db.get_engine(admin_url)
+    with admin.connect() as conn:
+        schemas = conn.execute(text("SELECT nspname FROM pg_namespace WHERE nspname LIKE :prefix ORDER BY nspname"),
+                               {"prefix": SCHEMA_PREFIX.replace("_", "\\_") + "%"}).scalars().all()
+    done = {}
+    for schema in schemas:
+        engine = db.get_engine(_schema_url(admin_url, schema))
+        done[schema] = db.upgrade(engine)
+        engine.dispose()
+        with admin.begin() as conn:
+            _grant(conn, schema)
+    return done
 
 
 def _lock_key(schema: str) -> int:

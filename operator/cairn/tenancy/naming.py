@@ -17,6 +17,7 @@ MANAGED_BY = "cairn"
 # so the pod builder reads either the same way.
 DATABASE_URL_KEY = "databaseUrl"
 PREFIX_KEY = "prefix"
+SCHEMA_PREFIX = "tenant_"  # of every tenant schema, and only of them: "_" is in no namespace name
 IDENTIFIER_MAX = 63  # PostgreSQL's NAMEDATALEN - 1
 MINIO_ACCESS_KEY_MAX = 20
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -41,7 +42,7 @@ def schema_name(namespace: str) -> str:
     """The namespace's PostgreSQL schema, also the name of its LOGIN role: ``tenant_<namespace>`` with
     ``-`` as ``_`` (namespace names hold no ``_``, so no two namespaces share one); a name too long
     for PostgreSQL keeps its start and ends in a hash of the whole."""
-    name = "tenant_" + check_namespace(namespace).replace("-", "_")
+    name = SCHEMA_PREFIX + check_namespace(namespace).replace("-", "_")
     if len(name) <= IDENTIFIER_MAX:
         return name
     return f"{name[:IDENTIFIER_MAX - 9]}_{_digest(namespace, 8)}"
