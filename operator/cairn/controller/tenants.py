@@ -14,18 +14,22 @@ from collections import OrderedDict
 from threading import Lock
 
 from kubernetes.client.rest import ApiException
+from sqlalchemy import create_engine
 
 from cairn.controller.kube import CoreApi
 from cairn.controller.runtime import KeyedLocks
 from cairn.controller.settings import OperatorSettings
 from cairn.objectstore import S3Config, S3Settings
-from cairn.store import TrackingStore
+from cairn.store import TrackingStore, db
 from cairn.tenancy.database import provision_database, tenant_url
 from cairn.tenancy.naming import (CREDENTIALS_SECRET, TENANT_LABEL, TENANT_LABEL_VALUE, ObjectStoreCredentials,
                                   credentials_secret)
 from cairn.tenancy.objectstore import provision_objectstore
 
-MAX_TENANT_STORES = 256  # namespaces whose store (an engine and its pool) is kept open; the least used closes
+# Namespaces whose store (an engine with a small pool) stays open, the least used closed past that: at most
+# this many idle connections, and a few more per namespace while its writes are in flight.
+MAX_TENANT_STORES = 64
+TENANT_POOL_SIZE, TENANT_POOL_OVERFLOW = 1, 3
 log = logging.getLogger("cairn.controller.tenants")
 
 
@@ -38,6 +42,8 @@ class NamespaceNotEnabled(TenantNotReady):
 
 
 class Tenants:
+    """Each namespace's credentials and store, for the handlers; with tenancy off, the shared store."""
+
     def __init__(self, settings: OperatorSettings, core: CoreApi, store: TrackingStore,
                  objectstore: S3Config | None = None) -> None:
         self.settings, self.core, self.shared_store = settings, core, store
@@ -60,7 +66,10 @@ class Tenants:
             if store is not None:
                 self._stores.move_to_end(namespace)
                 return store
-            store = TrackingStore(tenant_url(self.settings.database_url, namespace), check_schema=False)
+            engine = create_engine(db.normalise_url(tenant_url(self.settings.database_url, namespace)),
+                                   pool_size=TENANT_POOL_SIZE, max_overflow=TENANT_POOL_OVERFLOW, pool_pre_ping=True,
+                                   connect_args={"connect_timeout": 10})
+            store = TrackingStore(engine=engine, check_schema=False)
             self._stores[namespace] = store
             if len(self._stores) > MAX_TENANT_STORES:
                 self._stores.popitem(last=False)[1].engine.dispose()
