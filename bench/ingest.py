@@ -14,9 +14,13 @@ It prints:
 
 then the targets with PASS/MISS. ``--quick`` is a smoke run of under a minute.
 
+``--tenancy`` runs (b) alone, alternately as the schema owner (the shared ``public`` schema) and as a
+namespace's role in its own schema (``cairn.tenancy``), and prints the cost of the isolation (goal ≤ 10%).
+
     pip install -e '.[bench]'
     python3 -m bench.ingest            # from the repository root; default sizes: 3 to 4 minutes on 2 cores
     python3 -m bench.ingest --quick
+    python3 -m bench.ingest --tenancy --points 500000
 """
 
 from __future__ import annotations
@@ -305,6 +309,29 @@ def bench_mlflow_e2e(uri: str, engine, steps: int, per_request: int = 1000) -> d
     return {"points": stored, "seconds": elapsed, "points_per_s": stored / elapsed, "requests": len(batches)}
 
 
+def bench_tenancy(admin_url: str, workdir: Path, steps: int, poll_interval: float, rounds: int) -> dict:
+    """(b) and (c) as the admin and as a tenant role, alternating ``rounds`` times; each rate, and the
+    cost of the isolation from the medians."""
+    import secrets
+
+    from cairn.store import TrackingStore
+    from cairn.tenancy.database import provision_database
+
+    stores = {"admin": TrackingStore(admin_url),
+              "tenant": TrackingStore(provision_database(admin_url, "bench-team", secrets.token_urlsafe(18)))}
+    rates: dict[tuple[str, str], list[float]] = {(kind, who): [] for kind in ("e2e", "copy") for who in stores}
+    for i in range(rounds):
+        for who in (("admin", "tenant") if i % 2 == 0 else ("tenant", "admin")):
+            checkpoint(stores["admin"].engine)
+            shutil.rmtree(workdir / "e2e-run", ignore_errors=True)
+            rates["e2e", who].append(bench_cairn_e2e(stores[who], workdir, steps, poll_interval, False)["points_per_s"])
+            checkpoint(stores["admin"].engine)
+            rates["copy", who].append(bench_raw_copy(stores[who], steps)["points_per_s"])
+    cost = {kind: 1 - statistics.median(rates[kind, "tenant"]) / statistics.median(rates[kind, "admin"])
+            for kind in ("e2e", "copy")}
+    return {"rates": rates, "cost": cost}
+
+
 # -- (c) raw COPY -------------------------------------------------------------------------------
 def bench_raw_copy(store, steps: int) -> dict:  # noqa: ANN001
     run_id = store.create_run(experiment="bench-raw-copy")
@@ -452,6 +479,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--history-points", type=int, help="points in the history read (default 1,000,000)")
     p.add_argument("--poll-interval", type=float, default=0.5, help="agent poll interval when idle (its default)")
     p.add_argument("--profile-agent", action="store_true", help="profile the agent with pyinstrument and print it")
+    p.add_argument("--tenancy", action="store_true", help="only (b), as the schema owner and as a tenant role")
+    p.add_argument("--rounds", type=int, default=3, help="with --tenancy: runs of each (alternating)")
     args = p.parse_args(argv)
     quick = {"points": 50_000, "mlflow_points": 20_000, "log_calls": 20_000, "mlflow_calls": 100,
              "mlflow_async_calls": 500, "history_points": 100_000}
@@ -482,6 +511,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pg.start()
         cairn_url = pg.create_database("cairn")
+        if args.tenancy:
+            db.upgrade(db.get_engine(cairn_url))
+            say(f"(b) as the schema owner and as a tenant role, {args.points:,} points x {args.rounds}")
+            t = bench_tenancy(cairn_url, workdir, args.points // len(KEYS), args.poll_interval, args.rounds)
+            print("| path | role | points/s (each run) |\n| --- | --- | --- |")
+            for (kind, who), rates in t["rates"].items():
+                print(f"| {kind} | {who} | {', '.join(f'{r:,.0f}' for r in rates)} |")
+            for kind, cost in t["cost"].items():
+                print(f"isolation cost, {kind} (medians): {cost:.1%} {verdict(cost <= 0.10)} (goal ≤ 10%)")
+            return 0
         mlflow_url = pg.create_database("mlflow")
         engine = db.get_engine(cairn_url)
         db.upgrade(engine)

@@ -747,3 +747,24 @@ def test_the_servers_network_policy(helm):
     egress_ports = [[p["port"] for p in rule["ports"]] for rule in policy["egress"]]
     assert egress_ports == [[53, 53], [443, 6443], [5432], [9000]]
     assert policy["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.96.0.1/32"}}]
+
+
+def test_tenancy_keeps_shared_credentials_out_of_run_namespaces(helm):
+    objs = render(helm, *BUNDLED, "tenancy.enabled=true", "operator.watchNamespaces={team-a,team-b}",
+                  "tenancy.sharedDatasetPrefixes={s3://cairn/shared/}")
+    secrets = {(s["metadata"].get("namespace"), s["metadata"]["name"]) for s in find(objs, "Secret")}
+    assert not {name for ns, name in secrets if ns in ("team-a", "team-b")}  # no cairn-database, no MinIO keys
+    admin = one(objs, "Secret", "cairn-objectstore-admin", NS)
+    assert base64.b64decode(admin["data"]["secretKey"]).decode() == "minio-Pa55word-tests"
+    env = env_of(operator_container(objs))
+    assert (env["CAIRN_TENANCY"]["value"], env["CAIRN_TENANT_SHARED_PREFIXES"]["value"]) == \
+        ("true", "s3://cairn/shared/")
+    assert env["CAIRN_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "cairn-objectstore-admin"
+    assert "CAIRN_TENANT_S3_SECRET" not in env  # the bundled MinIO: the operator makes the users
+    rules = one(objs, "ClusterRole", "cairn-cluster")["rules"]
+    assert {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"],
+            "resourceNames": ["cairn-tenant-credentials"]} in rules
+    assert {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]} in rules
+
+    bad = render_error(helm, *BUNDLED, "tenancy.enabled=true", "tenancy.sharedDatasetPrefixes={s3://cairn/*}")
+    assert "/tenancy/sharedDatasetPrefixes/0" in bad

@@ -301,9 +301,14 @@ def test_show_experiments_history_and_db_as_documents(sqlite_url, cairn_home):
     assert as_json["metrics"]["grad_norm"]["value"] == "NaN"
 
     experiments = json.loads(invoke(sqlite_url, "experiments", "list", "-o", "json").stdout)
-    assert [(e["name"], e["runs"]) for e in experiments] == [("local", 1), ("sweep", 4)]
+    # Experiments are per namespace: team-a's "sweep" and team-b's are two.
+    assert [(e["namespace"], e["name"], e["runs"]) for e in experiments] == \
+        [(None, "local", 1), ("team-a", "sweep", 1), ("team-b", "sweep", 3)]
     rows = list(csv.DictReader(io.StringIO(invoke(sqlite_url, "experiments", "list", "-o", "csv").stdout)))
-    assert [(r["name"], r["runs"]) for r in rows] == [("local", "1"), ("sweep", "4")]
+    assert [(r["namespace"], r["name"], r["runs"]) for r in rows] == \
+        [("", "local", "1"), ("team-a", "sweep", "1"), ("team-b", "sweep", "3")]
+    only_b = json.loads(invoke(sqlite_url, "experiments", "list", "-n", "team-b", "-o", "json").stdout)
+    assert [(e["namespace"], e["name"], e["runs"]) for e in only_b] == [("team-b", "sweep", 3)]
 
     history = list(csv.DictReader(io.StringIO(invoke(sqlite_url, "runs", "history", A, "loss").stdout)))
     assert [(int(r["step"]), float(r["last"])) for r in history] == [(0, 1.0), (1, 0.5), (2, pytest.approx(1 / 3))]

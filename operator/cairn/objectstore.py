@@ -131,9 +131,16 @@ class S3Config:
 
     def client(self):  # noqa: ANN201 - a minio.Minio
         """A client that gives up quickly when the server is away: callers retry with their own backoff."""
+        import minio
+
+        return minio.Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key,
+                           secure=self.secure, region=self.region, http_client=self.http_client())
+
+    def http_client(self):  # noqa: ANN201 - a urllib3.PoolManager
+        """The connection pool of :meth:`client` (and of the tenancy's admin client): short timeouts,
+        two retries, the site CA."""
         import logging
 
-        import minio
         import urllib3
 
         # Our callers log each failed attempt once; urllib3's per-retry warnings would only repeat it.
@@ -146,14 +153,12 @@ class S3Config:
                 tls["ssl_context"] = ssl.create_default_context(cadata=self.ca_bundle)
             except ssl.SSLError as exc:
                 raise ObjectStoreError(f"{Env.S3_CA_BUNDLE} holds no valid PEM certificate: {exc}") from None
-        http = urllib3.PoolManager(
+        return urllib3.PoolManager(
             **tls,
             timeout=urllib3.Timeout(connect=5, read=120),
             maxsize=8,
             retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
         )
-        return minio.Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key,
-                           secure=self.secure, region=self.region, http_client=http)
 
 
 def _read_ca_file(path: Path | None) -> str | None:
@@ -204,6 +209,27 @@ def s3_uri(bucket: str, key: str) -> str:
 def run_prefix(namespace: str, experiment: str, run_id: str) -> str:
     """The key prefix of one run's objects (no trailing slash)."""
     return "/".join(p.strip("/") for p in (namespace or "default", experiment or "default", run_id))
+
+
+def objects_under(client, bucket: str, prefix: str, limit: int = 100_000) -> list[tuple[str, int]]:  # noqa: ANN001
+    """(key, size) of every object under ``prefix`` (at most ``limit``; more raises ``ObjectStoreError``)."""
+    found = []
+    for obj in client.list_objects(bucket, prefix=prefix.rstrip("/") + "/", recursive=True):
+        if len(found) == limit:
+            raise ObjectStoreError(f"more than {limit} objects under s3://{bucket}/{prefix}")
+        found.append((obj.object_name, obj.size))
+    return found
+
+
+def remove_objects(client, bucket: str, keys: list[str]) -> list[str]:  # noqa: ANN001
+    """Delete ``keys`` (in batches of 1,000, as S3 takes them); one message per object not deleted."""
+    from minio.deleteobjects import DeleteObject
+
+    failed = []
+    for start in range(0, len(keys), 1000):
+        batch = [DeleteObject(k) for k in keys[start:start + 1000]]
+        failed += [f"{e.name}: {e.code} {e.message}" for e in client.remove_objects(bucket, batch)]
+    return failed
 
 
 def part_size_for(size: int, preferred: int = DEFAULT_PART_SIZE) -> int:

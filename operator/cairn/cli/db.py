@@ -22,6 +22,11 @@ def db_upgrade(ctx: click.Context) -> None:
     db.check_reachable(engine)
     before, after = db.upgrade(engine)
     click.echo(f"schema {before or 'empty'} -> {after} ({db.redact(str(engine.url))})")
+    if engine.dialect.name == "postgresql":
+        from cairn.tenancy.database import upgrade_tenant_schemas
+
+        for schema, (before, after) in upgrade_tenant_schemas(engine.url.render_as_string(hide_password=False)).items():
+            click.echo(f"tenant schema {schema}: {before or 'empty'} -> {after}")
 
 
 @db_group.command("current")

@@ -8,7 +8,7 @@ from rich.table import Table
 from cairn.cli.context import store_of
 from cairn.cli.output import CSV, JSON, TABLE, YAML, console, fmt_time, output_option, write_document, write_rows
 
-EXPERIMENT_COLUMNS = ["name", "runs", "last_start"]
+EXPERIMENT_COLUMNS = ["namespace", "name", "runs", "last_start"]
 
 
 @click.group()
@@ -17,20 +17,23 @@ def experiments() -> None:
 
 
 @experiments.command("list")
+@click.option("-n", "--namespace", help="Only experiments of this Kubernetes namespace (\"\": local runs).")
 @output_option(TABLE, JSON, YAML, CSV)
 @click.pass_context
-def experiments_list(ctx: click.Context, output: str) -> None:
-    """Every experiment with its number of runs and when the last one started."""
-    found = store_of(ctx).list_experiments()
+def experiments_list(ctx: click.Context, namespace: str | None, output: str) -> None:
+    """Every experiment with its number of runs and when the last one started. Experiments are per
+    namespace: the same name in two namespaces is two experiments."""
+    found = store_of(ctx).list_experiments(namespace)
     if output == CSV:
-        write_rows(({"name": e.name, "runs": e.runs, "last_start": e.last_start} for e in found), EXPERIMENT_COLUMNS)
+        write_rows(({"namespace": e.namespace, "name": e.name, "runs": e.runs, "last_start": e.last_start}
+                    for e in found), EXPERIMENT_COLUMNS)
         return
     if output != TABLE:
         write_document(found, output)
         return
     table = Table(title="experiments")
-    for col in ("experiment", "runs", "last run"):
+    for col in ("namespace", "experiment", "runs", "last run"):
         table.add_column(col)
     for e in found:
-        table.add_row(e.name, str(e.runs), fmt_time(e.last_start))
+        table.add_row(e.namespace or "", e.name, str(e.runs), fmt_time(e.last_start))
     console.print(table)

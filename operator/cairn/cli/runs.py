@@ -540,3 +540,139 @@ def _copy_local(uri: str, dest: Path, expected: str, advance: Callable[[int], No
         part.unlink(missing_ok=True)
         raise ChecksumMismatch(f"{uri}: sha256 {h.hexdigest()} but the store recorded {expected}")
     os.replace(part, dest)
+
+
+PROMETHEUS_TIMEOUT_S = 10
+PROMETHEUS_MAX_BYTES = 16 << 20
+
+
+def _object_store(required: bool):  # noqa: ANN202 - an S3Config or None
+    from cairn import objectstore as S3
+
+    try:
+        cfg = S3.S3Settings().connection()
+    except S3.ObjectStoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    if cfg is None and required:
+        raise click.ClickException(f"the run has objects in the object store: set {Env.S3_ENDPOINT}, "
+                                   f"{Env.S3_ACCESS_KEY} and {Env.S3_SECRET_KEY}")
+    return cfg
+
+
+def run_objects(cfg, detail: RunDetail) -> list[tuple[str, str, int]]:  # noqa: ANN001
+    """(bucket, key, size) of the run's objects: everything under its prefix, and any recorded
+    artifact elsewhere that still exists."""
+    from minio.error import S3Error
+
+    from cairn import objectstore as S3
+
+    client, s = cfg.client(), detail.summary
+    prefix = S3.run_prefix(s.namespace or "", s.experiment, s.id)
+    found = {}
+    if cfg.bucket:
+        found = {(cfg.bucket, key): size for key, size in S3.objects_under(client, cfg.bucket, prefix)}
+    for art in detail.artifacts:
+        if art.uri.startswith("s3://") and S3.parse_s3_uri(art.uri) not in found:
+            bucket, key = S3.parse_s3_uri(art.uri)
+            try:
+                found[(bucket, key)] = client.stat_object(bucket, key).size
+            except S3Error as exc:
+                if exc.code != "NoSuchKey":
+                    raise
+    return sorted((bucket, key, size) for (bucket, key), size in found.items())
+
+
+def prometheus_series(url: str, run_id: str) -> list[str]:
+    """Names of the live series Prometheus holds for the run (label ``run``)."""
+    from urllib.parse import urlencode
+    from urllib.request import urlopen
+
+    query = urlencode({"match[]": f'{{run="{run_id}"}}'})
+    try:
+        with urlopen(f"{url.rstrip('/')}/api/v1/series?{query}", timeout=PROMETHEUS_TIMEOUT_S) as resp:
+            body = json.loads(resp.read(PROMETHEUS_MAX_BYTES))
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"Prometheus at {url}: {exc}") from None
+    return sorted({series["__name__"] for series in body.get("data") or []})
+
+
+def where_document(store, rid: str, prometheus: str | None) -> dict[str, Any]:  # noqa: ANN001
+    from cairn.store import db
+    from cairn.store.erasure import run_row_counts
+
+    detail = store.get_run(rid)
+    tables = run_row_counts(store, rid)
+    uses_s3 = any(a.uri.startswith("s3://") for a in detail.artifacts)
+    cfg = _object_store(required=uses_s3)
+    objects = run_objects(cfg, detail) if cfg is not None else []
+    doc: dict[str, Any] = {
+        "run": rid, "namespace": detail.summary.namespace, "experiment": detail.summary.experiment,
+        "database": {"url": db.redact(store.url), "tables": tables},
+        "objects": [{"uri": f"s3://{b}/{k}", "size": size} for b, k, size in objects],
+        "object_bytes": sum(size for _, _, size in objects),
+    }
+    if prometheus:
+        doc["prometheus"] = {"url": prometheus, "series": prometheus_series(prometheus, rid)}
+    return doc
+
+
+def print_where(doc: dict[str, Any], title: str) -> None:
+    table = Table(title=title)
+    for col in ("where", "what", "amount"):
+        table.add_column(col)
+    for name, n in doc["database"]["tables"].items():
+        table.add_row(doc["database"]["url"], f"table {name}", f"{n} row(s)")
+    for obj in doc["objects"]:
+        table.add_row("object store", obj["uri"], fmt_bytes(obj["size"]))
+    for series in (doc.get("prometheus") or {}).get("series", []):
+        table.add_row(doc["prometheus"]["url"], f"series {series}", "live")
+    console.print(table)
+
+
+@runs.command("where", epilog=RUN_REF_HELP)
+@click.argument("run")
+@click.option("--prometheus", metavar="URL", help="Also list the run's live series in this Prometheus.")
+@output_option(TABLE, JSON, YAML)
+@click.pass_context
+def runs_where(ctx: click.Context, run: str, prometheus: str | None, output: str) -> None:
+    """Every place the run's data lives: database tables and their rows, objects and their sizes, and
+    (with --prometheus) live series. The object store comes from the CAIRN_S3_* variables."""
+    store = store_of(ctx)
+    doc = where_document(store, resolve_run(store, run), prometheus)
+    if output != TABLE:
+        write_document(doc, output)
+        return
+    print_where(doc, f"run {doc['run']}")
+
+
+@runs.command("delete", epilog=RUN_REF_HELP)
+@click.argument("run")
+@click.option("--yes", is_flag=True, help="Really delete: without it nothing is removed.")
+@output_option(TABLE, JSON, YAML)
+@click.pass_context
+def runs_delete(ctx: click.Context, run: str, yes: bool, output: str) -> None:
+    """Erase a run: its objects, then every row of it; reports what was removed. Prometheus series are
+    not removed (they age out with Prometheus's retention)."""
+    from cairn import objectstore as S3
+    from cairn.store.erasure import delete_run_rows
+
+    store = store_of(ctx)
+    rid = resolve_run(store, run)
+    found = where_document(store, rid, None)
+    if not yes:
+        print_where(found, f"run {rid} (nothing deleted)")
+        raise click.ClickException("this deletes the run's rows and objects for good: add --yes")
+    by_bucket: dict[str, list[str]] = {}
+    for obj in found["objects"]:
+        bucket, key = S3.parse_s3_uri(obj["uri"])
+        by_bucket.setdefault(bucket, []).append(key)
+    cfg = _object_store(required=bool(by_bucket))
+    failed = [msg for bucket, keys in by_bucket.items() for msg in S3.remove_objects(cfg.client(), bucket, keys)]
+    if failed:  # the rows stay, so `runs where` still finds what is left
+        raise click.ClickException(f"{len(failed)} object(s) not deleted, rows kept: " + "; ".join(failed[:5]))
+    removed = {"run": rid, "database": {"url": found["database"]["url"], "tables": delete_run_rows(store, rid)},
+               "objects": found["objects"], "object_bytes": found["object_bytes"]}
+    if output != TABLE:
+        write_document(removed, output)
+        return
+    print_where(removed, f"run {rid}: removed")

@@ -36,6 +36,7 @@ from cairn.controller.metrics import OperatorMetrics, StoreWritesCollector
 from cairn.controller.runtime import (KeyedLocks, NodeLabelCache, Requeuer, RunningRuns, RunRef, StoreWrite, StoreWrites,
                                       metrics_patch)
 from cairn.controller.settings import OperatorSettings
+from cairn.controller.tenants import Tenants, TenantNotReady
 from cairn.rundir import RunStatus
 from cairn.store import TrackingStore, db
 from cairn.store.registry import ModelNotFound
@@ -58,13 +59,14 @@ class Operator:
     bookkeeping (locks, node labels, requeue times, Running runs, store writes waiting for the store)."""
 
     def __init__(self, settings: OperatorSettings, core: CoreApi, custom: client.CustomObjectsApi,
-                 store: TrackingStore) -> None:
+                 store: TrackingStore, tenants: Tenants | None = None) -> None:
         self.settings, self.core, self.custom, self.store = settings, core, custom, store
+        self.tenants = tenants or Tenants(settings, core, store)
         self.metrics = OperatorMetrics()
         self.locks = KeyedLocks()
         self.node_labels = NodeLabelCache(self._read_node_labels)
         self.running = RunningRuns()
-        self.store_writes = StoreWrites(lambda uid, write: write_run(store, uid, write),
+        self.store_writes = StoreWrites(self._write_run,
                                         lambda: db.ensure_schema(store.engine), store_unavailable)
         self.metrics.registry.register(StoreWritesCollector(self.store_writes))
         self._requeue_pool = ThreadPoolExecutor(max_workers=REQUEUE_WORKERS, thread_name_prefix="cairn-requeue")
@@ -86,8 +88,8 @@ class Operator:
         # thread), so none is opened and discarded per call.
         api_config.connection_pool_maxsize = KOPF_WORKERS + REQUEUE_WORKERS + 1
         api = client.ApiClient(api_config)
-        return cls(settings, CoreApi(api), client.CustomObjectsApi(api),
-                   TrackingStore(settings.database_url, check_schema=False))
+        core, store = CoreApi(api), TrackingStore(settings.database_url, check_schema=False)
+        return cls(settings, core, client.CustomObjectsApi(api), store, Tenants.from_settings(settings, core, store))
 
     def start(self) -> None:
         if self.settings.metrics_port:
@@ -116,6 +118,10 @@ class Operator:
             if exc.status != 404:
                 raise
             return {}
+
+    def _write_run(self, uid: str, write: StoreWrite) -> None:
+        """A run's writes go to its namespace's store (its own schema with tenancy on)."""
+        write_run(self.tenants.store_for(write.run.namespace if write.run is not None else None), uid, write)
 
     def _reconcile_key(self, key: str) -> None:
         namespace, name = key.split("/", 1)
@@ -178,6 +184,8 @@ def on_trainingrun(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, 
     tr = from_manifest(body)
     if tr.status.phase in R.TERMINAL and tr.spec.ttl_seconds_after_finished is None:
         return  # the operator restarted: a finished run without a TTL needs nothing
+    if tr.status.phase not in R.TERMINAL and not tenant_ready(op, tr, dt.datetime.now(dt.timezone.utc)):
+        return
     op.store_writes.submit(tr.uid, StoreWrite({}, tr, create=True))
     reconcile_trainingrun(op, namespace, name)
 
@@ -351,6 +359,8 @@ def create_pod(op: Operator, tr: TrainingRun, attempt: int, now: dt.datetime) ->
     """Create the pod of ``attempt`` before the status records it: a crash in between re-creates the same
     name (409), and that pod is this run's own only when its ownerReference carries this uid. Another
     TrainingRun's pod under the name is never adopted: False, with a Warning, until it is gone."""
+    if not tenant_ready(op, tr, now):  # its Secret was deleted (rotation) since the last attempt
+        return False
     body = podspec.build_pod(tr, op.settings.pod, attempt, tr.uid)
     try:
         op.core.create_namespaced_pod(tr.namespace, body)
@@ -371,16 +381,37 @@ def create_pod(op: Operator, tr: TrainingRun, attempt: int, now: dt.datetime) ->
     return False
 
 
+def tenant_ready(op: Operator, tr: TrainingRun, now: dt.datetime) -> bool:
+    """With tenancy on, make the namespace's credentials unless they exist; False (with a Warning and
+    the reason in status) when they cannot be made (the namespace is not enabled, an admin's Secret is
+    missing): the run gets no pod until it is created or changed again."""
+    try:
+        op.tenants.ensure_credentials(tr.namespace)
+        return True
+    except TenantNotReady as exc:
+        reason = type(exc).__name__
+        post_event(op, tr, R.Event("Warning", reason, str(exc)), now)
+        op.custom.patch_namespaced_custom_object_status(GROUP, VERSION, tr.namespace, PLURAL, tr.name,
+                                                       {"status": {"reason": reason, "message": str(exc)}})
+        return False
+
+
 def copy_metrics_to_status(op: Operator, runs: list[RunRef]) -> None:
-    """The latest step and headline metric of ``runs``, from the store into status (one query), for
-    those that changed since the last copy. Nothing while the store is away."""
+    """The latest step and headline metric of ``runs``, from the store into status (one query per
+    store: one, or one per namespace with tenancy), for those that changed since the last copy.
+    Nothing while the store is away."""
     if op.store_writes.up is False:
         return
-    try:
-        latest = op.store.latest_metrics([r.uid for r in runs])
-    except Exception as exc:  # noqa: BLE001
-        log.warning("could not read the latest metrics of %d runs: %s", len(runs), exc)
-        return
+    by_store: dict[int, tuple[TrackingStore, list[str]]] = {}
+    for run in runs:
+        store = op.tenants.store_for(run.namespace)
+        by_store.setdefault(id(store), (store, []))[1].append(run.uid)
+    latest: dict[str, dict] = {}
+    for store, uids in by_store.values():
+        try:
+            latest.update(store.latest_metrics(uids))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not read the latest metrics of %d runs: %s", len(uids), exc)
     for run in runs:
         patch = metrics_patch(latest.get(run.uid) or {}, run.headline)
         if patch is None or not op.running.is_new(run.uid, patch):

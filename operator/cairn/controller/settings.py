@@ -12,6 +12,7 @@ from pydantic_settings import NoDecode
 from cairn.podspec import PodSettings
 from cairn.rundir import Env
 from cairn.settings import CairnSettings
+from cairn.tenancy.naming import CREDENTIALS_SECRET, DATABASE_URL_KEY, parse_shared_prefix
 
 PORT = {"ge": 0, "le": 65535}
 
@@ -42,6 +43,29 @@ class OperatorSettings(CairnSettings):
         description="Secret in each run's namespace with the object store (keys `endpoint`, `accessKey`, "
                     "`secretKey`, `bucket`, optional `region` and `caBundle`); set but empty: no object store.")
 
+    tenancy: bool = Field(
+        False, description="Give each namespace labelled `cairn.dev/tenant=enabled` its own database schema and role "
+                           "and object-store user, in its Secret `cairn-tenant-credentials`, which the pods get "
+                           "instead of the shared Secrets (PostgreSQL only). The object store's admin "
+                           "credentials are the operator's `CAIRN_S3_*` variables.")
+    tenant_shared_prefixes: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="With `CAIRN_TENANCY`: prefixes `s3://bucket/prefix/` every namespace may read (not write), "
+                        "separated by commas or spaces.",
+        json_schema_extra={"accepts": "s3:// prefixes separated by commas or spaces"})
+
+    tenant_s3_secret: str = Field(
+        "", description="With `CAIRN_TENANCY` and an object store other than the bundled MinIO (`externalS3`): the "
+                        "Secret an admin puts in each tenant namespace with that namespace's `accessKey` and "
+                        "`secretKey`, copied into its credentials; empty: users are made through MinIO's admin API.")
+
+    @model_validator(mode="after")
+    def _tenancy_needs_postgresql(self) -> "OperatorSettings":
+        if self.tenancy and not (self.database_url or "").startswith(("postgresql", "postgres:")):
+            raise ValueError(f"{Env.TENANCY} needs {Env.DATABASE_URL} to be a PostgreSQL URL")
+        for uri in self.tenant_shared_prefixes:
+            parse_shared_prefix(uri)
+        return self
+
     @model_validator(mode="before")
     @classmethod
     def _empty_objectstore_secret_means_none(cls, data: Any) -> Any:
@@ -51,7 +75,7 @@ class OperatorSettings(CairnSettings):
             return {**data, "objectstore_secret": ""}
         return data
 
-    @field_validator("namespaces", mode="before")
+    @field_validator("namespaces", "tenant_shared_prefixes", mode="before")
     @classmethod
     def _split_names(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -60,6 +84,10 @@ class OperatorSettings(CairnSettings):
 
     @property
     def pod(self) -> PodSettings:
+        if self.tenancy:  # one Secret per namespace holds both the store URL and the object-store keys
+            return PodSettings(sidecar_image=self.sidecar_image, image_pull_policy=self.image_pull_policy,
+                               database_secret=CREDENTIALS_SECRET, database_secret_key=DATABASE_URL_KEY,
+                               objectstore_secret=CREDENTIALS_SECRET)
         return PodSettings(sidecar_image=self.sidecar_image, image_pull_policy=self.image_pull_policy,
                            database_secret=self.database_secret, database_secret_key=self.database_secret_key,
                            objectstore_secret=self.objectstore_secret)

@@ -210,6 +210,7 @@ class ExperimentSummary:
     name: str
     runs: int
     last_start: dt.datetime | None
+    namespace: str | None = None  # None: runs outside a cluster
 
 
 @dataclass(frozen=True)

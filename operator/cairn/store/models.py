@@ -40,8 +40,11 @@ class Base(DeclarativeBase):
 
 class Experiment(Base):
     __tablename__ = "experiments"
+    __table_args__ = (UniqueConstraint("namespace", "name", name="uq_experiments_namespace_name"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(255), unique=True)
+    # The Kubernetes namespace of its runs; "" for runs outside a cluster (local mode).
+    namespace: Mapped[str] = mapped_column(String(253), default="", server_default="")
+    name: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -114,9 +114,13 @@ class TrackingStore(RunSearch, ModelRegistry):
         return db.session_scope(self.engine)
 
     # -- experiments and runs -------------------------------------------------------------------
-    def _experiment_id(self, session: Session, name: str) -> int:
-        session.execute(self.backend.insert(Experiment).values(name=name, created_at=utcnow()).on_conflict_do_nothing())
-        return session.execute(select(Experiment.id).where(Experiment.name == name)).scalar_one()
+    def _experiment_id(self, session: Session, name: str, namespace: str | None) -> int:
+        """The id of experiment ``name`` of ``namespace`` (None: outside a cluster), made if new."""
+        namespace = namespace or ""
+        session.execute(self.backend.insert(Experiment).values(name=name, namespace=namespace, created_at=utcnow())
+                        .on_conflict_do_nothing())
+        return session.execute(select(Experiment.id).where(Experiment.namespace == namespace,
+                                                           Experiment.name == name)).scalar_one()
 
     def create_run(
         self,
@@ -132,7 +136,7 @@ class TrackingStore(RunSearch, ModelRegistry):
         """Create a run (idempotent for a given ``run_id``) and return its id."""
         rid = _as_uuid(run_id) if run_id else uuid.uuid4()
         with self._session() as s:
-            exp_id = self._experiment_id(s, experiment)
+            exp_id = self._experiment_id(s, experiment, cluster_fields.get("namespace"))
             s.execute(
                 self.backend.insert(Run)
                 .values(
@@ -208,22 +212,25 @@ class TrackingStore(RunSearch, ModelRegistry):
                                                       **values)
             s.execute(stmt.on_conflict_do_update(index_elements=["run_id", "attempt"], set_=values))
 
-    def resolve_run_id(self, prefix: str) -> str:
-        """A full run id from an unambiguous prefix (as with git commits)."""
+    def resolve_run_id(self, prefix: str, namespace: str | None = None) -> str:
+        """A full run id from an unambiguous prefix (as with git commits), among ``namespace``'s runs
+        when one is given."""
         prefix = prefix.strip().lower()
         try:
             rid = uuid.UUID(prefix)
         except ValueError:
             rid = None
         with self._session() as s:
+            found = s.get(Run, rid) if rid is not None else None
             if rid is not None:
-                if s.get(Run, rid) is None:
+                if found is None or (namespace is not None and found.namespace != namespace):
                     raise RunNotFound(prefix)
                 return str(rid)
             if len(prefix) < 4 or any(c not in "0123456789abcdef-" for c in prefix):
                 raise RunNotFound(prefix)
+            q = select(Run.id) if namespace is None else select(Run.id).where(Run.namespace == namespace)
             # UUIDs are compared as text; the prefix is a short literal so a scan is fine here.
-            ids = [str(r) for r in s.execute(select(Run.id)).scalars() if str(r).startswith(prefix)]
+            ids = [str(r) for r in s.execute(q).scalars() if str(r).startswith(prefix)]
         if not ids:
             raise RunNotFound(prefix)
         if len(ids) > 1:
@@ -315,7 +322,7 @@ class TrackingStore(RunSearch, ModelRegistry):
         elif s.get(Run, rid) is None:
             s.execute(
                 self.backend.insert(Run)
-                .values(id=rid, experiment_id=self._experiment_id(s, "default"), status=RunStatus.RUNNING,
+                .values(id=rid, experiment_id=self._experiment_id(s, "default", None), status=RunStatus.RUNNING,
                         start_time=utcnow(), created_at=utcnow(), attempts=0)
                 .on_conflict_do_nothing()
             )
@@ -361,7 +368,10 @@ class TrackingStore(RunSearch, ModelRegistry):
             return [EvalExample(r.example_id, dict(r.metrics), list(r.slices)) for r in rows]
 
     def _apply_run_info(self, s: Session, rid: uuid.UUID, info: dict[str, Any]) -> None:
-        exp_id = self._experiment_id(s, info.get("experiment") or "default")
+        # A run the operator recorded keeps its experiment; only a new one (local mode) takes the record's.
+        existing = s.get(Run, rid)
+        exp_id = existing.experiment_id if existing is not None else \
+            self._experiment_id(s, info.get("experiment") or "default", None)
         start = dt.datetime.fromtimestamp(info["ts"], dt.timezone.utc) if info.get("ts") else utcnow()
         s.execute(
             self.backend.insert(Run)
@@ -656,15 +666,18 @@ class TrackingStore(RunSearch, ModelRegistry):
                 resumes=resumes,
             )
 
-    def list_experiments(self) -> list[ExperimentSummary]:
+    def list_experiments(self, namespace: str | None = None) -> list[ExperimentSummary]:
+        """Every experiment (of ``namespace`` when given; "" names those outside a cluster)."""
         with self._session() as s:
             q = (
-                select(Experiment.name, func.count(Run.id), func.max(Run.start_time))
+                select(Experiment.name, func.count(Run.id), func.max(Run.start_time), Experiment.namespace)
                 .outerjoin(Run, Run.experiment_id == Experiment.id)
-                .group_by(Experiment.name)
-                .order_by(Experiment.name)
+                .group_by(Experiment.namespace, Experiment.name)
+                .order_by(Experiment.name, Experiment.namespace)
             )
-            return [ExperimentSummary(name, n, last) for name, n, last in s.execute(q).all()]
+            if namespace is not None:
+                q = q.where(Experiment.namespace == namespace)
+            return [ExperimentSummary(name, n, last, ns or None) for name, n, last, ns in s.execute(q).all()]
 
     def metric_keys(self, run_id: str) -> list[str]:
         with self._session() as s:
