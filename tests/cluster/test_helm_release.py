@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from minio import Minio
 
 from tests.support.cluster import Kubectl, wait_until
@@ -37,10 +38,9 @@ TRAINER = python_trainer("import cairn; cairn.init(); cairn.log({'loss': 1.0}, s
 MODEL_TRAINER = python_trainer(
     "import cairn; cairn.init(); cairn.log({'loss': 1.0}, step=0); "
     "open('/tmp/model.bin', 'wb').write(b'weights' * 1000); cairn.log_artifact('/tmp/model.bin'); cairn.finish()")
-# Cluster-scoped objects of the CRD file: kept by `helm uninstall`, so a later release adopts them.
-KEPT = (("customresourcedefinition", "trainingruns.cairn.dev"),
-        ("validatingadmissionpolicy", "trainingrun-params.cairn.dev"),
-        ("validatingadmissionpolicybinding", "trainingrun-params.cairn.dev"))
+# Cluster-scoped objects of the CRD files: kept by `helm uninstall`, so a later release adopts them.
+KEPT = tuple((doc["kind"].lower(), doc["metadata"]["name"])
+             for path in sorted((REPO / "crds").glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc)
 TIMINGS: dict[str, float] = {}
 
 
