@@ -102,9 +102,12 @@ class RemoteStore:
         raise RemoteError(f"the server answered {exc.code}: {message}", code=code) from None
 
     # -- what the CLI's read commands call ------------------------------------------------------
-    def list_experiments(self) -> list[ExperimentSummary]:
-        doc = self._get(f"namespaces/{urllib.parse.quote(self.namespace)}/experiments")
-        return [ExperimentSummary(e["name"], e["runs"], parse_time(e["last_start_time"])) for e in doc["experiments"]]
+    def list_experiments(self, namespace: str | None = None) -> list[ExperimentSummary]:
+        """As ``TrackingStore.list_experiments``; "" (local runs) is read through the server's ``default``."""
+        doc = self._get(f"namespaces/{urllib.parse.quote(namespace or self.namespace)}/experiments")
+        found = [ExperimentSummary(e["name"], e["runs"], parse_time(e["last_start_time"]), e["namespace"])
+                 for e in doc["experiments"]]
+        return found if namespace is None else [e for e in found if (e.namespace or "") == namespace]
 
     def list_runs(self, experiment: str | None = None, status: RunStatus | str | None = None,
                   sort_metric: str | None = None, ascending: bool = False, limit: int = 100,

@@ -169,8 +169,8 @@ def create_app(settings: ServerSettings, stores: StoreProvider, access: Access,
     @app.get("/api/v1/namespaces/{ns}/experiments")
     def experiments(ns: str, identity: Caller) -> dict[str, Any]:
         store = check(identity, ns, "list")
-        return {"experiments": [{"name": name, "namespace": ns, "runs": n, "last_start_time": iso(last)}
-                                for name, n, last in store.namespace_experiments(ns)]}
+        return {"experiments": [{"name": name, "namespace": exp_ns, "runs": n, "last_start_time": iso(last)}
+                                for name, exp_ns, n, last in store.namespace_experiments(ns)]}
 
     @app.get("/api/v1/namespaces/{ns}/runs")
     def runs(ns: str, identity: Caller, experiment: str | None = None, status: str | None = None,

@@ -228,13 +228,14 @@ class RunSearch:
                                dict(sorted(tags[rid].items())), run.exit_code))
         return rows
 
-    def namespace_experiments(self, namespace: str) -> list[tuple[str, int, dt.datetime | None]]:
-        """(experiment, runs, last start time) for each experiment with runs in ``namespace``, by name."""
-        q = (select(Experiment.name, func.count(Run.id), func.max(Run.start_time))
+    def namespace_experiments(self, namespace: str) -> list[tuple[str, str | None, int, dt.datetime | None]]:
+        """(experiment, its namespace (None: local runs), runs, last start time) for each experiment with runs
+        in ``namespace``, by name."""
+        q = (select(Experiment.name, Experiment.namespace, func.count(Run.id), func.max(Run.start_time))
              .join(Run, Run.experiment_id == Experiment.id).where(in_namespace(namespace))
-             .group_by(Experiment.name).order_by(Experiment.name))
+             .group_by(Experiment.name, Experiment.namespace).order_by(Experiment.name, Experiment.namespace))
         with self._session() as s:
-            return [(name, n, last) for name, n, last in s.execute(q).all()]
+            return [(name, ns or None, n, last) for name, ns, n, last in s.execute(q).all()]
 
     def run_in_namespace(self, run_id: str, namespace: str) -> bool:
         """Whether ``run_id`` names a run of ``namespace`` (False for anything that is no run id)."""
