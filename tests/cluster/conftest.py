@@ -25,7 +25,7 @@ from cairn.store import db
 from tests.support.cluster import Kubectl, wait_until
 from tests.support.cluster_operator import NODE_IP, OperatorProcess, database_secret, install_crd
 from tests.support.fake_kubelet import GPU_PRODUCT, Cluster
-from tests.support.servers import PostgresServer
+from tests.support.servers import MinioServer, PostgresServer
 
 REPO = Path(__file__).resolve().parents[2]
 HACK = REPO / "hack"
@@ -81,6 +81,15 @@ def namespace(kubectl: Kubectl) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def cluster_postgres():
     server = PostgresServer(extra_listen=(NODE_IP,)).init().start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(scope="module")
+def cluster_minio(request):
+    """A MinIO on the node's address, which pods reach, with the bucket the test module names as ``BUCKET``."""
+    server = MinioServer(host=NODE_IP).start()
+    server.client().make_bucket(request.module.BUCKET)
     yield server
     server.destroy()
 

@@ -19,19 +19,11 @@ from cairn.podspec import pod_name
 from cairn.store import TrackingStore
 from cairn.store.entities import DatasetRecord, Uploads
 from tests.support.cluster import wait_until
-from tests.support.cluster_operator import NODE_IP, objectstore_secret, python_trainer, trainingrun, wait_phase
-from tests.support.servers import MinioServer, read_object
+from tests.support.cluster_operator import objectstore_secret, python_trainer, trainingrun, wait_phase
+from tests.support.servers import read_object
 
 pytestmark = pytest.mark.cluster
 BUCKET = "cairn-runs"
-
-
-@pytest.fixture(scope="module")
-def cluster_minio():
-    server = MinioServer(host=NODE_IP).start()
-    server.client().make_bucket(BUCKET)
-    yield server
-    server.destroy()
 
 
 @pytest.fixture

@@ -17,8 +17,7 @@ import yaml
 from cairn import objectstore as S3
 from cairn.store import PromotionRefused, TrackingStore
 from tests.support.cluster import wait_until
-from tests.support.cluster_operator import NODE_IP, objectstore_secret, python_trainer, trainingrun
-from tests.support.servers import MinioServer
+from tests.support.cluster_operator import objectstore_secret, python_trainer, trainingrun
 
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]
@@ -102,14 +101,6 @@ def test_the_reproduction_of_the_seeded_example_ends_with_the_same_metrics(kubec
         assert (second.summary.metrics[key].step, second.summary.metrics[key].value) == \
             (first.summary.metrics[key].step, first.summary.metrics[key].value)
     assert len(store.get_model(namespace, "digits").versions) == 1  # a reproduction is not a new version
-
-
-@pytest.fixture(scope="module")
-def cluster_minio():
-    server = MinioServer(host=NODE_IP).start()
-    server.client().make_bucket(BUCKET)
-    yield server
-    server.destroy()
 
 
 def secret_env(name: str, key: str) -> dict:

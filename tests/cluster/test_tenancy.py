@@ -22,9 +22,9 @@ from cairn.objectstore import S3Config, upload_file
 from cairn.store import TrackingStore, db
 from cairn.tenancy.database import provision_database
 from cairn.tenancy.objectstore import provision_objectstore
-from tests.support.cluster_operator import (NODE_IP, OperatorProcess, install_crd, python_trainer, trainingrun,
+from tests.support.cluster_operator import (OperatorProcess, install_crd, python_trainer, trainingrun,
                                            wait_phase)
-from tests.support.servers import MinioServer, read_object
+from tests.support.servers import read_object
 
 pytestmark = pytest.mark.cluster
 BUCKET = "cairn-tenants"
@@ -37,14 +37,6 @@ open("/tmp/model.bin", "wb").write(b"weights")
 cairn.log_artifact("/tmp/model.bin")
 cairn.finish()
 """
-
-
-@pytest.fixture(scope="module")
-def cluster_minio():
-    server = MinioServer(host=NODE_IP).start()
-    server.client().make_bucket(BUCKET)
-    yield server
-    server.destroy()
 
 
 @pytest.fixture

@@ -30,8 +30,7 @@ import pytest
 from cairn import objectstore as S3
 from cairn.podspec import METRICS_PORT
 from tests.support.cluster import wait_until
-from tests.support.cluster_operator import NODE_IP, objectstore_secret, python_trainer, trainingrun, wait_phase
-from tests.support.servers import MinioServer
+from tests.support.cluster_operator import objectstore_secret, python_trainer, trainingrun, wait_phase
 
 pytestmark = pytest.mark.cluster
 
@@ -116,14 +115,6 @@ def outside_host(tmp_path_factory) -> Iterator[str]:
             server.wait(10)
         sh("ip", "link", "del", node_end, check=False)
         sh("ip", "netns", "del", netns, check=False)
-
-
-@pytest.fixture(scope="module")
-def cluster_minio():
-    server = MinioServer(host=NODE_IP).start()
-    server.client().make_bucket(BUCKET)
-    yield server
-    server.destroy()
 
 
 REACH_OUTSIDE = f"""
