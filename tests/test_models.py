@@ -25,7 +25,7 @@ from cairn.agent.records import BAD_EXAMPLE, parse_lines
 from cairn.cli.main import cli
 from cairn.cli.models import identity_from
 from cairn.rundir import RECORDS_FILE, RunStatus
-from cairn.store import ModelNotFound, PromotionRefused, RegistrationRefused, StoreError, TrackingStore, db
+from cairn.store import ModelNotFound, PromotionRefused, RegistrationRefused, StoreError, TrackingStore
 from cairn.store.entities import ArtifactInfo, EvalExample, IngestBatch
 
 pytestmark = pytest.mark.usefixtures("fresh_sdk")

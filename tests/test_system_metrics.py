@@ -22,7 +22,7 @@ import cairn
 from cairn.agent.ingest import IngestAgent
 from cairn.sdk import system
 from cairn.sdk.system import (
-    HostReader, SystemSampler, bounded_interval, descendants, parse_memory_limit, parse_nvidia_smi_query,
+    SystemSampler, bounded_interval, descendants, parse_memory_limit, parse_nvidia_smi_query,
     parse_proc_stat,
 )
 from tests.support.fake_gpu import (

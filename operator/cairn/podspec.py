@@ -29,7 +29,7 @@ from typing import Any, Mapping
 from cairn import rundir
 from cairn.api import GROUP, KIND, VERSION, TrainingRun
 from cairn.api.types import GPU_PRODUCT_LABEL
-from cairn.rundir import PREPARE_DATASET_MISMATCH_EXIT, PREPARE_DATASET_UNAVAILABLE_EXIT, Env
+from cairn.rundir import Env
 
 TRAININGRUN_LABEL = "cairn.dev/trainingrun"
 RUN_ID_LABEL = "cairn.dev/run-id"

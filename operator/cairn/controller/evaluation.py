@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cairn.api import GROUP, PLURAL, VERSION, to_dict
+from cairn.api import GROUP, VERSION, to_dict
 from cairn.api.registry import EVALUATION_KIND, EvaluationSpec, EvaluationStatus, ModelSpec
 from cairn.rundir import Env
 
