@@ -171,6 +171,39 @@ def wait_ready(url: str, timeout: float = 60) -> None:
     raise SystemExit(f"Prometheus did not become ready at {url} in {timeout:.0f} s")
 
 
+def researcher_token(cluster: Cluster) -> str:
+    """A ServiceAccount of the tenant with the cluster's `view` role there (which the chart extends to
+    TrainingRuns): what a researcher of that team holds, and all the server needs to know."""
+    cluster.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "researcher", "namespace": TENANT}})
+    cluster.apply({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": "researcher-view", "namespace": TENANT},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "researcher", "namespace": TENANT}]})
+    return cluster.kubectl("-n", TENANT, "create", "token", "researcher", "--duration=1h").stdout.strip()
+
+
+def read_through_the_server(cluster: Cluster, token: str, port: int = 8080) -> list[dict]:
+    """The tenant's runs from `cairn server`, reached the way a researcher does: kubectl port-forward."""
+    forward = subprocess.Popen(["kubectl", "-n", SYSTEM, "port-forward", f"svc/{RELEASE}-server", f"{port}:80"],
+                               env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/namespaces/{TENANT}/runs",
+                                     headers={"Authorization": f"Bearer {token}"})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=10) as r:
+                    return json.load(r)["runs"]
+            except OSError as exc:
+                if forward.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"cairn server did not answer through port-forward: {exc} "
+                                     f"{forward.stderr.read() if forward.poll() is not None else ''}") from exc
+                time.sleep(1)
+    finally:
+        forward.terminate()
+        forward.wait(timeout=10)
+
+
 def follow(cluster: Cluster, timeout: float = 900) -> dict:
     last, deadline = None, time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -260,11 +293,19 @@ def main() -> int:
             print(f"  {query} = {series['value'][1]} (run {series['metric']['run']})")
         if not found:
             print(f"  no samples: the run ended before the first scrape (see {work / 'prometheus.log'})")
+        step("the run in cairn server (REST API and web UI), read with a researcher's Kubernetes token")
+        for row in read_through_the_server(cluster, researcher_token(cluster)):
+            print(f"  {row['name']:<10} {row['status']:<9} experiment={row['experiment']} "
+                  f"val_acc={row['metrics'].get('val_acc', {}).get('value')}")
     finally:
         prometheus.send_signal(signal.SIGTERM)
         prometheus.wait(timeout=30)
-    print(f"\nThe release stays installed: kubectl -n {TENANT} get tr; remove it all with "
-          "bash examples/demo-cluster.sh --down")
+    print(f"""
+The release stays installed. To open the web UI:
+  eval "$(bash hack/cluster.sh env)"
+  kubectl -n {SYSTEM} port-forward svc/{RELEASE}-server 8080:80     # then open http://127.0.0.1:8080
+  kubectl -n {TENANT} create token researcher                       # paste it when the UI asks
+Remove it all with: bash examples/demo-cluster.sh --down""")
     return 0 if tr["status"]["phase"] == "Succeeded" else 1
 
 
