@@ -433,6 +433,10 @@ def test_bundled_postgresql_and_minio(helm):
     operator_url = secret_url(one(objs, "Secret", "cairn-store", NS))
     assert operator_url == secret_url(one(objs, "Secret", "cairn-database", NS)) == \
         f"postgresql://cairn:{password}@cairn-postgresql.{NS}.svc:5432/cairn"
+    # the stores' credentials outlive the release as their volumes do; the Secrets made from them do not
+    kept = {o["metadata"]["name"] for o in find(objs, "Secret")
+            if o["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep"}
+    assert kept == {"cairn-postgresql", "cairn-minio"}
     minio = one(objs, "StatefulSet", "cairn-minio", NS)
     c = minio["spec"]["template"]["spec"]["containers"][0]
     assert c["command"][:3] == ["minio", "server", "/data"]

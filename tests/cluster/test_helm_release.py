@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -381,7 +382,7 @@ def bundled_namespace(kubectl: Kubectl, helm_bin: Path, kubeconfig: Path):
         shutil.rmtree(data, ignore_errors=True)
 
 
-def test_bundled_stores_install_train_upgrade_keep_credentials_and_data(
+def test_bundled_stores_install_train_upgrade_reinstall_keep_credentials_and_data(
         kubectl, cairn_image, postgres_image, minio_image, helm_bin, kubeconfig, bundled_namespace, tmp_path):
     ns, name = bundled_namespace
     repository, tag = postgres_image.rsplit(":", 1)
@@ -406,11 +407,14 @@ def test_bundled_stores_install_train_upgrade_keep_credentials_and_data(
         pytest.fail(f"helm install failed:\n{result.stderr}{result.stdout}\n{diagnose(kubectl, ns)}")
     TIMINGS["install with PostgreSQL and MinIO"] = time.monotonic() - t0
 
-    def store() -> TrackingStore:  # the in-cluster server, reached from this host at its pod address
+    def store_url() -> str:  # the in-cluster server, reached from this host at its pod address
         secret = kubectl.get("secret", f"{name}-postgresql", ns)["data"]
         password = base64.b64decode(secret["password"]).decode()
         ip = kubectl.get("pod", f"{name}-postgresql-0", ns)["status"]["podIP"]
-        return TrackingStore(f"postgresql://cairn:{password}@{ip}:5432/cairn")
+        return f"postgresql://cairn:{password}@{ip}:5432/cairn"
+
+    def store() -> TrackingStore:
+        return TrackingStore(store_url())
 
     passwords = {"postgresql": kubectl.get("secret", f"{name}-postgresql", ns)["data"]["password"],
                  "minio": kubectl.get("secret", f"{name}-minio", ns)["data"]["rootPassword"]}
@@ -447,5 +451,27 @@ def test_bundled_stores_install_train_upgrade_keep_credentials_and_data(
 
     rel.run("uninstall", name, "--wait", "--timeout", "3m")
     wait_until(lambda: not operator_pods(kubectl, rel), 60, "the operator pods to go")
-    for store in ("postgresql", "minio"):  # the data outlives the release
-        assert kubectl.get("persistentvolumeclaim", f"data-{name}-{store}-0", ns)["status"]["phase"] == "Bound"
+    for component in ("postgresql", "minio"):  # the data outlives the release, and so do its credentials
+        assert kubectl.get("persistentvolumeclaim", f"data-{name}-{component}-0", ns)["status"]["phase"] == "Bound"
+    assert kubectl.get("secret", f"{name}-postgresql", ns)["data"]["password"] == passwords["postgresql"]
+    assert kubectl.get("secret", f"{name}-minio", ns)["data"]["rootPassword"] == passwords["minio"]
+    assert kubectl.run("-n", ns, "get", "secret", f"{name}-store", check=False).returncode != 0
+
+    # install again: the kept Secrets unlock the kept data, so the first run and its model are still there
+    adopt_kept_objects(kubectl, name, ns)
+    t0 = time.monotonic()
+    result = rel.run("install", name, str(CHART), "-f", str(values), "--wait", "--timeout", "4m", check=False)
+    if result.returncode != 0:
+        pytest.fail(f"helm install after uninstall failed:\n{result.stderr}{result.stdout}\n{diagnose(kubectl, ns)}")
+    TIMINGS["reinstall with kept PostgreSQL and MinIO"] = time.monotonic() - t0
+    assert store().get_run(first["metadata"]["uid"]).summary.status == "FINISHED"
+    minio_ip = kubectl.get("pod", f"{name}-minio-0", ns)["status"]["podIP"]
+    download = tmp_path / "download"
+    env = dict(os.environ, CAIRN_S3_ENDPOINT=f"http://{minio_ip}:9000", CAIRN_S3_ACCESS_KEY="cairn",
+               CAIRN_S3_SECRET_KEY=base64.b64decode(passwords["minio"]).decode())
+    fetched = subprocess.run([sys.executable, "-m", "cairn", "--database-url", store_url(), "runs", "download",
+                              first["metadata"]["uid"], "-d", str(download)],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert fetched.returncode == 0, fetched.stderr
+    assert "sha256 verified" in fetched.stderr
+    assert hashlib.sha256((download / "artifacts" / "model.bin").read_bytes()).hexdigest() == expected

@@ -110,7 +110,8 @@ imagePullSecrets:
 
 {{/*
 Generated credentials: taken from values, else from the Secret of a previous install (so an
-upgrade keeps them), else random. Memoised in .Values so every template sees the same value.
+upgrade keeps them, and so does a reinstall: `helm uninstall` keeps that Secret with the volumes),
+else random. Memoised in .Values so every template sees the same value.
 Rendered without a cluster (helm template, a client-side dry run, a GitOps tool), `lookup` finds
 nothing, not even kube-system: a password generated there would change on every render and the
 bundled server, initialised with the first one, would refuse the next. That fails, naming the value
