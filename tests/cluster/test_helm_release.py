@@ -227,6 +227,11 @@ def test_trainingrun_succeeds_and_is_recorded_in_the_store(kubectl, release):
     assert not [e for e in trainer["env"] if "DATABASE" in e["name"]]
     secret = kubectl.get("secret", "cairn-database", release.namespace)
     assert secret["metadata"]["labels"]["app.kubernetes.io/instance"] == release.name
+    # a normal start: the sidecar's startup probe passed at once, the kubelet warned of nothing
+    events = json.loads(kubectl.run("-n", release.namespace, "get", "events", "-o", "json",
+                                    f"--field-selector=involvedObject.name={status['podName']}").stdout)["items"]
+    assert any(e["reason"] == "Started" for e in events), [e["reason"] for e in events]
+    assert not [e["message"] for e in events if e["type"] == "Warning"]
     # the operator counted it, as Prometheus would scrape it through the metrics Service
     metrics = wait_until(lambda: (m := operator_metrics(kubectl, release)) and
                          'cairn_trainingruns{phase="Succeeded"} 1.0' in m and m, 30, "the Succeeded gauge")
