@@ -359,16 +359,18 @@ def minio_image(kubeconfig) -> str:
 
 @pytest.fixture
 def bundled_namespace(kubectl: Kubectl, helm_bin: Path, kubeconfig: Path):
-    """A namespace, host-path PersistentVolumes bound in advance to the stores' claims, clean-up."""
+    """A namespace, host-path PersistentVolumes bound in advance to the stores' claims, clean-up.
+
+    The host directories are made by root, as an admin's `mkdir` makes them: not writable by the
+    servers' users until the chart's volume-permissions init container chowns them."""
     name = f"cairn-chart-{uuid.uuid4().hex[:8]}"
     kubectl.run("create", "namespace", name)
     kubectl.run("label", "namespace", name, "cairn.dev/tenant=enabled")
     release = f"cairn-{name.rsplit('-', 1)[1]}"
     volumes = {}
-    for store, uid in (("postgresql", 999), ("minio", 1000)):
+    for store in ("postgresql", "minio"):
         data = Path("/var/tmp") / f"{name}-{store}"
-        data.mkdir()
-        os.chown(data, uid, uid)  # the server's uid; a host path gets no fsGroup
+        data.mkdir(mode=0o755)
         volumes[f"{name}-{store}"] = data
         kubectl.apply({
             "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{name}-{store}"},
@@ -387,23 +389,58 @@ def bundled_namespace(kubectl: Kubectl, helm_bin: Path, kubeconfig: Path):
         shutil.rmtree(data, ignore_errors=True)
 
 
+def bundled_values(path: Path, namespace: str, postgres_image: str, minio_image: str, chown: bool) -> Path:
+    """Values for the bundled PostgreSQL and MinIO on the fixture's volumes (chowned by the chart or not)."""
+    repository, tag = postgres_image.rsplit(":", 1)
+    minio_repository, minio_tag = minio_image.rsplit(":", 1)
+    path.write_text(json.dumps({
+        "image": {"tag": "dev", "pullPolicy": "Never"},
+        "trainingPods": {"imagePullPolicy": "Never"},
+        "operator": {"watchNamespaces": [namespace]},
+        "tenancy": only_this_tenant(namespace),
+        "rbac": {"clusterWide": False},
+        "postgresql": {"enabled": True, "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+                       "persistence": {"size": "1Gi", "storageClass": namespace},
+                       "volumePermissions": {"enabled": chown}},
+        "minio": {"enabled": True, "image": {"repository": minio_repository, "tag": minio_tag, "pullPolicy": "Never"},
+                  "persistence": {"size": "1Gi", "storageClass": namespace},
+                  "volumePermissions": {"enabled": chown}},
+    }))
+    return path
+
+
+def test_bundled_store_on_a_volume_it_cannot_write_says_so_at_once(
+        kubectl, cairn_image, postgres_image, minio_image, helm_bin, kubeconfig, bundled_namespace, tmp_path):
+    ns, name = bundled_namespace
+    values = bundled_values(tmp_path / "values.json", ns, postgres_image, minio_image, chown=False)
+    rel = Release(name, ns, helm_bin, kubeconfig, values, host_url="")
+    adopt_kept_objects(kubectl, name, ns)
+    rel.run("install", name, str(CHART), "-f", str(values), "--timeout", "2m")  # no --wait: it would only time out
+
+    def refusal(store: str) -> str | None:
+        pod = kubectl.run("-n", ns, "get", "pod", f"{name}-{store}-0", "-o", "json", check=False)
+        statuses = json.loads(pod.stdout)["status"].get("initContainerStatuses", []) if pod.returncode == 0 else []
+        for status in statuses:
+            if status["name"] == "check-volume":
+                ended = status["state"].get("terminated") or status.get("lastState", {}).get("terminated") or {}
+                return ended.get("message") if ended.get("exitCode") == 1 else None
+        return None
+
+    t0 = time.monotonic()
+    for store, uid in (("postgresql", 999), ("minio", 1000)):
+        message = wait_until(lambda: refusal(store), 90, f"{store}'s volume check to refuse")
+        assert f"the {store} data volume, is not writable by uid {uid}: it is owned by uid 0 with mode 755" in message
+        assert f"{store}.volumePermissions.enabled=true" in message
+    TIMINGS["a bundled store's unwritable volume reported"] = time.monotonic() - t0
+    logs = kubectl.run("-n", ns, "logs", f"{name}-postgresql-0", "-c", "check-volume").stdout
+    assert "is not writable by uid 999" in logs  # what NOTES.txt tells the admin to run
+
+
 def test_bundled_stores_install_train_upgrade_reinstall_keep_credentials_and_data(
         kubectl, cairn_image, postgres_image, minio_image, helm_bin, kubeconfig, bundled_namespace, tmp_path):
     ns, name = bundled_namespace
-    repository, tag = postgres_image.rsplit(":", 1)
-    minio_repository, minio_tag = minio_image.rsplit(":", 1)
-    values = tmp_path / "values.json"
-    values.write_text(json.dumps({
-        "image": {"tag": "dev", "pullPolicy": "Never"},
-        "trainingPods": {"imagePullPolicy": "Never"},
-        "operator": {"watchNamespaces": [ns]},
-        "tenancy": only_this_tenant(ns),
-        "rbac": {"clusterWide": False},
-        "postgresql": {"enabled": True, "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
-                       "persistence": {"size": "1Gi", "storageClass": ns}},
-        "minio": {"enabled": True, "image": {"repository": minio_repository, "tag": minio_tag, "pullPolicy": "Never"},
-                  "persistence": {"size": "1Gi", "storageClass": ns}},
-    }))
+    # the host directories are root's: the chart's init container chowns them to the servers' users
+    values = bundled_values(tmp_path / "values.json", ns, postgres_image, minio_image, chown=True)
     rel = Release(name, ns, helm_bin, kubeconfig, values, host_url="")
     adopt_kept_objects(kubectl, name, ns)
     t0 = time.monotonic()
