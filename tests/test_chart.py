@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import shutil
 import subprocess
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -433,6 +436,10 @@ def test_bundled_postgresql_and_minio(helm):
     operator_url = secret_url(one(objs, "Secret", "cairn-store", NS))
     assert operator_url == secret_url(one(objs, "Secret", "cairn-database", NS)) == \
         f"postgresql://cairn:{password}@cairn-postgresql.{NS}.svc:5432/cairn"
+    # the stores' credentials outlive the release as their volumes do; the Secrets made from them do not
+    kept = {o["metadata"]["name"] for o in find(objs, "Secret")
+            if o["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep"}
+    assert kept == {"cairn-postgresql", "cairn-minio"}
     minio = one(objs, "StatefulSet", "cairn-minio", NS)
     c = minio["spec"]["template"]["spec"]["containers"][0]
     assert c["command"][:3] == ["minio", "server", "/data"]
@@ -444,6 +451,54 @@ def test_bundled_postgresql_and_minio(helm):
     assert [i["name"] for i in init] == ["db-upgrade"]
     upgrade = render(helm, *BUNDLED, extra=("--is-upgrade",))
     assert one(upgrade, "Job", "cairn-migrate")["metadata"]["annotations"]["helm.sh/hook"] == "pre-upgrade"
+
+
+STORE_DATA = {"postgresql": ("/var/lib/postgresql/data", 999), "minio": ("/data", 1000)}
+
+
+def store_init_containers(objs: list[dict], component: str) -> dict[str, dict]:
+    spec = one(objs, "StatefulSet", f"cairn-{component}", NS)["spec"]["template"]["spec"]
+    return {c["name"]: c for c in spec["initContainers"]}
+
+
+@pytest.mark.parametrize("component", sorted(STORE_DATA))
+def test_bundled_stores_check_their_volume_and_chown_it_only_when_asked(helm, component):
+    path, uid = STORE_DATA[component]
+    check = store_init_containers(render(helm, *BUNDLED), component)
+    assert list(check) == ["check-volume"]  # no root container unless the admin asks for one
+    assert check["check-volume"]["securityContext"]["runAsNonRoot"] is True
+    assert check["check-volume"]["command"][-2:] == [path, component]
+    assert check["check-volume"]["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    init = store_init_containers(render(helm, *BUNDLED, f"{component}.volumePermissions.enabled=true"), component)
+    assert list(init) == ["volume-permissions", "check-volume"]
+    chown = init["volume-permissions"]
+    assert chown["command"] == ["chown", f"{uid}:{uid}", path]
+    assert chown["securityContext"]["runAsUser"] == 0
+    assert chown["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
+    assert chown["volumeMounts"] == [{"name": "data", "mountPath": path}]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs the init containers' commands as the stores' users")
+def test_volume_check_names_the_owner_and_the_chown_fixes_it(helm, tmp_path):
+    """The rendered commands, run here as they run in the pod: root-owned data refused with its owner, then chowned."""
+    init = store_init_containers(render(helm, *BUNDLED, "postgresql.volumePermissions.enabled=true"), "postgresql")
+    data = Path(tempfile.mkdtemp(prefix="cairn-volume-"))  # pytest's tmp_path is closed to other users
+    try:
+        data.chmod(0o755)
+        check = [*init["check-volume"]["command"][:-2], str(data), "postgresql"]
+        refused = subprocess.run(check, capture_output=True, text=True, timeout=30, user=999, group=999)
+        assert refused.returncode == 1
+        assert f"{data}, the postgresql data volume, is not writable by uid 999: it is owned by uid 0 with mode 755" \
+            in refused.stderr, refused.stderr
+        assert "postgresql.volumePermissions.enabled=true" in refused.stderr
+        chown = [*init["volume-permissions"]["command"][:-1], str(data)]
+        subprocess.run(chown, check=True, timeout=30)
+        assert data.stat().st_uid == 999 and data.stat().st_gid == 999
+        accepted = subprocess.run(check, capture_output=True, text=True, timeout=30, user=999, group=999)
+        assert accepted.returncode == 0, accepted.stderr
+        assert not list(data.iterdir())  # the check leaves nothing in the server's data directory
+    finally:
+        shutil.rmtree(data)
 
 
 @pytest.mark.parametrize("missing, value", [("postgresql.auth.password", "postgresql.auth.password"),

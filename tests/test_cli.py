@@ -327,10 +327,15 @@ def test_help_lists_user_commands_and_in_pod_roles_apart():
     assert listed(roles) == {"agent", "operator", "prepare", "sidecar"}
 
 
-def test_tables_are_not_cut_when_output_is_piped(sqlite_url, cairn_home):
+@pytest.mark.parametrize("command", [("experiments", "list"), ("runs", "list")])
+def test_tables_are_not_cut_when_output_is_piped(sqlite_url, cairn_home, command):
     long_name = "a-very-long-experiment-name-" * 6
-    TrackingStore(sqlite_url).create_run(experiment=long_name, name="x")
+    long_run = "a-very-long-run-name-" * 4
+    TrackingStore(sqlite_url).create_run(experiment=long_name, name=long_run)
     env = dict(os.environ, COLUMNS="60")
-    r = subprocess.run([sys.executable, "-m", "cairn", "--database-url", sqlite_url, "experiments", "list"],
+    r = subprocess.run([sys.executable, "-m", "cairn", "--database-url", sqlite_url, *command],
                        capture_output=True, text=True, env=env, timeout=60)
-    assert r.returncode == 0 and long_name in r.stdout, r.stdout
+    assert r.returncode == 0, r.stderr
+    [row] = [line for line in r.stdout.splitlines() if long_name in line]
+    if command[0] == "runs":
+        assert long_run in row and "RUNNING" in row, r.stdout

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import threading
+import time
 
 import pytest
 from cairn.api import from_manifest
@@ -92,6 +95,41 @@ def test_sidecar_is_a_native_sidecar_with_the_only_database_credentials():
     assert trainer["volumeMounts"] == [{"name": "run", "mountPath": "/cairn/run"}]
     assert sidecar["volumeMounts"] == [{"name": "run", "mountPath": "/cairn/run"},
                                        {"name": "cairn-tmp", "mountPath": "/tmp"}]
+
+
+def probe_command(ready_file: str, polls: str | None = None) -> list[str]:
+    """The sidecar's startup probe command, pointed at ``ready_file`` (and ``polls`` waits, when given)."""
+    sidecar, _ = containers(build_pod(tr(), PodSettings(), 1, "run-1"))
+    command = list(sidecar["startupProbe"]["exec"]["command"])
+    command[-1] = ready_file
+    if polls is not None:
+        command[-2] = polls
+    return command
+
+
+def test_sidecar_startup_probe_passes_at_once_when_the_sidecar_gets_ready(tmp_path):
+    """A normal start passes the first probe (no `Startup probe failed` event), soon after the file appears."""
+    sidecar, _ = containers(build_pod(tr(), PodSettings(), 1, "run-1"))
+    probe = sidecar["startupProbe"]
+    assert probe["exec"]["command"][-1] == "/cairn/run/.sidecar-ready"
+    ready = tmp_path / ".sidecar-ready"
+    writer = threading.Timer(1.0, ready.write_text, args=("1",))
+    t0 = time.monotonic()
+    writer.start()
+    result = subprocess.run(probe_command(str(ready)), capture_output=True, text=True, timeout=30)
+    elapsed = time.monotonic() - t0
+    writer.join()
+    assert result.returncode == 0, result.stderr
+    assert 1.0 <= elapsed < 2.0, elapsed
+    # the kubelet must let the probe's own wait finish: it kills an exec probe at timeoutSeconds
+    assert probe["timeoutSeconds"] > int(probe["exec"]["command"][-2]) * 0.1
+
+
+def test_sidecar_startup_probe_gives_up_after_its_bounded_wait(tmp_path):
+    t0 = time.monotonic()
+    result = subprocess.run(probe_command(str(tmp_path / "never"), polls="3"), capture_output=True, timeout=30)
+    assert result.returncode == 1
+    assert time.monotonic() - t0 < 2.0
 
 
 def test_trainer_env_tells_the_sdk_everything():

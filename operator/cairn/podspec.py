@@ -50,6 +50,13 @@ TMP_VOLUME = "cairn-tmp"  # the writable /tmp of Cairn's containers, whose root 
 TMP_DIR = "/tmp"
 UID_HASH_LENGTH = 5  # hex digits of the TrainingRun uid's hash in its pod names
 DRAIN_GRACE_MARGIN_S = 30  # the pod's grace period beyond the sidecar's drain: its own exit, the kubelet's slack
+# The sidecar's startup probe waits inside one exec, polling every 0.1 s, for the file the sidecar
+# writes once its port is bound and the run directory laid out. A normal start passes the first
+# probe (an instant `test -f` would fail it and make the kubelet record a "Startup probe failed"
+# Warning event on every run); a sidecar that never gets ready fails after STARTUP_PROBE_ATTEMPTS waits.
+STARTUP_PROBE_WAIT_S = 10
+STARTUP_PROBE_ATTEMPTS = 12
+STARTUP_PROBE_SCRIPT = 'i=0; until [ -f "$2" ]; do i=$((i+1)); [ "$i" -le "$1" ] || exit 1; sleep 0.1; done'
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,13 @@ def _cairn_mounts() -> list[dict[str, str]]:
 def _database_env(settings: PodSettings) -> dict[str, Any]:
     return {"name": Env.DATABASE_URL, "valueFrom": {"secretKeyRef": {
         "name": settings.database_secret, "key": settings.database_secret_key}}}
+
+
+def sidecar_startup_probe() -> dict[str, Any]:
+    polls = STARTUP_PROBE_WAIT_S * 10
+    return {"exec": {"command": ["sh", "-c", STARTUP_PROBE_SCRIPT, "startup-probe", str(polls),
+                                 f"{RUN_DIR}/{rundir.READY_FILE}"]},
+            "periodSeconds": 1, "timeoutSeconds": STARTUP_PROBE_WAIT_S + 5, "failureThreshold": STARTUP_PROBE_ATTEMPTS}
 
 
 def prepare_container(tr: TrainingRun, settings: PodSettings, attempt: int, run_id: str) -> dict[str, Any] | None:
@@ -245,8 +259,7 @@ def build_pod(tr: TrainingRun, settings: PodSettings, attempt: int, run_id: str,
         ],
         "volumeMounts": _cairn_mounts(),
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-        "startupProbe": {"exec": {"command": ["test", "-f", f"{RUN_DIR}/{rundir.READY_FILE}"]},
-                         "periodSeconds": 1, "failureThreshold": 120},
+        "startupProbe": sidecar_startup_probe(),
         "resources": {"requests": {"cpu": settings.sidecar_cpu, "memory": settings.sidecar_memory},
                       "limits": {"memory": settings.sidecar_memory}},
         "securityContext": {**_container_security(), "readOnlyRootFilesystem": True},

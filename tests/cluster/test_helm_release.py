@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -226,6 +227,11 @@ def test_trainingrun_succeeds_and_is_recorded_in_the_store(kubectl, release):
     assert not [e for e in trainer["env"] if "DATABASE" in e["name"]]
     secret = kubectl.get("secret", "cairn-database", release.namespace)
     assert secret["metadata"]["labels"]["app.kubernetes.io/instance"] == release.name
+    # a normal start: the sidecar's startup probe passed at once, the kubelet warned of nothing
+    events = json.loads(kubectl.run("-n", release.namespace, "get", "events", "-o", "json",
+                                    f"--field-selector=involvedObject.name={status['podName']}").stdout)["items"]
+    assert any(e["reason"] == "Started" for e in events), [e["reason"] for e in events]
+    assert not [e["message"] for e in events if e["type"] == "Warning" and e["reason"] == "Unhealthy"]
     # the operator counted it, as Prometheus would scrape it through the metrics Service
     metrics = wait_until(lambda: (m := operator_metrics(kubectl, release)) and
                          'cairn_trainingruns{phase="Succeeded"} 1.0' in m and m, 30, "the Succeeded gauge")
@@ -353,16 +359,18 @@ def minio_image(kubeconfig) -> str:
 
 @pytest.fixture
 def bundled_namespace(kubectl: Kubectl, helm_bin: Path, kubeconfig: Path):
-    """A namespace, host-path PersistentVolumes bound in advance to the stores' claims, clean-up."""
+    """A namespace, host-path PersistentVolumes bound in advance to the stores' claims, clean-up.
+
+    The host directories are made by root, as an admin's `mkdir` makes them: not writable by the
+    servers' users until the chart's volume-permissions init container chowns them."""
     name = f"cairn-chart-{uuid.uuid4().hex[:8]}"
     kubectl.run("create", "namespace", name)
     kubectl.run("label", "namespace", name, "cairn.dev/tenant=enabled")
     release = f"cairn-{name.rsplit('-', 1)[1]}"
     volumes = {}
-    for store, uid in (("postgresql", 999), ("minio", 1000)):
+    for store in ("postgresql", "minio"):
         data = Path("/var/tmp") / f"{name}-{store}"
-        data.mkdir()
-        os.chown(data, uid, uid)  # the server's uid; a host path gets no fsGroup
+        data.mkdir(mode=0o755)
         volumes[f"{name}-{store}"] = data
         kubectl.apply({
             "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{name}-{store}"},
@@ -381,23 +389,58 @@ def bundled_namespace(kubectl: Kubectl, helm_bin: Path, kubeconfig: Path):
         shutil.rmtree(data, ignore_errors=True)
 
 
-def test_bundled_stores_install_train_upgrade_keep_credentials_and_data(
-        kubectl, cairn_image, postgres_image, minio_image, helm_bin, kubeconfig, bundled_namespace, tmp_path):
-    ns, name = bundled_namespace
+def bundled_values(path: Path, namespace: str, postgres_image: str, minio_image: str, chown: bool) -> Path:
+    """Values for the bundled PostgreSQL and MinIO on the fixture's volumes (chowned by the chart or not)."""
     repository, tag = postgres_image.rsplit(":", 1)
     minio_repository, minio_tag = minio_image.rsplit(":", 1)
-    values = tmp_path / "values.json"
-    values.write_text(json.dumps({
+    path.write_text(json.dumps({
         "image": {"tag": "dev", "pullPolicy": "Never"},
         "trainingPods": {"imagePullPolicy": "Never"},
-        "operator": {"watchNamespaces": [ns]},
-        "tenancy": only_this_tenant(ns),
+        "operator": {"watchNamespaces": [namespace]},
+        "tenancy": only_this_tenant(namespace),
         "rbac": {"clusterWide": False},
         "postgresql": {"enabled": True, "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
-                       "persistence": {"size": "1Gi", "storageClass": ns}},
+                       "persistence": {"size": "1Gi", "storageClass": namespace},
+                       "volumePermissions": {"enabled": chown}},
         "minio": {"enabled": True, "image": {"repository": minio_repository, "tag": minio_tag, "pullPolicy": "Never"},
-                  "persistence": {"size": "1Gi", "storageClass": ns}},
+                  "persistence": {"size": "1Gi", "storageClass": namespace},
+                  "volumePermissions": {"enabled": chown}},
     }))
+    return path
+
+
+def test_bundled_store_on_a_volume_it_cannot_write_says_so_at_once(
+        kubectl, cairn_image, postgres_image, minio_image, helm_bin, kubeconfig, bundled_namespace, tmp_path):
+    ns, name = bundled_namespace
+    values = bundled_values(tmp_path / "values.json", ns, postgres_image, minio_image, chown=False)
+    rel = Release(name, ns, helm_bin, kubeconfig, values, host_url="")
+    adopt_kept_objects(kubectl, name, ns)
+    rel.run("install", name, str(CHART), "-f", str(values), "--timeout", "2m")  # no --wait: it would only time out
+
+    def refusal(store: str) -> str | None:
+        pod = kubectl.run("-n", ns, "get", "pod", f"{name}-{store}-0", "-o", "json", check=False)
+        statuses = json.loads(pod.stdout)["status"].get("initContainerStatuses", []) if pod.returncode == 0 else []
+        for status in statuses:
+            if status["name"] == "check-volume":
+                ended = status["state"].get("terminated") or status.get("lastState", {}).get("terminated") or {}
+                return ended.get("message") if ended.get("exitCode") == 1 else None
+        return None
+
+    t0 = time.monotonic()
+    for store, uid in (("postgresql", 999), ("minio", 1000)):
+        message = wait_until(lambda: refusal(store), 90, f"{store}'s volume check to refuse")
+        assert f"the {store} data volume, is not writable by uid {uid}: it is owned by uid 0 with mode 755" in message
+        assert f"{store}.volumePermissions.enabled=true" in message
+    TIMINGS["a bundled store's unwritable volume reported"] = time.monotonic() - t0
+    logs = kubectl.run("-n", ns, "logs", f"{name}-postgresql-0", "-c", "check-volume").stdout
+    assert "is not writable by uid 999" in logs  # what NOTES.txt tells the admin to run
+
+
+def test_bundled_stores_install_train_upgrade_reinstall_keep_credentials_and_data(
+        kubectl, cairn_image, postgres_image, minio_image, helm_bin, kubeconfig, bundled_namespace, tmp_path):
+    ns, name = bundled_namespace
+    # the host directories are root's: the chart's init container chowns them to the servers' users
+    values = bundled_values(tmp_path / "values.json", ns, postgres_image, minio_image, chown=True)
     rel = Release(name, ns, helm_bin, kubeconfig, values, host_url="")
     adopt_kept_objects(kubectl, name, ns)
     t0 = time.monotonic()
@@ -406,11 +449,14 @@ def test_bundled_stores_install_train_upgrade_keep_credentials_and_data(
         pytest.fail(f"helm install failed:\n{result.stderr}{result.stdout}\n{diagnose(kubectl, ns)}")
     TIMINGS["install with PostgreSQL and MinIO"] = time.monotonic() - t0
 
-    def store() -> TrackingStore:  # the in-cluster server, reached from this host at its pod address
+    def store_url() -> str:  # the in-cluster server, reached from this host at its pod address
         secret = kubectl.get("secret", f"{name}-postgresql", ns)["data"]
         password = base64.b64decode(secret["password"]).decode()
         ip = kubectl.get("pod", f"{name}-postgresql-0", ns)["status"]["podIP"]
-        return TrackingStore(f"postgresql://cairn:{password}@{ip}:5432/cairn")
+        return f"postgresql://cairn:{password}@{ip}:5432/cairn"
+
+    def store() -> TrackingStore:
+        return TrackingStore(store_url())
 
     passwords = {"postgresql": kubectl.get("secret", f"{name}-postgresql", ns)["data"]["password"],
                  "minio": kubectl.get("secret", f"{name}-minio", ns)["data"]["rootPassword"]}
@@ -447,5 +493,27 @@ def test_bundled_stores_install_train_upgrade_keep_credentials_and_data(
 
     rel.run("uninstall", name, "--wait", "--timeout", "3m")
     wait_until(lambda: not operator_pods(kubectl, rel), 60, "the operator pods to go")
-    for store in ("postgresql", "minio"):  # the data outlives the release
-        assert kubectl.get("persistentvolumeclaim", f"data-{name}-{store}-0", ns)["status"]["phase"] == "Bound"
+    for component in ("postgresql", "minio"):  # the data outlives the release, and so do its credentials
+        assert kubectl.get("persistentvolumeclaim", f"data-{name}-{component}-0", ns)["status"]["phase"] == "Bound"
+    assert kubectl.get("secret", f"{name}-postgresql", ns)["data"]["password"] == passwords["postgresql"]
+    assert kubectl.get("secret", f"{name}-minio", ns)["data"]["rootPassword"] == passwords["minio"]
+    assert kubectl.run("-n", ns, "get", "secret", f"{name}-store", check=False).returncode != 0
+
+    # install again: the kept Secrets unlock the kept data, so the first run and its model are still there
+    adopt_kept_objects(kubectl, name, ns)
+    t0 = time.monotonic()
+    result = rel.run("install", name, str(CHART), "-f", str(values), "--wait", "--timeout", "4m", check=False)
+    if result.returncode != 0:
+        pytest.fail(f"helm install after uninstall failed:\n{result.stderr}{result.stdout}\n{diagnose(kubectl, ns)}")
+    TIMINGS["reinstall with kept PostgreSQL and MinIO"] = time.monotonic() - t0
+    assert store().get_run(first["metadata"]["uid"]).summary.status == "FINISHED"
+    minio_ip = kubectl.get("pod", f"{name}-minio-0", ns)["status"]["podIP"]
+    download = tmp_path / "download"
+    env = dict(os.environ, CAIRN_S3_ENDPOINT=f"http://{minio_ip}:9000", CAIRN_S3_ACCESS_KEY="cairn",
+               CAIRN_S3_SECRET_KEY=base64.b64decode(passwords["minio"]).decode())
+    fetched = subprocess.run([sys.executable, "-m", "cairn", "--database-url", store_url(), "runs", "download",
+                              first["metadata"]["uid"], "-d", str(download)],
+                             capture_output=True, text=True, env=env, timeout=120)
+    assert fetched.returncode == 0, fetched.stderr
+    assert "sha256 verified" in fetched.stderr
+    assert hashlib.sha256((download / "artifacts" / "model.bin").read_bytes()).hexdigest() == expected

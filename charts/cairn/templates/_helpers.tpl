@@ -110,7 +110,8 @@ imagePullSecrets:
 
 {{/*
 Generated credentials: taken from values, else from the Secret of a previous install (so an
-upgrade keeps them), else random. Memoised in .Values so every template sees the same value.
+upgrade keeps them, and so does a reinstall: `helm uninstall` keeps that Secret with the volumes),
+else random. Memoised in .Values so every template sees the same value.
 Rendered without a cluster (helm template, a client-side dry run, a GitOps tool), `lookup` finds
 nothing, not even kube-system: a password generated there would change on every render and the
 bundled server, initialised with the first one, would refuse the next. That fails, naming the value
@@ -214,4 +215,59 @@ seccompProfile:
     secretKeyRef:
       name: {{ include "cairn.databaseSecretName" . }}
       key: {{ include "cairn.databaseSecretKey" . }}
+{{- end }}
+
+{{/*
+Init containers of a bundled store's pod, in Cairn's image (which has a shell; the store's may not).
+With <component>.volumePermissions.enabled, one makes the data volume owned by the server's user
+(as root, with only the CHOWN capability). Then one checks, as the server's user, that it can write
+there, and otherwise fails at once naming the owner it found: the server would crash-loop on
+"permission denied" while `helm install --wait` only times out. Call with (list $ component mountPath).
+*/}}
+{{- define "cairn.storeVolumeInitContainers" -}}
+{{- $root := index . 0 }}
+{{- $component := index . 1 }}
+{{- $path := index . 2 }}
+{{- $uid := int (get $root.Values $component).runAsUser }}
+{{- if (get $root.Values $component).volumePermissions.enabled }}
+- name: volume-permissions
+  image: {{ include "cairn.image" (list $root $root.Values.image "image") }}
+  imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+  command: [chown, "{{ $uid }}:{{ $uid }}", {{ $path | quote }}]
+  resources: {requests: {cpu: 10m, memory: 16Mi}, limits: {memory: 64Mi}}
+  securityContext:
+    runAsUser: 0
+    runAsGroup: 0
+    runAsNonRoot: false
+    allowPrivilegeEscalation: false
+    readOnlyRootFilesystem: true
+    capabilities:
+      drop: [ALL]
+      add: [CHOWN]
+  volumeMounts:
+    - name: data
+      mountPath: {{ $path }}
+{{- end }}
+- name: check-volume
+  image: {{ include "cairn.image" (list $root $root.Values.image "image") }}
+  imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+  command:
+    - sh
+    - -c
+    - |
+      probe="$1/.cairn-write-check"
+      if touch "$probe" 2>/dev/null && rm -f "$probe"; then exit 0; fi
+      me="$(id -u)"
+      echo "$1, the $2 data volume, is not writable by uid $me: it is owned by uid $(stat -c %u "$1") with mode $(stat -c %a "$1"). Make its directory owned by uid $me (a hostPath: chown $me:$me on the node) or set $2.volumePermissions.enabled=true (docs/helm.md, \"Volumes of the bundled stores\")." >&2
+      exit 1
+    - check-volume
+    - {{ $path | quote }}
+    - {{ $component }}
+  terminationMessagePolicy: FallbackToLogsOnError
+  resources: {requests: {cpu: 10m, memory: 16Mi}, limits: {memory: 64Mi}}
+  securityContext:
+    {{- include "cairn.containerSecurityContext" . | nindent 4 }}
+  volumeMounts:
+    - name: data
+      mountPath: {{ $path }}
 {{- end }}
