@@ -19,6 +19,7 @@ from cairn.api import GROUP, PLURAL
 from cairn.server.access import Identity, KubernetesReviews, ReviewedAccess
 from cairn.server.app import create_app
 from cairn.server.settings import ServerSettings
+from cairn.server.tenants import SharedStores
 from cairn.store import TrackingStore
 from tests.support.cluster import Kubectl, wait_until
 
@@ -91,7 +92,7 @@ def test_a_service_account_reads_its_namespace_only(kubectl, kube, namespace, ot
     token = token_of(kube, namespace, READER)
     reviews = CountedReviews(kube)
     settings = ServerSettings(auth="kubernetes", cache_ttl_seconds=30)
-    api = TestClient(create_app(settings, lambda ns: store, ReviewedAccess(settings, reviews)))
+    api = TestClient(create_app(settings, SharedStores(store), ReviewedAccess(settings, reviews)))
     auth = {"Authorization": f"Bearer {token}"}
 
     listed = api.get(f"/api/v1/namespaces/{namespace}/runs", headers=auth)
@@ -124,7 +125,7 @@ def test_the_token_of_a_deleted_service_account_is_refused(kubectl, kube, namesp
     grant_reader(kubectl, namespace)
     token = token_of(kube, namespace, READER)
     settings = ServerSettings(auth="kubernetes", cache_ttl_seconds=0)
-    api = TestClient(create_app(settings, lambda ns: store, ReviewedAccess(settings, KubernetesReviews(kube))))
+    api = TestClient(create_app(settings, SharedStores(store), ReviewedAccess(settings, KubernetesReviews(kube))))
     auth = {"Authorization": f"Bearer {token}"}
     assert api.get(f"/api/v1/namespaces/{namespace}/runs", headers=auth).status_code == 200
     kubectl.run("-n", namespace, "delete", "serviceaccount", READER)
@@ -137,7 +138,7 @@ def test_an_authenticating_proxy_is_believed_only_with_its_secret(kubectl, kube,
     store, mine, _ = runs
     grant_reader(kubectl, namespace)
     settings = ServerSettings(auth="proxy", proxy_secret="proxy-only-secret", cache_ttl_seconds=0)
-    api = TestClient(create_app(settings, lambda ns: store, ReviewedAccess(settings, KubernetesReviews(kube))))
+    api = TestClient(create_app(settings, SharedStores(store), ReviewedAccess(settings, KubernetesReviews(kube))))
     user = {"X-Forwarded-User": f"system:serviceaccount:{namespace}:{READER}",
             "X-Forwarded-Groups": "system:serviceaccounts, system:authenticated"}
     proxied = {**user, "X-Cairn-Proxy-Secret": "proxy-only-secret"}
