@@ -2,7 +2,7 @@
 
 A ServiceAccount holds a Role that grants get/list on TrainingRuns in namespace A only; its token comes
 from the TokenRequest API. The app runs in-process (FastAPI's TestClient) and asks the real API server with
-TokenReview and SubjectAccessReview. Needs no image: API server and SQLite only.
+TokenReview and SubjectAccessReview. Needs no image: API server and SQLite only (PostgreSQL for tenancy).
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from fastapi.testclient import TestClient
 from kubernetes import client, config
 
 from cairn.api import GROUP, PLURAL
-from cairn.server.access import Identity, KubernetesReviews, ReviewedAccess
+from cairn.server.access import Identity, KubernetesReviews, OpenAccess, ReviewedAccess
 from cairn.server.app import create_app
 from cairn.server.settings import ServerSettings
-from cairn.server.tenants import SharedStores
+from cairn.server.tenants import SharedStores, TenantStores, kubernetes_secret_reader
 from cairn.store import TrackingStore
+from cairn.tenancy.database import provision_database
+from cairn.tenancy.naming import credentials_secret
 from tests.support.cluster import Kubectl, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -153,3 +155,20 @@ def test_an_authenticating_proxy_is_believed_only_with_its_secret(kubectl, kube,
         assert refused.status_code == 401 and "trusted proxy" in refused.json()["error"]
     nobody = api.get(f"/api/v1/namespaces/{namespace}/runs", headers={"X-Cairn-Proxy-Secret": "proxy-only-secret"})
     assert nobody.status_code == 401
+
+
+def test_with_tenancy_the_server_reads_the_namespaces_secret_and_connects_as_its_role(
+        kubectl, kube, namespace, other_namespace, postgres_url):
+    url = provision_database(postgres_url, namespace, "pw-" + uuid.uuid4().hex)
+    run_id = TrackingStore(url).create_run("nlp", name="tenant-run", namespace=namespace)
+    kubectl.apply(credentials_secret(namespace, url, None), namespace=namespace)
+    stores = TenantStores(kubernetes_secret_reader(kube))
+    api = TestClient(create_app(ServerSettings(tenancy=True), stores, OpenAccess()))
+    try:
+        listed = api.get(f"/api/v1/namespaces/{namespace}/runs").json()["runs"]
+        assert [(r["id"], r["name"]) for r in listed] == [(run_id, "tenant-run")]
+        assert stores.store(namespace).engine.url.username == f"tenant_{namespace.replace('-', '_')}"
+        missing = api.get(f"/api/v1/namespaces/{other_namespace}/runs")
+        assert missing.status_code == 404 and other_namespace in missing.json()["error"]
+    finally:
+        stores.close()
