@@ -33,7 +33,6 @@ OBJECT_STORE_LOGIN_REFUSED = frozenset({"InvalidAccessKeyId", "SignatureDoesNotM
 
 # The decoded data of a namespace's credentials Secret; None when the namespace has none.
 SecretReader = Callable[[str], Mapping[str, str] | None]
-ObjectOpener = Callable[[str, str, str], Any]  # (namespace, bucket, key) -> an open urllib3 response
 
 
 class TenantUnavailable(Exception):
