@@ -823,3 +823,17 @@ def test_tenancy_keeps_shared_credentials_out_of_run_namespaces(helm):
 
     bad = render_error(helm, *BUNDLED, "tenancy.enabled=true", "tenancy.sharedDatasetPrefixes={s3://cairn/*}")
     assert "/tenancy/sharedDatasetPrefixes/0" in bad
+
+
+def test_with_tenancy_the_server_reads_tenant_secrets_only_and_holds_no_shared_credentials(helm):
+    objs = render(helm, *BUNDLED, "tenancy.enabled=true")
+    env = env_of(one(objs, "Deployment", "cairn-server", NS)["spec"]["template"]["spec"]["containers"][0])
+    assert env["CAIRN_TENANCY"] == {"name": "CAIRN_TENANCY", "value": "true"}
+    assert not {name for name in env if name == "CAIRN_DATABASE_URL" or name.startswith("CAIRN_S3_")}
+    assert one(objs, "ClusterRole", "cairn-server")["rules"] == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+        {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["cairn-tenant-credentials"], "verbs": ["get"]}]
+    shared = render(helm, *BUNDLED)
+    shared_env = env_of(one(shared, "Deployment", "cairn-server", NS)["spec"]["template"]["spec"]["containers"][0])
+    assert "CAIRN_TENANCY" not in shared_env and "CAIRN_DATABASE_URL" in shared_env

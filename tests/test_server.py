@@ -24,6 +24,7 @@ from cairn.rundir import Env, RunStatus
 from cairn.server.access import OpenAccess, TtlCache
 from cairn.server.app import create_app
 from cairn.server.settings import ServerSettings
+from cairn.server.tenants import SharedStores
 from cairn.settings import SettingsError
 from cairn.store import TrackingStore
 from cairn.store.entities import ArtifactInfo, IngestBatch, MetricPoint
@@ -70,7 +71,7 @@ def seed(store: TrackingStore) -> list[Seeded]:
 @pytest.fixture
 def api(store):
     seeded = seed(store)
-    client = TestClient(create_app(ServerSettings(), lambda namespace: store, OpenAccess()))
+    client = TestClient(create_app(ServerSettings(), SharedStores(store), OpenAccess()))
     return client, seeded, store
 
 
@@ -208,7 +209,7 @@ def test_run_detail_and_metric_history(api):
 ])
 def test_a_bad_query_is_a_400_that_says_what_is_wrong(sqlite_url, params, words):
     store = TrackingStore(sqlite_url)
-    client = TestClient(create_app(ServerSettings(), lambda namespace: store, OpenAccess()))
+    client = TestClient(create_app(ServerSettings(), SharedStores(store), OpenAccess()))
     reply = client.get("/api/v1/namespaces/default/runs", params=params)
     assert reply.status_code == 400
     assert words in reply.json()["error"]
@@ -216,7 +217,7 @@ def test_a_bad_query_is_a_400_that_says_what_is_wrong(sqlite_url, params, words)
 
 def test_service_endpoints(sqlite_url):
     store = TrackingStore(sqlite_url)
-    client = TestClient(create_app(ServerSettings(), lambda namespace: store, OpenAccess()))
+    client = TestClient(create_app(ServerSettings(), SharedStores(store), OpenAccess()))
     assert client.get("/api/v1/healthz").json() == {"status": "ok"}
     assert client.get("/api/v1/whoami").json() == {"user": "local", "groups": [], "auth": "none"}
     paths = client.get("/openapi.json").json()["paths"]
@@ -238,7 +239,7 @@ def test_artifacts_stream_from_the_object_store_with_their_sha256(sqlite_url, mi
     ])
     objects = S3Config(minio_server.endpoint, False, minio_server.access_key, minio_server.secret_key, minio_bucket,
                        minio_server.region)
-    client = TestClient(create_app(ServerSettings(), lambda namespace: store, OpenAccess(), objects))
+    client = TestClient(create_app(ServerSettings(), SharedStores(store, objects), OpenAccess()))
     base = f"/api/v1/namespaces/default/runs/{run_id}/artifacts"
     listed = client.get(base).json()["artifacts"]
     assert [(a["path"], a["size"], a["sha256"]) for a in listed] == [
@@ -260,7 +261,7 @@ def test_local_artifacts_are_served_only_without_auth(sqlite_url, tmp_path):
     local.write_bytes(b"local bytes")
     store.record_artifacts(run_id, [ArtifactInfo("notes.txt", local.as_uri(), 11,
                                                  hashlib.sha256(b"local bytes").hexdigest())])
-    client = TestClient(create_app(ServerSettings(), lambda namespace: store, OpenAccess()))
+    client = TestClient(create_app(ServerSettings(), SharedStores(store), OpenAccess()))
     reply = client.get(f"/api/v1/namespaces/default/runs/{run_id}/artifacts/notes.txt")
     assert reply.content == b"local bytes"
     assert reply.headers["x-cairn-sha256"] == hashlib.sha256(b"local bytes").hexdigest()
@@ -319,7 +320,7 @@ def test_nan_metrics_read_as_null(sqlite_url):
     store = TrackingStore(sqlite_url)
     run_id = store.create_run("nlp")
     store.ingest_batch(run_id, "m", IngestBatch(metrics=[MetricPoint("loss", 0, 0, math.nan)]), 1, 1)
-    client = TestClient(create_app(ServerSettings(), lambda namespace: store, OpenAccess()))
+    client = TestClient(create_app(ServerSettings(), SharedStores(store), OpenAccess()))
     assert client.get("/api/v1/namespaces/default/runs").json()["runs"][0]["metrics"] == {
         "loss": {"value": None, "step": 0, "min": None, "max": None, "count": 1}}
 
@@ -334,7 +335,7 @@ def test_without_the_api_server_callers_get_401_for_no_token_and_503_for_a_token
     nowhere = client.Configuration(host=f"https://127.0.0.1:{free_port()}")  # nothing listens there
     nowhere.retries = 0
     access = ReviewedAccess(settings, KubernetesReviews(client.ApiClient(nowhere)))
-    api = TestClient(create_app(settings, lambda namespace: store, access))
+    api = TestClient(create_app(settings, SharedStores(store), access))
     no_token = api.get("/api/v1/namespaces/default/runs")
     assert no_token.status_code == 401 and no_token.headers["www-authenticate"] == "Bearer"
     assert api.get("/api/v1/namespaces/default/runs", headers={"Authorization": "Basic dXNlcjpwdw=="}).status_code == 401

@@ -2,7 +2,7 @@
 
 A ServiceAccount holds a Role that grants get/list on TrainingRuns in namespace A only; its token comes
 from the TokenRequest API. The app runs in-process (FastAPI's TestClient) and asks the real API server with
-TokenReview and SubjectAccessReview. Needs no image: API server and SQLite only.
+TokenReview and SubjectAccessReview. Needs no image: API server and SQLite only (PostgreSQL for tenancy).
 """
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ from fastapi.testclient import TestClient
 from kubernetes import client, config
 
 from cairn.api import GROUP, PLURAL
-from cairn.server.access import Identity, KubernetesReviews, ReviewedAccess
+from cairn.server.access import Identity, KubernetesReviews, OpenAccess, ReviewedAccess
 from cairn.server.app import create_app
 from cairn.server.settings import ServerSettings
+from cairn.server.tenants import SharedStores, TenantStores, kubernetes_secret_reader
 from cairn.store import TrackingStore
+from cairn.tenancy.database import provision_database
+from cairn.tenancy.naming import credentials_secret
 from tests.support.cluster import Kubectl, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -91,7 +94,7 @@ def test_a_service_account_reads_its_namespace_only(kubectl, kube, namespace, ot
     token = token_of(kube, namespace, READER)
     reviews = CountedReviews(kube)
     settings = ServerSettings(auth="kubernetes", cache_ttl_seconds=30)
-    api = TestClient(create_app(settings, lambda ns: store, ReviewedAccess(settings, reviews)))
+    api = TestClient(create_app(settings, SharedStores(store), ReviewedAccess(settings, reviews)))
     auth = {"Authorization": f"Bearer {token}"}
 
     listed = api.get(f"/api/v1/namespaces/{namespace}/runs", headers=auth)
@@ -124,7 +127,7 @@ def test_the_token_of_a_deleted_service_account_is_refused(kubectl, kube, namesp
     grant_reader(kubectl, namespace)
     token = token_of(kube, namespace, READER)
     settings = ServerSettings(auth="kubernetes", cache_ttl_seconds=0)
-    api = TestClient(create_app(settings, lambda ns: store, ReviewedAccess(settings, KubernetesReviews(kube))))
+    api = TestClient(create_app(settings, SharedStores(store), ReviewedAccess(settings, KubernetesReviews(kube))))
     auth = {"Authorization": f"Bearer {token}"}
     assert api.get(f"/api/v1/namespaces/{namespace}/runs", headers=auth).status_code == 200
     kubectl.run("-n", namespace, "delete", "serviceaccount", READER)
@@ -137,7 +140,7 @@ def test_an_authenticating_proxy_is_believed_only_with_its_secret(kubectl, kube,
     store, mine, _ = runs
     grant_reader(kubectl, namespace)
     settings = ServerSettings(auth="proxy", proxy_secret="proxy-only-secret", cache_ttl_seconds=0)
-    api = TestClient(create_app(settings, lambda ns: store, ReviewedAccess(settings, KubernetesReviews(kube))))
+    api = TestClient(create_app(settings, SharedStores(store), ReviewedAccess(settings, KubernetesReviews(kube))))
     user = {"X-Forwarded-User": f"system:serviceaccount:{namespace}:{READER}",
             "X-Forwarded-Groups": "system:serviceaccounts, system:authenticated"}
     proxied = {**user, "X-Cairn-Proxy-Secret": "proxy-only-secret"}
@@ -152,3 +155,20 @@ def test_an_authenticating_proxy_is_believed_only_with_its_secret(kubectl, kube,
         assert refused.status_code == 401 and "trusted proxy" in refused.json()["error"]
     nobody = api.get(f"/api/v1/namespaces/{namespace}/runs", headers={"X-Cairn-Proxy-Secret": "proxy-only-secret"})
     assert nobody.status_code == 401
+
+
+def test_with_tenancy_the_server_reads_the_namespaces_secret_and_connects_as_its_role(
+        kubectl, kube, namespace, other_namespace, postgres_url):
+    url = provision_database(postgres_url, namespace, "pw-" + uuid.uuid4().hex)
+    run_id = TrackingStore(url).create_run("nlp", name="tenant-run", namespace=namespace)
+    kubectl.apply(credentials_secret(namespace, url, None), namespace=namespace)
+    stores = TenantStores(kubernetes_secret_reader(kube))
+    api = TestClient(create_app(ServerSettings(tenancy=True), stores, OpenAccess()))
+    try:
+        listed = api.get(f"/api/v1/namespaces/{namespace}/runs").json()["runs"]
+        assert [(r["id"], r["name"]) for r in listed] == [(run_id, "tenant-run")]
+        assert stores.store(namespace).engine.url.username == f"tenant_{namespace.replace('-', '_')}"
+        missing = api.get(f"/api/v1/namespaces/{other_namespace}/runs")
+        assert missing.status_code == 404 and other_namespace in missing.json()["error"]
+    finally:
+        stores.close()

@@ -24,15 +24,19 @@ def server_cmd(ctx: click.Context, host: str | None, port: int | None, server_da
     import uvicorn
 
     from cairn.objectstore import S3Settings
-    from cairn.server.access import access_for
+    from cairn.server.access import access_for, kubernetes_api_client
     from cairn.server.app import create_app
     from cairn.server.settings import ServerSettings
+    from cairn.server.tenants import SharedStores, TenantStores, kubernetes_secret_reader
     from cairn.settings import reveal
     from cairn.store import TrackingStore
 
     given = {"host": host, "port": port, "auth": auth, "database_url": server_database_url or database_url(ctx)}
     flags = {name: value for name, value in given.items() if value is not None}
     settings = ServerSettings(**flags)
-    store = TrackingStore(reveal(settings.database_url))
-    app = create_app(settings, lambda namespace: store, access_for(settings), S3Settings().connection())
+    if settings.tenancy:
+        stores = TenantStores(kubernetes_secret_reader(kubernetes_api_client()))
+    else:
+        stores = SharedStores(TrackingStore(reveal(settings.database_url)), S3Settings().connection())
+    app = create_app(settings, stores, access_for(settings))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", proxy_headers=False)

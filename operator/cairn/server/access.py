@@ -194,12 +194,15 @@ def access_for(settings: ServerSettings, api_client: Any = None) -> Access:
     kubeconfig."""
     if settings.auth == AuthMode.NONE:
         return OpenAccess()
-    if api_client is None:
-        from kubernetes import client, config
+    return ReviewedAccess(settings, KubernetesReviews(api_client or kubernetes_api_client()))
 
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        api_client = client.ApiClient()
-    return ReviewedAccess(settings, KubernetesReviews(api_client))
+
+def kubernetes_api_client() -> Any:  # noqa: ANN401 - a kubernetes.client.ApiClient
+    """In-cluster config, else the kubeconfig."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()

@@ -13,7 +13,7 @@ import binascii
 import datetime as dt
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, unquote, urlsplit
@@ -23,15 +23,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from cairn.objectstore import S3Config, parse_s3_uri
+from cairn.objectstore import parse_s3_uri
 from cairn.server.access import Access, AccessUnavailable, Identity, Unauthenticated
 from cairn.server.query import QueryError, parse_filter, parse_order
 from cairn.server.settings import AuthMode, ServerSettings
+from cairn.server.tenants import ObjectStoreUnset, Stores, TenantUnavailable
 from cairn.store import RunNotFound, TrackingStore
 from cairn.store.entities import LatestValue, RunDetail
 from cairn.store.search import MAX_COMPARED_RUNS, RunRow, SearchError
 
-StoreProvider = Callable[[str], TrackingStore]
 UI_DIST = Path(__file__).parent / "ui" / "dist"
 STREAM_CHUNK_POINTS = 10_000
 DOWNLOAD_CHUNK = 1 << 20
@@ -126,10 +126,9 @@ Caller = Annotated[Identity, Depends(caller)]
 
 
 # -- the application -----------------------------------------------------------------------------
-def create_app(settings: ServerSettings, stores: StoreProvider, access: Access,
-               object_store: S3Config | None = None) -> FastAPI:
-    """The API (and the web UI when its assets are built); ``stores`` gives the store to read a namespace
-    from, ``access`` decides who may read it, ``object_store`` is where uploaded artifacts are."""
+def create_app(settings: ServerSettings, stores: Stores, access: Access) -> FastAPI:
+    """The API (and the web UI when its assets are built); ``stores`` gives the store and the object store
+    to read a namespace from (``server.tenants``), ``access`` decides who may read it."""
     app = FastAPI(title="Cairn", version="1", docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None)
     app.state.access = access
 
@@ -137,6 +136,10 @@ def create_app(settings: ServerSettings, stores: StoreProvider, access: Access,
     def api_error(request: Request, exc: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(TenantUnavailable)
+    def tenant_unavailable(request: Request, exc: TenantUnavailable) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
     def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -150,7 +153,7 @@ def create_app(settings: ServerSettings, stores: StoreProvider, access: Access,
             raise ApiError(503, str(exc)) from None
         if not allowed:
             raise ApiError(403, f"{identity.user} may not {verb} trainingruns in namespace {namespace}")
-        return stores(namespace)
+        return stores.store(namespace)
 
     def run_of(store: TrackingStore, namespace: str, run_id: str) -> RunRow:
         rows = store.run_rows([run_id], namespace)
@@ -256,11 +259,13 @@ def create_app(settings: ServerSettings, stores: StoreProvider, access: Access,
         headers = {"X-Cairn-SHA256": art.sha256,
                    "Content-Disposition": f"attachment; filename*=UTF-8''{quote(Path(art.path).name)}"}
         if art.uri.startswith("s3://"):
-            if object_store is None:
-                raise ApiError(503, "this server has no object store settings (CAIRN_S3_*)")
             bucket, key = parse_s3_uri(art.uri)
             try:  # opened here, so that a missing object is a 502 rather than a cut-off 200
-                response = object_store.client().get_object(bucket, key)
+                response = stores.open_object(ns, bucket, key)
+            except ObjectStoreUnset as exc:
+                raise ApiError(503, str(exc)) from None
+            except TenantUnavailable:
+                raise
             except Exception as exc:  # noqa: BLE001 - whatever the object store says, the caller gets one line
                 raise ApiError(502, f"the object store cannot give {art.uri}: {type(exc).__name__}") from None
             return StreamingResponse(object_bytes(response), media_type="application/octet-stream",

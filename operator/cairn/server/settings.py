@@ -44,6 +44,11 @@ class ServerSettings(CairnSettings):
     database_url: SecretStr | None = Field(
         None, validation_alias=AliasChoices(Env.DATABASE_URL),
         description="SQLAlchemy URL of the store; unset: the local SQLite store of `cairn run`.")
+    tenancy: bool = Field(
+        False, validation_alias=AliasChoices(Env.TENANCY),
+        description="Read each namespace with its own database role and object-store keys, from its Secret "
+                    "`cairn-tenant-credentials` (the operator's `CAIRN_TENANCY`); the shared store and object store "
+                    "settings are then not used.")
     cache_ttl_seconds: float = Field(10.0, ge=0, le=600, validation_alias=AliasChoices(Env.SERVER_CACHE_TTL_SECONDS),
                                      description="How long a token's identity and an access decision are reused.")
     cache_max_entries: int = Field(10_000, ge=1, le=1_000_000,
