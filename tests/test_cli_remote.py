@@ -45,8 +45,11 @@ def trained_run(store: TrackingStore, minio_server, bucket: str, local_dir) -> s
     store.record_code(rid, "https://git.example/cv.git", "9f1c2e7" + "0" * 33, dirty=True)
     store.record_dataset(rid, "s3://data/digits/", "d" * 64, object_count=3, total_bytes=300)
     store.record_resume(rid, 2, 40, f"s3://{bucket}/ckpt/40", from_attempt=1)
-    store.ingest_batch(rid, "f", IngestBatch(metrics=[MetricPoint("acc", s, 1_700_000_000_000 + s, s / 99)
-                                                      for s in range(100)]), offset=1, lines=1)
+    environment = {"python_version": "3.12.1", "hostname": "trainer-0", "packages": {"torch": "2.4.0"},
+                   "gpu_model": "NVIDIA H100", "gpu_count": 2, "cuda_version": "12.4"}
+    store.ingest_batch(rid, "f", IngestBatch(
+        metrics=[MetricPoint("acc", s, 1_700_000_000_000 + s, s / 99) for s in range(100)],
+        run_info={"run_id": rid, "experiment": "vision", "environment": environment}), offset=1, lines=1)
     client = minio_server.client()
     client.put_object(bucket, f"{rid}/weights.pt", io.BytesIO(WEIGHTS), len(WEIGHTS))
     client.put_object(bucket, f"{rid}/bad.bin", io.BytesIO(b"not these bytes"), 15)
