@@ -58,7 +58,8 @@ def trained_run(store: TrackingStore, minio_server, bucket: str, local_dir) -> s
     store.record_artifacts(rid, [
         ArtifactInfo("artifacts/model/weights.pt", f"s3://{bucket}/{rid}/weights.pt", len(WEIGHTS),
                      hashlib.sha256(WEIGHTS).hexdigest(), uploaded_at=UPLOADED),
-        ArtifactInfo("artifacts/model/config.json", config.as_uri(), 13, hashlib.sha256(config.read_bytes()).hexdigest()),
+        ArtifactInfo("artifacts/model/config.json", config.as_uri(), 13,
+                     hashlib.sha256(config.read_bytes()).hexdigest()),
         ArtifactInfo("artifacts/bad.bin", f"s3://{bucket}/{rid}/bad.bin", 15, "0" * 64, uploaded_at=UPLOADED),
         ArtifactInfo("checkpoints/40/state.pt", f"s3://{bucket}/ckpt/40", 7, "1" * 64, kind="checkpoint", step=40,
                      attempt=1, uploaded_at=UPLOADED),
