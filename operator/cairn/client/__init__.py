@@ -1,7 +1,8 @@
 """A reader of a ``cairn server`` over HTTP, for the CLI's remote mode (``cairn --server URL``).
 
 ``RemoteStore`` answers the read calls the CLI's commands make with the same entities ``TrackingStore``
-returns, so every command renders the same output whichever it talks to. It sends the current
+returns, so every command renders the same output whichever it talks to; artifacts download through the
+server, verified by their sha256 as in database mode. It sends the current
 kubeconfig's credentials (a bearer token, from a token, a token file or an exec plugin, as the
 kubernetes client's config loader finds them). Standard library HTTP only.
 """
@@ -45,7 +46,6 @@ from cairn.store.entities import (
     ResumeInfo,
     RunDetail,
     RunSummary,
-    SourceProgress,
     Uploads,
 )
 
@@ -116,21 +116,12 @@ def entity(kind: Any, data: Any) -> Any:  # noqa: ANN401 - a type and JSON data 
 
 def run_detail(doc: dict[str, Any]) -> RunDetail:
     """A ``RunDetail`` from the server's run document."""
-    ingest = doc["ingest"]
     return RunDetail(
-        summary=RemoteStore.summary(doc),
-        params=doc["param_values"],
-        tags=doc["tags"],
-        environment=entity(Environment | None, doc["environment"]),
-        code=entity(CodeVersion | None, doc["code"]),
-        artifacts=entity(list[ArtifactInfo], doc["artifacts"]),
-        datasets=[DatasetRecord(d["uri"], d["digest"], d["pinned_digest"], d["object_count"], d["total_bytes"])
-                  for d in doc["datasets"]],
-        cluster=entity(ClusterInfo, doc["cluster"]),
-        ingest=IngestSummary({name: SourceProgress(**p) for name, p in ingest["sources"].items()}, ingest["points"],
-                             ingest["rejected"]),
-        uploads=entity(Uploads, doc["uploads"]),
-        resumes=entity(list[ResumeInfo], doc["resumes"]))
+        summary=RemoteStore.summary(doc), params=doc["param_values"], tags=doc["tags"],
+        environment=entity(Environment | None, doc["environment"]), code=entity(CodeVersion | None, doc["code"]),
+        artifacts=entity(list[ArtifactInfo], doc["artifacts"]), datasets=entity(list[DatasetRecord], doc["datasets"]),
+        cluster=entity(ClusterInfo, doc["cluster"]), ingest=entity(IngestSummary, doc["ingest"]),
+        uploads=entity(Uploads, doc["uploads"]), resumes=entity(list[ResumeInfo], doc["resumes"]))
 
 
 class RemoteStore:
@@ -191,7 +182,7 @@ class RemoteStore:
     # -- what the CLI's read commands call ------------------------------------------------------
     def list_experiments(self, namespace: str | None = None) -> list[ExperimentSummary]:
         """As ``TrackingStore.list_experiments``; "" (local runs) is read through the server's ``default``."""
-        doc = self._get(f"namespaces/{urllib.parse.quote(namespace or self.namespace)}/experiments")
+        doc = self._get(f"{self._in(namespace)}/experiments")
         found = [ExperimentSummary(e["name"], e["runs"], parse_time(e["last_start_time"]), e["namespace"])
                  for e in doc["experiments"]]
         return found if namespace is None else [e for e in found if (e.namespace or "") == namespace]
@@ -209,7 +200,7 @@ class RemoteStore:
         found: list[RunSummary] = []
         pages = -(-limit // MAX_PAGE_SIZE)  # bounded: never more pages than the limit needs
         for _ in range(pages):
-            doc = self._get(f"namespaces/{urllib.parse.quote(namespace or self.namespace)}/runs", query)
+            doc = self._get(f"{self._in(namespace)}/runs", query)
             found += [self.summary(r) for r in doc["runs"]]
             if not doc.get("next_page_token") or len(found) >= limit:
                 break
