@@ -114,7 +114,7 @@ def run_detail_json(row: RunRow, detail: RunDetail, metric_keys: list[str]) -> d
                    "sources": {name: {"offset": p.offset, "lines": p.lines, "points": p.points}
                                for name, p in detail.ingest.sources.items()}},
         # "params" above is the text a person reads; these keep each value's JSON type
-        "param_values": detail.params,
+        "param_values": entity_json(detail.params),
         "cluster": entity_json(cluster),
         "artifacts": entity_json(detail.artifacts),
         "uploads": entity_json(detail.uploads),
