@@ -199,6 +199,72 @@ def test_run_detail_and_metric_history(api):
     assert lines == [[p.step, p.timestamp_ms / 1000, p.value] for p in points]
 
 
+def test_runs_resolve_by_id_prefix_or_name_within_the_namespace(api):
+    client, seeded, store = api
+    base = "/api/v1/namespaces/{}/runs:resolve"
+    first = seeded[0]  # a local run: read through default
+    assert client.get(base.format("default"), params={"prefix": first.id}).json() == {"ids": [first.id]}
+    assert client.get(base.format("default"), params={"prefix": first.id[:8].upper()}).json()["ids"] == [first.id]
+    assert client.get(base.format("team-b"), params={"prefix": first.id}).json() == {"ids": []}
+    theirs = store.run_ids_named("team-b", "other-0")
+    assert len(theirs) == 1
+    assert client.get(base.format("default"), params={"prefix": theirs[0][:8]}).json() == {"ids": []}
+    assert client.get(base.format("team-b"), params={"name": "other-0"}).json() == {"ids": theirs}
+    assert client.get(base.format("default"), params={"name": "other-0"}).json() == {"ids": []}
+    for params, words in [({}, "give prefix"), ({"prefix": "abcd", "name": "x"}, "give prefix"),
+                          ({"prefix": "abc"}, "4 to 36"), ({"prefix": "zzzz"}, "4 to 36")]:
+        refused = client.get(base.format("default"), params=params)
+        assert refused.status_code == 400 and words in refused.json()["error"], params
+
+
+def test_run_detail_carries_artifacts_uploads_cluster_fields_and_typed_params(api):
+    client, seeded, store = api
+    run = seeded[1]
+    store.update_run(run.id, node_name="gpu-1", gpu_product="H100", resources={"nvidia.com/gpu": 1},
+                     artifacts_uploaded=False, artifacts_pending=3, reason="Evicted")
+    store.record_artifacts(run.id, [ArtifactInfo("artifacts/m.bin", "s3://b/m.bin", 5, "a" * 64, step=2, attempt=1,
+                                                 uploaded_at=T0)])
+    body = client.get(f"/api/v1/namespaces/default/runs/{run.id}").json()
+    assert body["param_values"] == {"lr": run.lr, "opt": run.opt} and body["params"]["lr"] == str(run.lr)
+    assert body["uploads"] == {"complete": False, "pending": 3}
+    assert body["cluster"] == {"namespace": "default", "k8s_uid": None, "image": None, "image_digest": None,
+                               "node_name": "gpu-1", "gpu_product": "H100", "resources": {"nvidia.com/gpu": 1},
+                               "attempts": 0, "reason": "Evicted"}
+    assert body["artifacts"] == [{"path": "artifacts/m.bin", "uri": "s3://b/m.bin", "size": 5, "sha256": "a" * 64,
+                                  "kind": "artifact", "step": 2, "attempt": 1, "uploaded_at": "2026-01-01T00:00:00Z"}]
+
+
+def test_models_and_their_evaluations_are_read_per_namespace(api):
+    client, seeded, store = api
+    run = seeded[0]
+    store.record_artifacts(run.id, [ArtifactInfo("artifacts/model/w.bin", "s3://b/w.bin", 7, "b" * 64,
+                                                 uploaded_at=T0)])
+    store.finish_run(run.id, RunStatus.FINISHED, 0)
+    store.register_model_version("default", "digits", run.id, "kube:alice@prod", alias="production")
+    store.register_model_version("default", "digits", run.id, "kube:alice@prod")
+    store.record_evaluation("default", "digits", 2, 1, {"passed": False, "reason": "worse"})
+    models = client.get("/api/v1/namespaces/default/models").json()["models"]
+    assert [(m["name"], m["versions"], m["latest_version"], m["aliases"]) for m in models] == [
+        ("digits", 2, 2, {"production": 1})]
+    assert client.get("/api/v1/namespaces/team-b/models").json() == {"models": []}
+    detail = client.get("/api/v1/namespaces/default/models/digits").json()
+    assert [(v["version"], v["run_id"], v["aliases"]) for v in detail["versions"]] == [
+        (1, run.id, ["production"]), (2, run.id, [])]
+    assert detail["versions"][0]["files"] == [{"path": "artifacts/model/w.bin", "uri": "s3://b/w.bin", "size": 7,
+                                               "sha256": "b" * 64}]
+    assert [(a["action"], a["version"]) for a in detail["audit"]] == [("register", 1), ("promote", 1),
+                                                                      ("register", 2)]
+    evaluations = client.get("/api/v1/namespaces/default/models/digits/evaluations", params={"version": 2}).json()
+    assert [(e["candidate_version"], e["baseline_version"], e["passed"], e["verdict"]["reason"])
+            for e in evaluations["evaluations"]] == [(2, 1, False, "worse")]
+    assert client.get("/api/v1/namespaces/default/models/digits/evaluations",
+                      params={"version": 1}).json() == {"evaluations": []}
+    for url in ("/api/v1/namespaces/team-b/models/digits", "/api/v1/namespaces/default/models/digits/evaluations"
+                "?version=3"):
+        missing = client.get(url)
+        assert missing.status_code == 404 and "digits" in missing.json()["error"], url
+
+
 @pytest.mark.parametrize("params, words", [
     ({"filter": "lr = 1"}, "expected params.KEY"),
     ({"filter": "metrics.acc >= high"}, "compares with a number"),

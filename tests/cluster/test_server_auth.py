@@ -102,8 +102,18 @@ def test_a_service_account_reads_its_namespace_only(kubectl, kube, namespace, ot
     assert api.get(f"/api/v1/namespaces/{namespace}/runs/{mine}", headers=auth).json()["name"] == "in-a"
     assert api.get("/api/v1/whoami", headers=auth).json()["user"] == f"system:serviceaccount:{namespace}:{READER}"
 
+    resolve = f"/api/v1/namespaces/{namespace}/runs:resolve"
+    assert api.get(resolve, params={"prefix": mine[:8]}, headers=auth).json() == {"ids": [mine]}
+    assert api.get(resolve, params={"prefix": theirs}, headers=auth).json() == {"ids": []}  # only A's runs
+    assert api.get(f"/api/v1/namespaces/{namespace}/models", headers=auth).json() == {"models": []}
+
     for url in (f"/api/v1/namespaces/{other_namespace}/runs", f"/api/v1/namespaces/{other_namespace}/runs/{theirs}",
-                f"/api/v1/namespaces/{other_namespace}/runs/{uuid.uuid4()}"):
+                f"/api/v1/namespaces/{other_namespace}/runs/{uuid.uuid4()}",
+                f"/api/v1/namespaces/{other_namespace}/runs:resolve?prefix={theirs[:8]}",
+                f"/api/v1/namespaces/{other_namespace}/runs:resolve?name=in-b",
+                f"/api/v1/namespaces/{other_namespace}/models",
+                f"/api/v1/namespaces/{other_namespace}/models/digits",
+                f"/api/v1/namespaces/{other_namespace}/models/digits/evaluations"):
         denied = api.get(url, headers=auth)
         assert denied.status_code == 403, url
         assert other_namespace in denied.json()["error"]

@@ -455,7 +455,8 @@ def runs_download(ctx: click.Context, run: str, path: str | None, dest: str) -> 
     """Fetch a run's artifacts (all, or those under PATH) and verify each one's sha256.
 
     The object store comes from CAIRN_S3_ENDPOINT, CAIRN_S3_ACCESS_KEY and CAIRN_S3_SECRET_KEY
-    (or AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY).
+    (or AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY); with --server the files come
+    through the server instead.
     """
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                                TransferSpeedColumn)
@@ -468,8 +469,11 @@ def runs_download(ctx: click.Context, run: str, path: str | None, dest: str) -> 
     if not arts:
         raise click.ClickException(f"run {rid[:8]} has no artifact {path!r}" if path
                                    else f"run {rid[:8]} has no artifacts")
+    from cairn.client import RemoteStore
+
     client = None
-    if any(a.uri.startswith("s3://") for a in arts):
+    through_server = isinstance(store, RemoteStore)  # the server holds the object store's credentials
+    if not through_server and any(a.uri.startswith("s3://") for a in arts):
         try:
             cfg = S3.S3Settings().connection()
         except S3.ObjectStoreError as exc:
@@ -495,7 +499,9 @@ def runs_download(ctx: click.Context, run: str, path: str | None, dest: str) -> 
         for a, target in targets:
             progress.update(task, description=a.path)
             try:
-                if a.uri.startswith("s3://"):
+                if through_server:
+                    store.download_artifact(rid, a, target, advance)
+                elif a.uri.startswith("s3://"):
                     bucket, key = S3.parse_s3_uri(a.uri)
                     S3.download_file(client, bucket, key, target, a.sha256, progress=advance)
                 else:

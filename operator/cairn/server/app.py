@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime as dt
 import json
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,11 +32,14 @@ from cairn.server.settings import AuthMode, ServerSettings
 from cairn.server.tenants import ObjectStoreUnset, Stores, TenantUnavailable
 from cairn.store import RunNotFound, TrackingStore
 from cairn.store.entities import LatestValue, RunDetail
+from cairn.store.registry import ModelNotFound
 from cairn.store.search import MAX_COMPARED_RUNS, RunRow, SearchError
 
 UI_DIST = Path(__file__).parent / "ui" / "dist"
 STREAM_CHUNK_POINTS = 10_000
 DOWNLOAD_CHUNK = 1 << 20
+MAX_RESOLVED_IDS = 100  # a NAMESPACE/NAME reused more often than this is listed in part
+RUN_ID_PREFIX = re.compile(r"[0-9a-f-]{4,36}")
 
 
 class ApiError(Exception):
@@ -55,6 +60,21 @@ def iso(t: dt.datetime | None) -> str | None:
 def finite(value: float | None) -> float | None:
     """JSON has no NaN or infinity: they read as null."""
     return value if value is not None and math.isfinite(value) else None
+
+
+def entity_json(value: Any) -> Any:  # noqa: ANN401 - any store entity
+    """A store entity (dataclasses, lists, dicts, times, numbers) as JSON data, field by field."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: entity_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): entity_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [entity_json(v) for v in value]
+    if isinstance(value, dt.datetime):
+        return iso(value)
+    if isinstance(value, float):
+        return finite(value)
+    return value
 
 
 def metric_json(m: LatestValue) -> dict[str, Any]:
@@ -93,6 +113,11 @@ def run_detail_json(row: RunRow, detail: RunDetail, metric_keys: list[str]) -> d
         "ingest": {"points": detail.ingest.points, "rejected": detail.ingest.rejected,
                    "sources": {name: {"offset": p.offset, "lines": p.lines, "points": p.points}
                                for name, p in detail.ingest.sources.items()}},
+        # "params" above is the text a person reads; these keep each value's JSON type
+        "param_values": entity_json(detail.params),
+        "cluster": entity_json(cluster),
+        "artifacts": entity_json(detail.artifacts),
+        "uploads": entity_json(detail.uploads),
     }
 
 
@@ -194,6 +219,19 @@ def create_app(settings: ServerSettings, stores: Stores, access: Access) -> Fast
         return {"runs": [run_row_json(r) for r in page.runs], "total": page.total,
                 "next_page_token": None if page.next_offset is None else token_for_offset(page.next_offset)}
 
+    @app.get("/api/v1/namespaces/{ns}/runs:resolve")
+    def resolve(ns: str, identity: Caller, prefix: str | None = None, name: str | None = None) -> dict[str, Any]:
+        """Ids of the namespace's runs whose id starts with ``prefix`` (sorted), or of its TrainingRun ``name``
+        (newest first); the caller decides what none or several mean."""
+        store = check(identity, ns, "list")
+        if (prefix is None) == (name is None):
+            raise ApiError(400, "give prefix (a run id or its first characters) or name (a TrainingRun's)")
+        if prefix is not None:
+            if not RUN_ID_PREFIX.fullmatch(prefix.lower()):
+                raise ApiError(400, f"prefix {prefix[:40]!r} is not 4 to 36 characters of a run id")
+            return {"ids": store.run_ids_starting(ns, prefix.lower())[:MAX_RESOLVED_IDS]}
+        return {"ids": store.run_ids_named(ns, name)[:MAX_RESOLVED_IDS]}
+
     @app.get("/api/v1/namespaces/{ns}/runs/{run_id}")
     def run(ns: str, run_id: str, identity: Caller) -> dict[str, Any]:
         store = check(identity, ns, "get")
@@ -245,8 +283,7 @@ def create_app(settings: ServerSettings, stores: Stores, access: Access) -> Fast
     def artifacts(ns: str, run_id: str, identity: Caller) -> dict[str, Any]:
         store = check(identity, ns, "get")
         row = run_of(store, ns, run_id)
-        return {"artifacts": [{"path": a.path, "kind": a.kind, "size": a.size, "sha256": a.sha256, "uri": a.uri,
-                               "step": a.step} for a in store.list_artifacts(row.id)]}
+        return {"artifacts": entity_json(store.list_artifacts(row.id))}
 
     @app.get("/api/v1/namespaces/{ns}/runs/{run_id}/artifacts/{path:path}", response_model=None)
     def artifact(ns: str, run_id: str, path: str, identity: Caller) -> StreamingResponse | FileResponse:
@@ -277,6 +314,28 @@ def create_app(settings: ServerSettings, stores: Stores, access: Access) -> Fast
                 raise ApiError(404, f"artifact {path} is no longer at {local}")
             return FileResponse(local, media_type="application/octet-stream", headers=headers)
         raise ApiError(404, f"artifact {path} of run {row.id} is not in the object store")
+
+    @app.get("/api/v1/namespaces/{ns}/models")
+    def models(ns: str, identity: Caller) -> dict[str, Any]:
+        store = check(identity, ns, "list")
+        return {"models": entity_json(store.list_models(ns))}
+
+    @app.get("/api/v1/namespaces/{ns}/models/{name}")
+    def model(ns: str, name: str, identity: Caller) -> dict[str, Any]:
+        store = check(identity, ns, "get")
+        try:
+            return entity_json(store.get_model(ns, name))
+        except ModelNotFound as exc:
+            raise ApiError(404, str(exc)) from None
+
+    @app.get("/api/v1/namespaces/{ns}/models/{name}/evaluations")
+    def evaluations(ns: str, name: str, identity: Caller,
+                    version: Annotated[int | None, Query(ge=1)] = None) -> dict[str, Any]:
+        store = check(identity, ns, "get")
+        try:
+            return {"evaluations": entity_json(store.evaluations(ns, name, version))}
+        except ModelNotFound as exc:
+            raise ApiError(404, str(exc)) from None
 
     if (UI_DIST / "index.html").is_file():
         app.mount("/assets", StaticFiles(directory=UI_DIST / "assets", check_dir=False), name="assets")

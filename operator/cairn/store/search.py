@@ -188,6 +188,13 @@ class RunSearch:
         more = offset + len(ids) < total
         return RunPage(rows, total, offset + len(ids) if more and ids else None)
 
+    def run_ids_starting(self, namespace: str, prefix: str) -> list[str]:
+        """Ids of ``namespace``'s runs that start with ``prefix`` (lower case, as written with dashes), sorted."""
+        with self._session() as s:
+            # UUIDs compare as text; the column's text form differs between databases, so the match is made here.
+            ids = s.execute(select(Run.id).where(in_namespace(namespace))).scalars()
+            return sorted(str(rid) for rid in ids if str(rid).startswith(prefix))
+
     def run_rows(self, run_ids: Sequence[str], namespace: str) -> list[RunRow]:
         """The runs of ``namespace`` among ``run_ids``, in that order; ids of other namespaces or of no run
         are left out."""
