@@ -211,7 +211,7 @@ def test_system_metrics_reach_the_store(trainer_run_dir, store, tmp_path):
     idle = [p.value for p in cpu if p.step == 1][1:]  # the first idle sample may straddle the switch
     assert len(busy) >= 2 and len(idle) >= 1, cpu
     assert max(busy) >= 25, busy  # a busy loop holds one core (less on a loaded machine)
-    assert max(idle) <= 10, idle
+    assert max(idle) < min(busy) / 2, (busy, idle)  # relative: a loaded machine slows both phases
     times = [p.timestamp_ms for p in cpu]
     assert times == sorted(times) and all(800 <= b - a <= 5000 for a, b in zip(times, times[1:])), times
     rss = store.metric_history(RUN_ID, "system/memory.rss_bytes")

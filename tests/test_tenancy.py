@@ -55,6 +55,17 @@ def test_credentials_secret_is_labelled_and_holds_every_key():
                                     "bucket": "cairn", "region": "us-east-1"}
 
 
+def test_the_ca_bundle_goes_only_to_https_endpoints_and_only_if_an_environment_variable_can_hold_it():
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    plain = naming.ObjectStoreCredentials("http://minio:9000", "k", "s", "cairn", ca_bundle=pem * 2000)
+    assert "caBundle" not in naming.credentials_secret("team-a", None, plain)["stringData"]
+    tls = naming.ObjectStoreCredentials("https://s3.internal", "k", "s", "cairn", ca_bundle=pem)
+    assert naming.credentials_secret("team-a", None, tls)["stringData"]["caBundle"] == pem
+    system_bundle = naming.ObjectStoreCredentials("https://s3.internal", "k", "s", "cairn", ca_bundle=pem * 4000)
+    with pytest.raises(ValueError, match="CA bundle is 230 KiB: pods get it as an environment variable"):
+        naming.credentials_secret("team-a", None, system_bundle)
+
+
 def test_tenancy_settings_point_pods_at_the_tenant_secret_and_refuse_what_cannot_work():
     from cairn.controller.settings import OperatorSettings
     from cairn.settings import SettingsError

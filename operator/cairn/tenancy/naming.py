@@ -89,6 +89,8 @@ def tenant_policy(namespace: str, bucket: str, shared_prefixes: tuple[str, ...] 
     return {"Version": "2012-10-17", "Statement": statements}
 
 
+MAX_ENV_VALUE_BYTES = 120 * 1024  # under Linux's 128 KiB for one environment string (name=value)
+
 @dataclass(frozen=True)
 class ObjectStoreCredentials:
     endpoint: str  # http(s)://host:port
@@ -110,7 +112,12 @@ def credentials_secret(namespace: str, database_url: str | None,
                     secretKey=objectstore.secret_key, bucket=objectstore.bucket)
         if objectstore.region:
             data["region"] = objectstore.region
-        if objectstore.ca_bundle:
+        if objectstore.ca_bundle and objectstore.endpoint.startswith("https://"):  # plain HTTP needs no CA
+            if len(objectstore.ca_bundle.encode()) > MAX_ENV_VALUE_BYTES:
+                raise ValueError(f"the object store's CA bundle is {len(objectstore.ca_bundle.encode()) // 1024} KiB: "
+                                 f"pods get it as an environment variable, which holds at most "
+                                 f"{MAX_ENV_VALUE_BYTES // 1024} KiB; give only the CA that signed the object "
+                                 "store's certificate")
             data["caBundle"] = objectstore.ca_bundle
     return {
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
