@@ -238,6 +238,7 @@ class StoreWrites:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._flushing = False
+        self._in_flight: str | None = None  # the run whose write the flush is carrying out
         self.up: bool | None = None  # None: not tried yet
         self.dropped = {"overflow": 0, "refused": 0}
 
@@ -251,7 +252,9 @@ class StoreWrites:
             self._wake.set()
 
     def pending(self) -> int:
-        return len(self._waiting)
+        """Runs whose write has not landed yet, the one being written included."""
+        with self._guard:
+            return len(self._waiting) + (self._in_flight is not None and self._in_flight not in self._waiting)
 
     def flush(self) -> bool:
         """Write what waits, oldest first, until done or the store fails; True when nothing is left."""
@@ -265,7 +268,13 @@ class StoreWrites:
                     if not self._waiting:
                         break
                     uid, write = self._waiting.popitem(last=False)
-                if not self._write(uid, write, requeue_first=True):
+                    self._in_flight = uid
+                try:
+                    written = self._write(uid, write, requeue_first=True)
+                finally:
+                    with self._guard:
+                        self._in_flight = None
+                if not written:
                     return False
             return not self._waiting
         finally:
