@@ -119,6 +119,9 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(tmp_path, prometh
             {"job_name": "cairn-runs", "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in ports]}]},
         ])
         prom.wait_for('cairn_run_gpu_utilization_ratio{trainingrun="digits-b"}', timeout=60)
+        # increase() needs two scrapes that saw an observation: on a fast machine the first query can precede them
+        prom.wait_for("histogram_quantile(0.95, sum by (le) (increase(cairn_apply_to_running_seconds_bucket[1m])))",
+                      predicate=lambda r: r and r[0]["value"][1] != "NaN", timeout=60)
 
         choices = {
             "overview": {"namespace": [NAMESPACE]},
