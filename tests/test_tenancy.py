@@ -248,3 +248,21 @@ def test_db_upgrade_migrates_every_tenant_schema(tenants_db):
     assert f"tenant schema tenant_team_b: {head} -> {head}" in out
     run = TrackingStore(urls["team-a"]).create_run("after-upgrade", namespace="team-a")  # the role's grants hold
     assert TrackingStore(urls["team-a"]).run_status(run) == RunStatus.RUNNING
+
+
+def test_recent_tenants_keep_a_bounded_number_of_engines_and_close_the_least_recently_used(tmp_path):
+    from sqlalchemy import create_engine, event
+
+    from cairn.tenancy.stores import RecentTenants
+
+    closed: list[str] = []
+    kept = RecentTenants(lambda pair: pair[1], max_size=2)
+    for ns in ("a", "b", "c"):
+        engine = create_engine(f"sqlite:///{tmp_path / ns}.db")
+        event.listen(engine, "engine_disposed", lambda _engine, ns=ns: closed.append(ns))
+        kept.put(ns, (ns, engine))
+        if ns == "b":
+            assert kept.get("a")[0] == "a"  # "a" is now the most recently used: "b" goes first
+    assert closed == ["b"] and kept.get("b") is None and kept.get("a")[0] == "a" and kept.get("c")[0] == "c"
+    kept.close()
+    assert sorted(closed) == ["a", "b", "c"]

@@ -145,7 +145,7 @@ def test_an_evaluation_runs_both_versions_decides_and_unlocks_promotion(operator
     assert {k: row[k] for k in ("NAME", "MODEL", "CANDIDATE", "BASELINE", "DELTA", "CI", "VERDICT")} == \
         {"NAME": "v2", "MODEL": "digits", "CANDIDATE": "2", "BASELINE": "1", "DELTA": status["delta"],
          "CI": status["ci"], "VERDICT": "pass"}
-    assert M.reconcile_evaluation(op, namespace, "v2") == {}  # finished: nothing more to do or store
+    assert M.reconcile_evaluation(op, namespace, "v2") == {}  # finished: nothing left to do to do or store
     assert len(store.evaluations(namespace, "digits", 2)) == 1
 
     store.promote(namespace, "digits", 2, "production", "alice")  # the gate lets it through

@@ -10,26 +10,21 @@ from __future__ import annotations
 import base64
 import logging
 import secrets
-from collections import OrderedDict
 from threading import Lock
 
 from kubernetes.client.rest import ApiException
-from sqlalchemy import create_engine
 
 from cairn.controller.kube import CoreApi
 from cairn.controller.runtime import KeyedLocks
 from cairn.controller.settings import OperatorSettings
 from cairn.objectstore import S3Config, S3Settings
-from cairn.store import TrackingStore, db
+from cairn.store import TrackingStore
 from cairn.tenancy.database import provision_database, tenant_url
 from cairn.tenancy.naming import (CREDENTIALS_SECRET, TENANT_LABEL, TENANT_LABEL_VALUE, ObjectStoreCredentials,
                                   credentials_secret)
 from cairn.tenancy.objectstore import provision_objectstore
+from cairn.tenancy.stores import RecentTenants, tenant_engine
 
-# Namespaces whose store (an engine with a small pool) stays open, the least used closed past that: at most
-# this many idle connections, and a few more per namespace while its writes are in flight.
-MAX_TENANT_STORES = 64
-TENANT_POOL_SIZE, TENANT_POOL_OVERFLOW = 1, 3
 log = logging.getLogger("cairn.controller.tenants")
 
 
@@ -48,7 +43,7 @@ class Tenants:
                  objectstore: S3Config | None = None) -> None:
         self.settings, self.core, self.shared_store = settings, core, store
         self.objectstore = objectstore
-        self._stores: OrderedDict[str, TrackingStore] = OrderedDict()
+        self._stores: RecentTenants[TrackingStore] = RecentTenants(lambda store: store.engine)
         self._stores_lock = Lock()
         self._provisioning = KeyedLocks()
 
@@ -63,16 +58,10 @@ class Tenants:
             return self.shared_store
         with self._stores_lock:
             store = self._stores.get(namespace)
-            if store is not None:
-                self._stores.move_to_end(namespace)
-                return store
-            engine = create_engine(db.normalise_url(tenant_url(self.settings.database_url, namespace)),
-                                   pool_size=TENANT_POOL_SIZE, max_overflow=TENANT_POOL_OVERFLOW, pool_pre_ping=True,
-                                   connect_args={"connect_timeout": 10})
-            store = TrackingStore(engine=engine, check_schema=False)
-            self._stores[namespace] = store
-            if len(self._stores) > MAX_TENANT_STORES:
-                self._stores.popitem(last=False)[1].engine.dispose()
+            if store is None:
+                store = TrackingStore(engine=tenant_engine(tenant_url(self.settings.database_url, namespace)),
+                                      check_schema=False)
+                self._stores.put(namespace, store)
             return store
 
     def ensure_credentials(self, namespace: str) -> bool:

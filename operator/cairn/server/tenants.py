@@ -11,22 +11,19 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 from cairn.objectstore import S3Config
 from cairn.store import TrackingStore, db
 from cairn.tenancy.naming import CREDENTIALS_SECRET, DATABASE_URL_KEY, TenancyError, check_namespace
+from cairn.tenancy.stores import MAX_TENANT_STORES, RecentTenants, tenant_engine
 
-# Namespaces whose engine stays open (the least recently read closed past that), like the operator's.
-MAX_TENANT_STORES = 64
-TENANT_POOL_SIZE, TENANT_POOL_OVERFLOW = 1, 3
 LOGIN_REFUSED = "password authentication failed"
 # What MinIO and S3 answer for keys they do not (or no longer) know.
 OBJECT_STORE_LOGIN_REFUSED = frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch"})
@@ -95,8 +92,9 @@ class TenantStores:
     """Tenancy on: each namespace through its own role and object-store user, as its Secret says."""
 
     def __init__(self, read_secret: SecretReader, max_stores: int = MAX_TENANT_STORES) -> None:
-        self.read_secret, self.max_stores = read_secret, max_stores
-        self._tenants: OrderedDict[str, tuple[TrackingStore, TenantCredentials]] = OrderedDict()
+        self.read_secret = read_secret
+        self._tenants: RecentTenants[tuple[TrackingStore, TenantCredentials]] = RecentTenants(
+            lambda tenant: tenant[0].engine, max_stores)
         self._lock = threading.Lock()
 
     def credentials(self, namespace: str) -> TenantCredentials:
@@ -132,23 +130,19 @@ class TenantStores:
 
     def close(self) -> None:
         with self._lock:
-            while self._tenants:
-                self._tenants.popitem()[1][0].engine.dispose()
+            self._tenants.close()
 
     def _tenant(self, namespace: str) -> tuple[TrackingStore, TenantCredentials]:
         with self._lock:
             tenant = self._tenants.get(namespace)
             if tenant is not None:
-                self._tenants.move_to_end(namespace)
                 return tenant
         credentials = self.credentials(namespace)  # outside the lock: an API call
         with self._lock:
             tenant = self._tenants.get(namespace)
             if tenant is None:
                 tenant = (self._connect(namespace, credentials.database_url), credentials)
-                self._tenants[namespace] = tenant
-                while len(self._tenants) > self.max_stores:
-                    self._tenants.popitem(last=False)[1][0].engine.dispose()
+                self._tenants.put(namespace, tenant)
             return tenant
 
     def _reread(self, namespace: str) -> TenantCredentials:
@@ -156,12 +150,11 @@ class TenantStores:
         with self._lock:
             tenant = self._tenants.get(namespace)
             if tenant is not None:
-                self._tenants[namespace] = (tenant[0], credentials)
+                self._tenants.put(namespace, (tenant[0], credentials))
         return credentials
 
     def _connect(self, namespace: str, url: str) -> TrackingStore:
-        engine = create_engine(db.normalise_url(url), pool_size=TENANT_POOL_SIZE, max_overflow=TENANT_POOL_OVERFLOW,
-                               pool_pre_ping=True, connect_args={"connect_timeout": 10})
+        engine = tenant_engine(url)
 
         @event.listens_for(engine, "do_connect")
         def login(dialect, conn_rec, cargs, cparams):  # noqa: ANN001, ANN202, ARG001
